@@ -1,0 +1,151 @@
+package envelope
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	"github.com/sildmesh/sild/internal/rpcerr"
+)
+
+const (
+	client = "EE/GOV/70000001/licensing"
+	target = "EE/GOV/70000002/business"
+)
+
+func TestParseRequest(t *testing.T) {
+	ok := func() metadata.MD { return metadata.Pairs(HeaderClient, client, HeaderTarget, target) }
+	with := func(kv ...string) metadata.MD { return metadata.Join(ok(), metadata.Pairs(kv...)) }
+	tests := []struct {
+		name   string
+		md     metadata.MD
+		path   string
+		reason string // "" means accepted
+	}{
+		{"ok", ok(), "/business.v1.Registry/GetCompany", ""},
+		{"ok with ids", with(HeaderMessageID, "m-1", HeaderUserID, "EE123", HeaderPurpose, "licence check"), "/business.v1.Registry/GetCompany", ""},
+		{"dot dot", ok(), "/business.v1.Registry/../x", rpcerr.ReasonInvalidArgument},
+		{"percent", ok(), "/business.v1.Registry/Get%43ompany", rpcerr.ReasonInvalidArgument},
+		{"unicode look-alike", ok(), "/business.v1.Registry/GetСompany", rpcerr.ReasonInvalidArgument},
+		{"no leading slash", ok(), "business.v1.Registry/GetCompany", rpcerr.ReasonInvalidArgument},
+		{"extra segment", ok(), "/business.v1.Registry/GetCompany/x", rpcerr.ReasonInvalidArgument},
+		{"empty", ok(), "", rpcerr.ReasonInvalidArgument},
+		{"missing client", metadata.Pairs(HeaderTarget, target), "/a.B/C", rpcerr.ReasonUnknownClient},
+		{"missing target", metadata.Pairs(HeaderClient, client), "/a.B/C", rpcerr.ReasonInvalidArgument},
+		{"two clients", with(HeaderClient, target), "/a.B/C", rpcerr.ReasonInvalidArgument},
+		{"bad client", metadata.Pairs(HeaderClient, "EE/GOV", HeaderTarget, target), "/a.B/C", rpcerr.ReasonInvalidIdentifier},
+		{"bad target", metadata.Pairs(HeaderClient, client, HeaderTarget, "EE/GOV/x y/z"), "/a.B/C", rpcerr.ReasonInvalidIdentifier},
+		{"control in message id", with(HeaderMessageID, "a\nb"), "/a.B/C", rpcerr.ReasonInvalidArgument},
+		{"long purpose", with(HeaderPurpose, string(make([]byte, 300))), "/a.B/C", rpcerr.ReasonInvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := ParseRequest(tt.md, tt.path)
+			if tt.reason == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.Client.String() != client || r.Target.String() != target || r.FullMethod() != tt.path || r.MessageID == "" {
+					t.Fatalf("parsed %+v", r)
+				}
+				return
+			}
+			if got := rpcerr.Reason(err); got != tt.reason {
+				t.Fatalf("reason %q, want %q (err %v)", got, tt.reason, err)
+			}
+			if got := rpcerr.Info(err).GetMetadata()["component"]; got != ComponentConsumer {
+				t.Fatalf("component %q", got)
+			}
+		})
+	}
+}
+
+func TestMessageIDGenerated(t *testing.T) {
+	md := metadata.Pairs(HeaderClient, client, HeaderTarget, target)
+	a, _ := ParseRequest(md, "/a.B/C")
+	b, _ := ParseRequest(md, "/a.B/C")
+	if a.MessageID == "" || a.MessageID == b.MessageID {
+		t.Fatalf("ids %q %q", a.MessageID, b.MessageID)
+	}
+}
+
+func TestChainBindsEverything(t *testing.T) {
+	md := metadata.Pairs(HeaderClient, client, HeaderTarget, target, HeaderMessageID, "m1")
+	r, err := ParseRequest(md, "/a.B/C")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := func(dir Direction, r Request, frames ...string) [32]byte {
+		c := NewChain(dir, r)
+		for _, f := range frames {
+			c.Add([]byte(f))
+		}
+		return c.Sum()
+	}
+	base := sum(DirRequest, r, "ab", "c")
+	other := r
+	other.MessageID = "m2"
+	otherMethod := r
+	otherMethod.Method = "D"
+	swapped := r
+	swapped.Client, swapped.Target = r.Target, r.Client
+	for name, s := range map[string][32]byte{
+		"direction":     sum(DirResponse, r, "ab", "c"),
+		"message id":    sum(DirRequest, other, "ab", "c"),
+		"method":        sum(DirRequest, otherMethod, "ab", "c"),
+		"client/target": sum(DirRequest, swapped, "ab", "c"),
+		"split":         sum(DirRequest, r, "a", "bc"),
+		"order":         sum(DirRequest, r, "c", "ab"),
+		"missing":       sum(DirRequest, r, "ab"),
+		"extra empty":   sum(DirRequest, r, "ab", "c", ""),
+	} {
+		if s == base {
+			t.Errorf("%s does not change the chain", name)
+		}
+	}
+	if sum(DirRequest, r, "ab", "c") != base {
+		t.Fatal("chain not deterministic")
+	}
+}
+
+func TestReplay(t *testing.T) {
+	r := NewReplay(time.Minute, 3)
+	t0 := time.Unix(1000, 0)
+	if !r.Check("a", "1", t0) || r.Check("a", "1", t0.Add(time.Second)) {
+		t.Fatal("repeat within window accepted")
+	}
+	if !r.Check("b", "1", t0) {
+		t.Fatal("same id from another client refused")
+	}
+	if !r.Check("c", "1", t0) {
+		t.Fatal("third id refused")
+	}
+	if r.Check("d", "1", t0.Add(time.Second)) {
+		t.Fatal("full window accepted a new id")
+	}
+	if !r.Check("a", "1", t0.Add(2*time.Minute)) {
+		t.Fatal("id refused after the window")
+	}
+}
+
+func FuzzParseRequest(f *testing.F) {
+	f.Add(client, target, "m", "/a.B/C")
+	f.Add("EE/GOV/1/x", "EE/GOV/2/../y", "\x00", "/a.B/../C")
+	f.Fuzz(func(t *testing.T, c, tg, id, path string) {
+		md := metadata.Pairs(HeaderClient, c, HeaderTarget, tg, HeaderMessageID, id)
+		r, err := ParseRequest(md, path)
+		if err != nil {
+			if rpcerr.Reason(err) == "" {
+				t.Fatalf("refusal without reason: %v", err)
+			}
+			return
+		}
+		if r.FullMethod() != path {
+			t.Fatalf("accepted path %q canonicalises to %q", path, r.FullMethod())
+		}
+		if !printable(r.MessageID) || len(r.MessageID) > maxFieldLen {
+			t.Fatalf("bad message id %q", r.MessageID)
+		}
+	})
+}
