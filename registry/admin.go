@@ -1,0 +1,350 @@
+package registry
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/pki"
+	"github.com/sildmesh/sild/registry/fsm"
+)
+
+// adminAPI implements AdminService. Authentication and roles are checked by
+// the server's interceptor before a method runs.
+type adminAPI struct {
+	registryv1.UnimplementedAdminServiceServer
+	s *Server
+}
+
+func badArg(msg string) error {
+	return rpcerr.New(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "registry", msg)
+}
+
+// do proposes one command.
+func (a *adminAPI) do(ctx context.Context, cmd *registryv1.Command) error {
+	_, err := a.s.propose(ctx, cmd)
+	return err
+}
+
+// read runs fn on a current (or, if stale, local) state.
+func (a *adminAPI) read(ctx context.Context, ro *registryv1.ReadOptions, fn func(st *fsm.State)) error {
+	if err := a.s.barrier(ctx, ro.GetStale()); err != nil {
+		return err
+	}
+	a.s.fsm.Read(func(st *fsm.State, _ uint64) { fn(st) })
+	return nil
+}
+
+func (a *adminAPI) AddMember(ctx context.Context, r *registryv1.AddMemberRequest) (*registryv1.AddMemberResponse, error) {
+	return &registryv1.AddMemberResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_AddMember{AddMember: r}})
+}
+
+func (a *adminAPI) RemoveMember(ctx context.Context, r *registryv1.RemoveMemberRequest) (*registryv1.RemoveMemberResponse, error) {
+	return &registryv1.RemoveMemberResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RemoveMember{RemoveMember: r}})
+}
+
+func (a *adminAPI) ListMembers(ctx context.Context, r *registryv1.ListMembersRequest) (*registryv1.ListMembersResponse, error) {
+	resp := &registryv1.ListMembersResponse{}
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Members = st.Proto().GetMembers() })
+	return resp, err
+}
+
+func (a *adminAPI) AddSubsystem(ctx context.Context, r *registryv1.AddSubsystemRequest) (*registryv1.AddSubsystemResponse, error) {
+	return &registryv1.AddSubsystemResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_AddSubsystem{AddSubsystem: r}})
+}
+
+func (a *adminAPI) RemoveSubsystem(ctx context.Context, r *registryv1.RemoveSubsystemRequest) (*registryv1.RemoveSubsystemResponse, error) {
+	return &registryv1.RemoveSubsystemResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RemoveSubsystem{RemoveSubsystem: r}})
+}
+
+func (a *adminAPI) ListSubsystems(ctx context.Context, r *registryv1.ListSubsystemsRequest) (*registryv1.ListSubsystemsResponse, error) {
+	resp := &registryv1.ListSubsystemsResponse{}
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Subsystems = st.Proto().GetSubsystems() })
+	return resp, err
+}
+
+func (a *adminAPI) AddNode(ctx context.Context, r *registryv1.AddNodeRequest) (*registryv1.AddNodeResponse, error) {
+	return &registryv1.AddNodeResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_AddNode{AddNode: r}})
+}
+
+// Token lifetimes.
+const (
+	defaultTokenTTL = time.Hour
+	maxTokenTTL     = 7 * 24 * time.Hour
+)
+
+func tokenTTL(d interface{ AsDuration() time.Duration }, set bool) (time.Duration, error) {
+	if !set {
+		return defaultTokenTTL, nil
+	}
+	ttl := d.AsDuration()
+	if ttl <= 0 || ttl > maxTokenTTL {
+		return 0, badArg("ttl: must be between 1s and 168h")
+	}
+	return ttl, nil
+}
+
+func (a *adminAPI) CreateJoinToken(ctx context.Context, r *registryv1.CreateJoinTokenRequest) (*registryv1.CreateJoinTokenResponse, error) {
+	ttl, err := tokenTTL(r.GetTtl(), r.Ttl != nil)
+	if err != nil {
+		return nil, err
+	}
+	token, hash, err := newToken()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	exp := timestamppb.New(now.Add(ttl))
+	err = a.do(ctx, &registryv1.Command{Time: timestamppb.New(now), Op: &registryv1.Command_AddJoinToken{AddJoinToken: &registryv1.JoinToken{
+		Hash: hash, Subject: &registryv1.JoinToken_Node{Node: r.GetNode()}, ExpiresAt: exp,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &registryv1.CreateJoinTokenResponse{Token: token, ExpiresAt: exp}, nil
+}
+
+func (a *adminAPI) RemoveNode(ctx context.Context, r *registryv1.RemoveNodeRequest) (*registryv1.RemoveNodeResponse, error) {
+	return &registryv1.RemoveNodeResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RemoveNode{RemoveNode: r}})
+}
+
+func (a *adminAPI) ListNodes(ctx context.Context, r *registryv1.ListNodesRequest) (*registryv1.ListNodesResponse, error) {
+	resp := &registryv1.ListNodesResponse{}
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Nodes = st.Proto().GetNodes() })
+	return resp, err
+}
+
+func (a *adminAPI) RegisterSubsystem(ctx context.Context, r *registryv1.RegisterSubsystemRequest) (*registryv1.RegisterSubsystemResponse, error) {
+	if err := a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RegisterSubsystem{RegisterSubsystem: r}}); err != nil {
+		return nil, err
+	}
+	// The request just created is the newest one for this pair.
+	resp := &registryv1.RegisterSubsystemResponse{}
+	err := a.read(ctx, nil, func(st *fsm.State) {
+		for id := st.NextReq - 1; id > 0; id-- {
+			if q := st.Requests[id]; q != nil && q.GetKind() == fsm.KindRegisterSubsystem {
+				resp.Request = q
+				return
+			}
+		}
+	})
+	return resp, err
+}
+
+func (a *adminAPI) UnregisterSubsystem(ctx context.Context, r *registryv1.UnregisterSubsystemRequest) (*registryv1.UnregisterSubsystemResponse, error) {
+	return &registryv1.UnregisterSubsystemResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_UnregisterSubsystem{UnregisterSubsystem: r}})
+}
+
+func (a *adminAPI) AddGroup(ctx context.Context, r *registryv1.AddGroupRequest) (*registryv1.AddGroupResponse, error) {
+	return &registryv1.AddGroupResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_AddGroup{AddGroup: r}})
+}
+
+func (a *adminAPI) RemoveGroup(ctx context.Context, r *registryv1.RemoveGroupRequest) (*registryv1.RemoveGroupResponse, error) {
+	return &registryv1.RemoveGroupResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RemoveGroup{RemoveGroup: r}})
+}
+
+func (a *adminAPI) AddGroupMember(ctx context.Context, r *registryv1.AddGroupMemberRequest) (*registryv1.AddGroupMemberResponse, error) {
+	return &registryv1.AddGroupMemberResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_AddGroupMember{AddGroupMember: r}})
+}
+
+func (a *adminAPI) RemoveGroupMember(ctx context.Context, r *registryv1.RemoveGroupMemberRequest) (*registryv1.RemoveGroupMemberResponse, error) {
+	return &registryv1.RemoveGroupMemberResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RemoveGroupMember{RemoveGroupMember: r}})
+}
+
+func (a *adminAPI) ListGroups(ctx context.Context, r *registryv1.ListGroupsRequest) (*registryv1.ListGroupsResponse, error) {
+	resp := &registryv1.ListGroupsResponse{}
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Groups = st.Proto().GetGroups() })
+	return resp, err
+}
+
+// maxDescriptorSet bounds a published FileDescriptorSet.
+const maxDescriptorSet = 4 << 20
+
+func (a *adminAPI) PublishService(ctx context.Context, r *registryv1.PublishServiceRequest) (*registryv1.PublishServiceResponse, error) {
+	if len(r.GetFileDescriptorSet()) > maxDescriptorSet {
+		return nil, badArg("file descriptor set: larger than 4 MiB")
+	}
+	return &registryv1.PublishServiceResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_PublishService{PublishService: r}})
+}
+
+func (a *adminAPI) SetServiceEnabled(ctx context.Context, r *registryv1.SetServiceEnabledRequest) (*registryv1.SetServiceEnabledResponse, error) {
+	return &registryv1.SetServiceEnabledResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_SetServiceEnabled{SetServiceEnabled: r}})
+}
+
+func (a *adminAPI) RemoveService(ctx context.Context, r *registryv1.RemoveServiceRequest) (*registryv1.RemoveServiceResponse, error) {
+	return &registryv1.RemoveServiceResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RemoveService{RemoveService: r}})
+}
+
+func (a *adminAPI) ListServices(ctx context.Context, r *registryv1.ListServicesRequest) (*registryv1.ListServicesResponse, error) {
+	resp := &registryv1.ListServicesResponse{}
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Services = st.Proto().GetServices() })
+	return resp, err
+}
+
+func (a *adminAPI) ListRequests(ctx context.Context, r *registryv1.ListRequestsRequest) (*registryv1.ListRequestsResponse, error) {
+	resp := &registryv1.ListRequestsResponse{}
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) {
+		for _, q := range st.Proto().GetRequests() {
+			if r.GetState() == registryv1.RequestState_REQUEST_STATE_UNSPECIFIED || q.GetState() == r.GetState() {
+				resp.Requests = append(resp.Requests, q)
+			}
+		}
+	})
+	return resp, err
+}
+
+func (a *adminAPI) ApproveRequest(ctx context.Context, r *registryv1.ApproveRequestRequest) (*registryv1.ApproveRequestResponse, error) {
+	return &registryv1.ApproveRequestResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_ApproveRequest{ApproveRequest: r}})
+}
+
+func (a *adminAPI) RejectRequest(ctx context.Context, r *registryv1.RejectRequestRequest) (*registryv1.RejectRequestResponse, error) {
+	return &registryv1.RejectRequestResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RejectRequest{RejectRequest: r}})
+}
+
+func (a *adminAPI) SetAutoApprove(ctx context.Context, r *registryv1.SetAutoApproveRequest) (*registryv1.SetAutoApproveResponse, error) {
+	return &registryv1.SetAutoApproveResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_SetAutoApprove{SetAutoApprove: r}})
+}
+
+func (a *adminAPI) CreateApiKey(ctx context.Context, r *registryv1.CreateApiKeyRequest) (*registryv1.CreateApiKeyResponse, error) {
+	if r.GetName() == "" || len(r.GetName()) > 200 {
+		return nil, badArg("name: required, at most 200 bytes")
+	}
+	if _, ok := registryv1.Role_name[int32(r.GetRole())]; !ok || r.GetRole() == registryv1.Role_ROLE_UNSPECIFIED {
+		return nil, badArg("role: must be reader, operator or admin")
+	}
+	stored, secret, err := newAPIKey(r.GetName(), r.GetRole(), time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := a.do(ctx, &registryv1.Command{Op: &registryv1.Command_AddApiKey{AddApiKey: stored}}); err != nil {
+		return nil, err
+	}
+	return &registryv1.CreateApiKeyResponse{Key: stored.GetKey(), Secret: secret}, nil
+}
+
+func (a *adminAPI) RevokeApiKey(ctx context.Context, r *registryv1.RevokeApiKeyRequest) (*registryv1.RevokeApiKeyResponse, error) {
+	return &registryv1.RevokeApiKeyResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RevokeApiKey{RevokeApiKey: r}})
+}
+
+func (a *adminAPI) ListApiKeys(ctx context.Context, r *registryv1.ListApiKeysRequest) (*registryv1.ListApiKeysResponse, error) {
+	resp := &registryv1.ListApiKeysResponse{}
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) {
+		for _, k := range st.Proto().GetApiKeys() {
+			resp.Keys = append(resp.Keys, k.GetKey())
+		}
+	})
+	return resp, err
+}
+
+func (a *adminAPI) RaftStatus(ctx context.Context, _ *registryv1.RaftStatusRequest) (*registryv1.RaftStatusResponse, error) {
+	r := a.s.raft
+	_, leaderID := r.LeaderWithID()
+	resp := &registryv1.RaftStatusResponse{
+		ServerId: a.s.cfg.ServerID, State: r.State().String(), LeaderId: string(leaderID),
+		CommitIndex: r.CommitIndex(), AppliedIndex: a.s.fsm.Index(), LastLogIndex: r.LastIndex(),
+	}
+	resp.Term, _ = strconv.ParseUint(r.Stats()["term"], 10, 64)
+	f := r.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, unavailable("raft configuration: " + err.Error())
+	}
+	var infos map[string]*registryv1.ServerInfo
+	a.s.fsm.Read(func(st *fsm.State, _ uint64) {
+		infos = map[string]*registryv1.ServerInfo{}
+		for k, v := range st.Servers {
+			infos[k] = v
+		}
+	})
+	for _, sv := range f.Configuration().Servers {
+		resp.Servers = append(resp.Servers, &registryv1.RaftServer{
+			Id: string(sv.ID), RaftAddress: string(sv.Address), ApiAddress: infos[string(sv.ID)].GetApiAddress(),
+			Voter: sv.Suffrage == raft.Voter, Leader: sv.ID == leaderID,
+		})
+	}
+	return resp, nil
+}
+
+func (a *adminAPI) CreateServerToken(ctx context.Context, r *registryv1.CreateServerTokenRequest) (*registryv1.CreateServerTokenResponse, error) {
+	ttl, err := tokenTTL(r.GetTtl(), r.Ttl != nil)
+	if err != nil {
+		return nil, err
+	}
+	token, hash, err := newToken()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	exp := timestamppb.New(now.Add(ttl))
+	err = a.do(ctx, &registryv1.Command{Time: timestamppb.New(now), Op: &registryv1.Command_AddJoinToken{AddJoinToken: &registryv1.JoinToken{
+		Hash: hash, Subject: &registryv1.JoinToken_ServerId{ServerId: r.GetServerId()}, ExpiresAt: exp, Voter: r.GetVoter(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &registryv1.CreateServerTokenResponse{Token: token, ExpiresAt: exp}, nil
+}
+
+func (a *adminAPI) RemoveServer(ctx context.Context, r *registryv1.RemoveServerRequest) (*registryv1.RemoveServerResponse, error) {
+	if a.s.raft.State() != raft.Leader {
+		conn, err := a.s.leaderConn()
+		if err != nil {
+			return nil, unavailable("no leader to remove the server")
+		}
+		md, _ := metadata.FromIncomingContext(ctx)
+		return registryv1.NewAdminServiceClient(conn).RemoveServer(metadata.NewOutgoingContext(ctx, md), r)
+	}
+	if r.GetServerId() == a.s.cfg.ServerID {
+		return nil, badArg("server_id: the leader cannot remove itself; remove it from another server after a leadership change")
+	}
+	found := false
+	f := a.s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, unavailable(err.Error())
+	}
+	for _, sv := range f.Configuration().Servers {
+		found = found || string(sv.ID) == r.GetServerId()
+	}
+	if !found {
+		return nil, rpcerr.New(codes.NotFound, rpcerr.ReasonNotFound, "registry", "registry server "+r.GetServerId()+" not found")
+	}
+	if err := a.s.raft.RemoveServer(raft.ServerID(r.GetServerId()), 0, applyTimeout).Error(); err != nil {
+		return nil, unavailable("remove server: " + err.Error())
+	}
+	_, err := a.s.propose(ctx, &registryv1.Command{Op: &registryv1.Command_RemoveServer{RemoveServer: r}})
+	if err != nil && rpcerr.Reason(err) != rpcerr.ReasonNotFound {
+		return nil, err
+	}
+	return &registryv1.RemoveServerResponse{}, nil
+}
+
+func (a *adminAPI) GetGlobalConfig(ctx context.Context, _ *registryv1.GetGlobalConfigRequest) (*registryv1.GetGlobalConfigResponse, error) {
+	p, _ := a.s.current()
+	if p == nil {
+		return nil, unavailable("no configuration published yet")
+	}
+	return &registryv1.GetGlobalConfigResponse{Config: p.config, Signed: p.signed}, nil
+}
+
+func (a *adminAPI) RotateConfigKey(ctx context.Context, _ *registryv1.RotateConfigKeyRequest) (*registryv1.RotateConfigKeyResponse, error) {
+	var ca *pki.CA
+	var err error
+	a.s.fsm.Read(func(st *fsm.State, _ uint64) { ca, err = stateCA(st) })
+	if err != nil {
+		return nil, unavailable("ca: " + err.Error())
+	}
+	kp, err := issueKeyPair(ca, pki.KindSigning, "config", a.s.cfg.CAValidity, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RotateConfigKey{RotateConfigKey: kp}}); err != nil {
+		return nil, err
+	}
+	return &registryv1.RotateConfigKeyResponse{Certificate: kp.GetCertificate()}, nil
+}

@@ -1,0 +1,71 @@
+package fsm
+
+import (
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/internal/rpcerr"
+)
+
+// ReasonBadDescriptors refuses a published service whose descriptor set does
+// not parse or does not define the service.
+const ReasonBadDescriptors = "BAD_DESCRIPTORS"
+
+// CheckDescriptors checks that fds is a serialized FileDescriptorSet whose
+// files link (every import present) and define the gRPC service named.
+func CheckDescriptors(fds []byte, service string) error {
+	bad := func(msg string) error {
+		return rpcerr.New(codes.InvalidArgument, ReasonBadDescriptors, component, "file descriptor set: "+msg)
+	}
+	var set descriptorpb.FileDescriptorSet
+	if err := proto.Unmarshal(fds, &set); err != nil {
+		return bad("does not parse: " + err.Error())
+	}
+	files, err := protodesc.NewFiles(&set)
+	if err != nil {
+		return bad(err.Error())
+	}
+	d, err := files.FindDescriptorByName(protoreflect.FullName(service))
+	if err != nil {
+		return bad("does not define service " + quote(service))
+	}
+	if _, ok := d.(protoreflect.ServiceDescriptor); !ok {
+		return bad(quote(service) + " is not a service")
+	}
+	return nil
+}
+
+// Config builds the global configuration of s (unsigned), issued at now and
+// valid for ttl. trustBundle is the ecosystem's CA certificates (DER), tsaURLs
+// and registryAddrs the addresses nodes use.
+func (s *State) Config(now time.Time, ttl time.Duration, tsaURLs, registryAddrs []string) *registryv1.GlobalConfig {
+	c := &registryv1.GlobalConfig{
+		Instance:          s.Instance,
+		TrustDomain:       s.TrustDomain,
+		Version:           s.ConfigVersion,
+		IssuedAt:          timestamppb.New(now),
+		ExpiresAt:         timestamppb.New(now.Add(ttl)),
+		Members:           sorted(s.Members),
+		Subsystems:        sorted(s.Subsystems),
+		Nodes:             sorted(s.Nodes),
+		Groups:            sorted(s.Groups),
+		Services:          sorted(s.Services),
+		TsaUrls:           tsaURLs,
+		RegistryAddresses: registryAddrs,
+		Settings:          s.Settings,
+	}
+	if s.CA != nil {
+		c.TrustBundle = [][]byte{s.CA.GetCertificate()}
+	}
+	if s.TSA != nil {
+		c.TsaCertificate = s.TSA.GetCertificate()
+	}
+	return c
+}

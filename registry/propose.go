@@ -1,0 +1,269 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/registry/fsm"
+)
+
+// applyTimeout bounds one raft.Apply on the leader.
+const applyTimeout = 10 * time.Second
+
+func unavailable(msg string) error {
+	return rpcerr.New(codes.Unavailable, rpcerr.ReasonUnavailable, "registry", msg)
+}
+
+// propose commits cmd through the leader (here, or forwarded) and returns
+// the FSM's result value. It retries while there is no leader, until ctx
+// ends.
+func (s *Server) propose(ctx context.Context, cmd *registryv1.Command) (proto.Message, error) {
+	if cmd.Time == nil {
+		cmd.Time = timestamppb.Now()
+	}
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		v, err := s.proposeOnce(ctx, data)
+		if !retryable(err) {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			if e, ok := rpcerr.FromContext(ctx.Err()); ok {
+				return nil, e
+			}
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// errNoLeader is retried by propose and the read barrier.
+var errNoLeader = errors.New("no leader")
+
+func retryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, errNoLeader) || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
+		errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+		return true
+	}
+	return status.Code(err) == codes.Unavailable && rpcerr.Reason(err) == rpcerr.ReasonNotLeader
+}
+
+func (s *Server) proposeOnce(ctx context.Context, data []byte) (proto.Message, error) {
+	if s.raft.State() == raft.Leader {
+		return s.applyLocal(data)
+	}
+	conn, err := s.leaderConn()
+	if err != nil {
+		return nil, err
+	}
+	_, err = registryv1.NewClusterServiceClient(conn).Propose(ctx, &registryv1.ProposeRequest{Command: data})
+	if err != nil {
+		if status.Code(err) == codes.Unavailable && rpcerr.Reason(err) == "" {
+			return nil, errNoLeader // the leader went away mid-call
+		}
+		return nil, err
+	}
+	// The result value (only register_subsystem has one) is read back by
+	// callers from the state; the error is what matters.
+	return nil, nil
+}
+
+// applyLocal applies data on this server, which must be the leader.
+func (s *Server) applyLocal(data []byte) (proto.Message, error) {
+	f := s.raft.Apply(data, applyTimeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return nil, errNoLeader
+		}
+		return nil, unavailable("commit: " + err.Error())
+	}
+	res, _ := f.Response().(*fsm.Result)
+	if res == nil {
+		return nil, nil
+	}
+	return res.Value, res.Err
+}
+
+// leaderConn returns an mTLS connection to the leader's API.
+func (s *Server) leaderConn() (*grpc.ClientConn, error) {
+	_, id := s.raft.LeaderWithID()
+	if id == "" {
+		return nil, errNoLeader
+	}
+	if string(id) == s.cfg.ServerID {
+		return nil, errNoLeader // we were leader a moment ago; retry locally
+	}
+	var addr string
+	s.fsm.Read(func(st *fsm.State, _ uint64) {
+		if info := st.Servers[string(id)]; info != nil {
+			addr = info.GetApiAddress()
+		}
+	})
+	if addr == "" {
+		return nil, errNoLeader
+	}
+	return s.peerConn(addr)
+}
+
+func (s *Server) peerConn(addr string) (*grpc.ClientConn, error) {
+	s.peersMu.Lock()
+	defer s.peersMu.Unlock()
+	if c := s.peers[addr]; c != nil {
+		return c, nil
+	}
+	td, err := spiffeid.TrustDomainFromString(s.trustDomain())
+	if err != nil {
+		return nil, err
+	}
+	tc := tlsconfig.MTLSClientConfig(s.svids, s.bundle, tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
+		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
+			return fmt.Errorf("%s is not a registry server", id)
+		}
+		return nil
+	}))
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		return nil, err
+	}
+	s.peers[addr] = c
+	return c, nil
+}
+
+// readIndex returns an index such that a state applied up to it reflects
+// every write acknowledged before the call (ReadIndex, Raft §6.4). On the
+// leader it confirms leadership with a quorum first.
+func (s *Server) readIndex(ctx context.Context) (uint64, error) {
+	if s.raft.State() == raft.Leader {
+		idx := s.raft.LastIndex()
+		if err := s.raft.VerifyLeader().Error(); err != nil {
+			return 0, errNoLeader
+		}
+		return idx, nil
+	}
+	conn, err := s.leaderConn()
+	if err != nil {
+		return 0, err
+	}
+	resp, err := registryv1.NewClusterServiceClient(conn).ReadIndex(ctx, &registryv1.ReadIndexRequest{})
+	if err != nil {
+		if status.Code(err) == codes.Unavailable {
+			return 0, errNoLeader
+		}
+		return 0, err
+	}
+	return resp.GetIndex(), nil
+}
+
+// barrier makes the local state current for a linearizable read, unless
+// stale reads were asked for.
+func (s *Server) barrier(ctx context.Context, stale bool) error {
+	if stale {
+		return nil
+	}
+	for {
+		idx, err := s.readIndex(ctx)
+		if err == nil {
+			return s.waitApplied(ctx, idx)
+		}
+		if !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return unavailable("no leader to confirm the read: " + ctx.Err().Error())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// waitApplied blocks until the FSM has applied index idx.
+func (s *Server) waitApplied(ctx context.Context, idx uint64) error {
+	for {
+		ch := s.fsm.Changed()
+		if s.fsm.Index() >= idx {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return unavailable("waiting for the log to apply: " + ctx.Err().Error())
+		}
+	}
+}
+
+// maintainLoop finishes the bootstrap (proposes Init once leader), keeps this
+// server's addresses announced in the state, and renews its own SVID.
+func (s *Server) maintainLoop(ctx context.Context, boot *registryv1.Init) error {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.maintain(ctx, boot)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *Server) maintain(ctx context.Context, boot *registryv1.Init) {
+	var initialized bool
+	var mine *registryv1.ServerInfo
+	s.fsm.Read(func(st *fsm.State, _ uint64) {
+		initialized = st.Initialized()
+		mine = st.Servers[s.cfg.ServerID]
+	})
+	if !initialized {
+		if boot == nil || s.raft.State() != raft.Leader {
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, applyTimeout)
+		_, err := s.propose(cctx, &registryv1.Command{Op: &registryv1.Command_Init{Init: boot}})
+		cancel()
+		if err != nil {
+			s.log.Warn("initialize ecosystem", "err", err)
+			return
+		}
+		initialized = true
+	}
+	if boot != nil {
+		_ = os.Remove(filepath.Join(s.cfg.DataDir, fileInit))
+	}
+	want := &registryv1.ServerInfo{Id: s.cfg.ServerID, RaftAddress: s.cfg.AdvertiseRaft, ApiAddress: s.cfg.AdvertiseAPI, HttpAddress: s.cfg.AdvertiseHTTP}
+	if !proto.Equal(mine, want) && s.raft.Leader() != "" {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.propose(cctx, &registryv1.Command{Op: &registryv1.Command_AnnounceServer{AnnounceServer: want}})
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			s.log.Debug("announce server", "err", err)
+		}
+	}
+	if s.ready.CompareAndSwap(false, true) {
+		s.log.Info("registry server ready")
+	}
+	s.renewSelf(time.Now())
+}
