@@ -1,0 +1,503 @@
+package sign
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/sildmesh/sild/pki"
+)
+
+var (
+	t0     = time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)
+	td     = spiffeid.RequireTrustDomainFromString("ee.sild.test")
+	nodeID = spiffeid.RequireFromString("spiffe://ee.sild.test/node/GOV/70000310/ss1")
+)
+
+type testPKI struct {
+	ca    *pki.CA
+	roots []*x509.Certificate
+}
+
+func newTestPKI(t testing.TB) *testPKI {
+	t.Helper()
+	ca, err := pki.NewCA(td, "EE test root", 24*time.Hour, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testPKI{ca: ca, roots: []*x509.Certificate{ca.Cert}}
+}
+
+func (p *testPKI) issue(t testing.TB, k pki.Kind, key crypto.Signer) *x509.Certificate {
+	t.Helper()
+	c, err := p.ca.Issue(k, key.Public(), nodeID, time.Hour, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newKey(t testing.TB, alg Algorithm) crypto.Signer {
+	t.Helper()
+	if alg == AlgEd25519 {
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k, err := pki.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func newSigner(t testing.TB, cfg Config) *Signer {
+	t.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func digest(i int) []byte {
+	d := sha256.Sum256(fmt.Appendf(nil, "message %d", i))
+	return d[:]
+}
+
+// mth is the RFC 6962 Merkle tree hash, written as the RFC states it.
+func mth(leaves [][]byte) [HashSize]byte {
+	if len(leaves) == 1 {
+		return leafHash(leaves[0])
+	}
+	k := splitPoint(uint64(len(leaves)))
+	l, r := mth(leaves[:k]), mth(leaves[k:])
+	return nodeHash(&l, &r)
+}
+
+func TestMerkleTree(t *testing.T) {
+	for n := 1; n <= 70; n++ {
+		var ds [][]byte
+		leaves := make([][HashSize]byte, n)
+		for i := range n {
+			ds = append(ds, digest(i))
+			leaves[i] = leafHash(ds[i])
+		}
+		paths := make([][][HashSize]byte, n)
+		root := buildTree(leaves, paths)
+		if root != mth(ds) {
+			t.Fatalf("n=%d: root differs from RFC 6962 MTH", n)
+		}
+		for i := range n {
+			if len(paths[i]) != pathLen(uint64(i), uint64(n)) {
+				t.Fatalf("n=%d i=%d: path of %d, pathLen %d", n, i, len(paths[i]), pathLen(uint64(i), uint64(n)))
+			}
+			got, err := rootFromPath(leaves[i], uint64(i), uint64(n), paths[i])
+			if err != nil || got != root {
+				t.Fatalf("n=%d i=%d: path does not give the root (%v)", n, i, err)
+			}
+			if n > 1 {
+				other := (i + 1) % n
+				if got, err := rootFromPath(leaves[i], uint64(other), uint64(n), paths[i]); err == nil && got == root {
+					t.Fatalf("n=%d: leaf %d verified at index %d", n, i, other)
+				}
+			}
+		}
+	}
+}
+
+func TestSignVerify(t *testing.T) {
+	for _, alg := range []Algorithm{AlgECDSAP256SHA256, AlgEd25519} {
+		for _, include := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/chain=%v", alg, include), func(t *testing.T) {
+				p := newTestPKI(t)
+				key := newKey(t, alg)
+				cert := p.issue(t, pki.KindSigning, key)
+				s := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, IncludeChain: include})
+				const n = 100
+				sigs := make([]*Signature, n)
+				var wg sync.WaitGroup
+				for i := range n {
+					wg.Go(func() {
+						sig, err := s.Sign(context.Background(), digest(i))
+						if err != nil {
+							t.Error(err)
+						}
+						sigs[i] = sig
+					})
+				}
+				wg.Wait()
+				if t.Failed() {
+					return
+				}
+				for i, sig := range sigs {
+					if sig.Algorithm != alg || sig.KeyID != s.KeyID() || (len(sig.Chain) > 0) != include {
+						t.Fatalf("signature %d: %+v", i, sig)
+					}
+					id, err := Verify(sig, digest(i), cert, p.roots, t0.Add(time.Minute))
+					if err != nil || id != nodeID {
+						t.Fatalf("verify %d: %v, %v", i, id, err)
+					}
+					b, err := sig.Marshal()
+					if err != nil {
+						t.Fatal(err)
+					}
+					back, err := Unmarshal(b)
+					if err != nil {
+						t.Fatalf("unmarshal %d: %v", i, err)
+					}
+					vc := cert
+					if include {
+						vc = nil // the chain in the signature suffices
+					}
+					if _, err := Verify(back, digest(i), vc, p.roots, t0.Add(time.Minute)); err != nil {
+						t.Fatalf("verify decoded %d: %v", i, err)
+					}
+				}
+				st := s.Stats()
+				if st.Digests != n || st.Batches == 0 || st.Batches > n {
+					t.Fatalf("stats %+v", st)
+				}
+				t.Logf("%d digests in %d batches, largest %d", st.Digests, st.Batches, st.Largest)
+			})
+		}
+	}
+}
+
+// gatedKey blocks its first signature until released, so that a test can
+// queue digests behind a batch being signed.
+type gatedKey struct {
+	crypto.Signer
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (g *gatedKey) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	first := false
+	g.once.Do(func() { first = true })
+	if first {
+		close(g.entered)
+		<-g.release
+	}
+	return g.Signer.Sign(r, d, o)
+}
+
+// waitQueued polls until n digests wait in s's queue.
+func waitQueued(t *testing.T, s *Signer, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for len(s.queue) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d digests queued, want %d", len(s.queue), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestBatching checks that everything queued while a signature is being
+// computed goes into the next batch, up to MaxBatch.
+func TestBatching(t *testing.T) {
+	p := newTestPKI(t)
+	inner := newKey(t, AlgECDSAP256SHA256)
+	cert := p.issue(t, pki.KindSigning, inner)
+	key := &gatedKey{Signer: inner, entered: make(chan struct{}), release: make(chan struct{})}
+	s := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, MaxBatch: 64})
+
+	type res struct {
+		i   int
+		sig *Signature
+		err error
+	}
+	out := make(chan res, 200)
+	sign := func(i int) {
+		sig, err := s.Sign(context.Background(), digest(i))
+		out <- res{i, sig, err}
+	}
+	go sign(0)
+	<-key.entered // batch {0} is being signed
+	const queued = 100
+	for i := 1; i <= queued; i++ {
+		go sign(i)
+	}
+	waitQueued(t, s, queued)
+	close(key.release)
+	sizes := map[uint64]int{}
+	for range queued + 1 {
+		r := <-out
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if _, err := Verify(r.sig, digest(r.i), cert, p.roots, t0); err != nil {
+			t.Fatalf("verify %d: %v", r.i, err)
+		}
+		sizes[r.sig.TreeSize]++
+	}
+	// 1 alone, then 64 (MaxBatch), then the remaining 36.
+	if sizes[1] != 1 || sizes[64] != 64 || sizes[36] != 36 || len(sizes) != 3 {
+		t.Fatalf("batch sizes %v, want {1:1 64:64 36:36}", sizes)
+	}
+	if st := s.Stats(); st.Batches != 3 || st.Largest != 64 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestVerifyRefuses(t *testing.T) {
+	p := newTestPKI(t)
+	key := newKey(t, AlgECDSAP256SHA256)
+	cert := p.issue(t, pki.KindSigning, key)
+	s := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, IncludeChain: true})
+
+	// A batch of several digests, so that paths are not empty.
+	gk := &gatedKey{Signer: key, entered: make(chan struct{}), release: make(chan struct{})}
+	if err := s.SetIdentity(gk, []*x509.Certificate{cert}); err != nil {
+		t.Fatal(err)
+	}
+	sigs := make([]*Signature, 6)
+	var wg sync.WaitGroup
+	wg.Go(func() { sigs[0], _ = s.Sign(context.Background(), digest(0)) })
+	<-gk.entered
+	for i := 1; i < 6; i++ {
+		wg.Go(func() { sigs[i], _ = s.Sign(context.Background(), digest(i)) })
+	}
+	waitQueued(t, s, 5)
+	close(gk.release)
+	wg.Wait()
+	good := sigs[3]
+	if good == nil || good.TreeSize != 5 || len(good.Path) == 0 {
+		t.Fatalf("unexpected signature %+v", good)
+	}
+	at := t0.Add(time.Minute)
+	if _, err := Verify(good, digest(3), cert, p.roots, at); err != nil {
+		t.Fatal(err)
+	}
+
+	other := newTestPKI(t)
+	otherKey := newKey(t, AlgECDSAP256SHA256)
+	otherCert := p.issue(t, pki.KindSigning, otherKey)
+	svid := p.issue(t, pki.KindSVID, key)
+	tsaCert := p.issue(t, pki.KindTSA, key)
+	edCert := p.issue(t, pki.KindSigning, newKey(t, AlgEd25519))
+	keyID := func(c *x509.Certificate) string {
+		id, err := pki.KeyHash(c.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+
+	clone := func(f func(*Signature)) *Signature {
+		c := *good
+		c.RootSignature = bytes.Clone(good.RootSignature)
+		c.Path = append([][HashSize]byte(nil), good.Path...)
+		c.Chain = append([][]byte(nil), good.Chain...)
+		f(&c)
+		return &c
+	}
+	for _, tc := range []struct {
+		name   string
+		sig    *Signature
+		digest []byte
+		cert   *x509.Certificate
+		roots  []*x509.Certificate
+		at     time.Time
+		want   error
+	}{
+		{"other digest", good, digest(4), cert, p.roots, at, ErrInvalid},
+		{"short digest", good, digest(3)[:31], cert, p.roots, at, ErrDigestSize},
+		{"flipped root signature", clone(func(s *Signature) { s.RootSignature[10] ^= 1 }), digest(3), cert, p.roots, at, ErrInvalid},
+		{"flipped path", clone(func(s *Signature) { s.Path[0][0] ^= 1 }), digest(3), cert, p.roots, at, ErrInvalid},
+		{"other leaf index", clone(func(s *Signature) { s.LeafIndex = 2 }), digest(3), cert, p.roots, at, ErrInvalid},
+		{"other tree size", clone(func(s *Signature) { s.TreeSize = 6 }), digest(3), cert, p.roots, at, ErrInvalid},
+		{"index out of tree", clone(func(s *Signature) { s.LeafIndex = 5 }), digest(3), cert, p.roots, at, ErrMalformed},
+		{"path too short", clone(func(s *Signature) { s.Path = s.Path[1:] }), digest(3), cert, p.roots, at, ErrMalformed},
+		{"ed25519 algorithm claimed", clone(func(s *Signature) { s.Algorithm = AlgEd25519; s.RootSignature = make([]byte, 64) }), digest(3), cert, p.roots, at, ErrInvalid},
+		{"unknown algorithm", clone(func(s *Signature) { s.Algorithm = 7 }), digest(3), cert, p.roots, at, ErrMalformed},
+		{"other signer's certificate", clone(func(s *Signature) { s.Chain = nil; s.KeyID = keyID(otherCert) }), digest(3), otherCert, p.roots, at, ErrInvalid},
+		{"key id of other key", clone(func(s *Signature) { s.Chain = nil }), digest(3), otherCert, p.roots, at, ErrCertificate},
+		{"sent chain differs from expected", good, digest(3), otherCert, p.roots, at, ErrCertificate},
+		{"ed25519 certificate", clone(func(s *Signature) { s.Chain = nil; s.KeyID = keyID(edCert) }), digest(3), edCert, p.roots, at, ErrInvalid},
+		{"svid as signing certificate", clone(func(s *Signature) { s.Chain = nil }), digest(3), svid, p.roots, at, ErrCertificate},
+		{"tsa certificate", clone(func(s *Signature) { s.Chain = nil }), digest(3), tsaCert, p.roots, at, ErrCertificate},
+		{"untrusted root", good, digest(3), cert, other.roots, at, ErrCertificate},
+		{"expired", good, digest(3), cert, p.roots, t0.Add(2 * time.Hour), ErrCertificate},
+		{"not yet valid", good, digest(3), cert, p.roots, t0.Add(-time.Hour), ErrCertificate},
+		{"no certificate at all", clone(func(s *Signature) { s.Chain = nil }), digest(3), nil, p.roots, at, ErrCertificate},
+		{"garbage chain", clone(func(s *Signature) { s.Chain = [][]byte{{1, 2, 3}} }), digest(3), nil, p.roots, at, ErrMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Verify(tc.sig, tc.digest, tc.cert, tc.roots, tc.at)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestUnmarshalStrict(t *testing.T) {
+	p := newTestPKI(t)
+	key := newKey(t, AlgEd25519)
+	s := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{p.issue(t, pki.KindSigning, key)}, IncludeChain: true})
+	sig, err := s.Sign(context.Background(), digest(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := sig.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Unmarshal(good); err != nil {
+		t.Fatal(err)
+	}
+	// The same fields in another order: key id (4) first.
+	var reordered []byte
+	for b := good; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if num == 4 {
+			reordered = append(append([]byte(nil), b[:n+m]...), reordered...)
+		} else {
+			reordered = append(reordered, b[:n+m]...)
+		}
+		b = b[n+m:]
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"truncated", good[:len(good)-1]},
+		{"unknown field", protowire.AppendVarint(protowire.AppendTag(bytes.Clone(good), 99, protowire.VarintType), 1)},
+		{"field repeated", protowire.AppendVarint(protowire.AppendTag(bytes.Clone(good), 6, protowire.VarintType), 1)},
+		{"reordered", reordered},
+		{"explicit zero leaf index", append(protowire.AppendVarint(protowire.AppendTag(nil, 5, protowire.VarintType), 0), good...)},
+		{"too long", make([]byte, MaxEncodedLen+1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := Unmarshal(tc.b); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("got %v, want ErrMalformed", err)
+			}
+		})
+	}
+}
+
+func TestCloseAndCancel(t *testing.T) {
+	p := newTestPKI(t)
+	inner := newKey(t, AlgECDSAP256SHA256)
+	cert := p.issue(t, pki.KindSigning, inner)
+	key := &gatedKey{Signer: inner, entered: make(chan struct{}), release: make(chan struct{})}
+	s, err := New(Config{Key: key, Chain: []*x509.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 3)
+	go func() { _, err := s.Sign(context.Background(), digest(0)); errs <- err }()
+	<-key.entered
+	// Queued behind the batch being signed: one caller gives up, one waits.
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _, err := s.Sign(ctx, digest(1)); errs <- err }()
+	go func() { _, err := s.Sign(context.Background(), digest(2)); errs <- err }()
+	waitQueued(t, s, 2)
+	cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	close(key.release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	var got []error
+	for range 3 {
+		got = append(got, <-errs)
+	}
+	var nilErrs, canceled, closedErrs int
+	for _, e := range got {
+		switch {
+		case e == nil:
+			nilErrs++
+		case errors.Is(e, context.Canceled):
+			canceled++
+		case errors.Is(e, ErrClosed):
+			closedErrs++
+		}
+	}
+	// The first batch completes; the canceled caller sees its cancellation;
+	// the third is either signed (if a worker took it before Close) or closed.
+	if nilErrs < 1 || canceled != 1 || nilErrs+closedErrs != 2 {
+		t.Fatalf("results %v", got)
+	}
+	if _, err := s.Sign(context.Background(), digest(3)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("sign after close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNewRefuses(t *testing.T) {
+	p := newTestPKI(t)
+	key := newKey(t, AlgECDSAP256SHA256)
+	otherCert := p.issue(t, pki.KindSigning, newKey(t, AlgECDSAP256SHA256))
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"no key", Config{}},
+		{"certificate of another key", Config{Key: key, Chain: []*x509.Certificate{otherCert}}},
+		{"chain wanted but none", Config{Key: key, IncludeChain: true}},
+		{"batch too big", Config{Key: key, MaxBatch: MaxTreeSize + 1}},
+		{"negative workers", Config{Key: key, Workers: -1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if s, err := New(tc.cfg); err == nil {
+				s.Close()
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
+
+func TestSetIdentity(t *testing.T) {
+	p := newTestPKI(t)
+	k1, k2 := newKey(t, AlgECDSAP256SHA256), newKey(t, AlgEd25519)
+	c1, c2 := p.issue(t, pki.KindSigning, k1), p.issue(t, pki.KindSigning, k2)
+	s := newSigner(t, Config{Key: k1, Chain: []*x509.Certificate{c1}})
+	sig1, err := s.Sign(context.Background(), digest(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetIdentity(k2, []*x509.Certificate{c1}); err == nil {
+		t.Fatal("identity with a certificate of another key accepted")
+	}
+	if err := s.SetIdentity(k2, []*x509.Certificate{c2}); err != nil {
+		t.Fatal(err)
+	}
+	sig2, err := s.Sign(context.Background(), digest(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(sig1, digest(1), c1, p.roots, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(sig2, digest(2), c2, p.roots, t0); err != nil || sig2.Algorithm != AlgEd25519 {
+		t.Fatal(err, sig2.Algorithm)
+	}
+	if _, err := Verify(sig2, digest(2), c1, p.roots, t0); !errors.Is(err, ErrCertificate) {
+		t.Fatalf("old certificate for new key: %v", err)
+	}
+}
