@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"crypto/subtle"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -10,10 +9,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/registry/fsm"
 )
@@ -83,16 +82,12 @@ func roleName(r registryv1.Role) string {
 	return strings.ToLower(strings.TrimPrefix(r.String(), "ROLE_"))
 }
 
-// apiKeyRole returns the role of the bearer API key in ctx.
+// apiKeyRole returns the role of the bearer API key in ctx. Keys have the
+// form "sild_<id>_<secret>"; the state holds the hash of the secret by id.
 func (s *Server) apiKeyRole(ctx context.Context) (registryv1.Role, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	auth := md.Get("authorization")
-	if len(auth) != 1 {
-		return 0, unauthenticated("missing API key: send metadata authorization: Bearer <key>")
-	}
-	key, ok := strings.CutPrefix(auth[0], "Bearer ")
+	key, ok := apikey.Bearer(ctx)
 	if !ok {
-		return 0, unauthenticated("authorization must be: Bearer <key>")
+		return 0, unauthenticated("missing API key: send metadata authorization: Bearer <key>")
 	}
 	rest, ok := strings.CutPrefix(key, "sild_")
 	id, secret, ok2 := strings.Cut(rest, "_")
@@ -101,12 +96,7 @@ func (s *Server) apiKeyRole(ctx context.Context) (registryv1.Role, error) {
 	}
 	var stored *registryv1.StoredApiKey
 	s.fsm.Read(func(st *fsm.State, _ uint64) { stored = st.APIKeys[id] })
-	// Compare even when the key is unknown so that timing does not tell.
-	want := "0000000000000000000000000000000000000000000000000000000000000000"
-	if stored != nil {
-		want = stored.GetSecretHash()
-	}
-	if subtle.ConstantTimeCompare([]byte(want), []byte(hashSecret(secret))) != 1 || stored == nil {
+	if stored == nil || !apikey.Check(stored.GetSecretHash(), secret) {
 		return 0, unauthenticated("unknown or revoked API key")
 	}
 	return stored.GetKey().GetRole(), nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -24,6 +23,7 @@ import (
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry/fsm"
 )
@@ -32,7 +32,7 @@ import (
 const (
 	fileKey      = "server.key" // this server's SVID key (PEM)
 	fileCert     = "server.crt" // its SVID chain (PEM)
-	fileBundle   = "bundle.pem" // the ecosystem's roots
+	FileBundle   = "bundle.pem" // the ecosystem's roots
 	fileInit     = "init.pb"    // the Init command until it is applied
 	FileAdminKey = "admin.key"  // the first admin API key (bootstrap only)
 )
@@ -76,7 +76,7 @@ func (s *Server) loadIdentity() error {
 	if err != nil {
 		return fmt.Errorf("load identity: %w", err)
 	}
-	bundlePEM, err := os.ReadFile(filepath.Join(dir, fileBundle))
+	bundlePEM, err := os.ReadFile(filepath.Join(dir, FileBundle))
 	if err != nil {
 		return fmt.Errorf("load identity: %w", err)
 	}
@@ -104,7 +104,7 @@ func (s *Server) setIdentity(key crypto.Signer, chain, roots []*x509.Certificate
 		if err := writeFile(s.cfg.DataDir, fileKey, keyPEM); err != nil {
 			return err
 		}
-		if err := writeFile(s.cfg.DataDir, fileBundle, pki.EncodeCerts(roots...)); err != nil {
+		if err := writeFile(s.cfg.DataDir, FileBundle, pki.EncodeCerts(roots...)); err != nil {
 			return err
 		}
 		if err := writeFile(s.cfg.DataDir, fileCert, pki.EncodeCerts(chain...)); err != nil {
@@ -307,10 +307,8 @@ func newAPIKey(name string, role registryv1.Role, now time.Time) (*registryv1.St
 	}, "sild_" + id + "_" + secret, nil
 }
 
-func hashSecret(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
-}
+// hashSecret is how API key secrets and join tokens are stored.
+func hashSecret(secret string) string { return apikey.Hash(secret) }
 
 // newToken returns a random one-time token and its stored hash.
 func newToken() (token, hash string, err error) {

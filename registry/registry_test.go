@@ -1,4 +1,4 @@
-package registry
+package registry_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/registry/registrytest"
 )
 
 func memberID(code string) *identv1.MemberId {
@@ -19,18 +20,18 @@ func memberID(code string) *identv1.MemberId {
 }
 
 func TestWritesOnFollowerReachLeaderAndReadsAreCurrent(t *testing.T) {
-	c := newCluster(t, 3)
+	c := registrytest.Start(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	f := c.followers()
-	follower := c.adminClient(f[0])
-	other := c.adminClient(f[1])
+	f := c.Followers()
+	follower := c.AdminClient(f[0])
+	other := c.AdminClient(f[1])
 	for i := 0; i < 20; i++ {
-		if _, err := follower.AddMember(c.ctx(ctx), &registryv1.AddMemberRequest{Id: memberID(string(rune('a'+i)) + "1"), Name: "m"}); err != nil {
+		if _, err := follower.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: memberID(string(rune('a'+i)) + "1"), Name: "m"}); err != nil {
 			t.Fatalf("add member %d via follower: %v", i, err)
 		}
 		// A linearizable read on the other follower sees it at once.
-		got, err := other.ListMembers(c.ctx(ctx), &registryv1.ListMembersRequest{})
+		got, err := other.ListMembers(c.Ctx(ctx), &registryv1.ListMembersRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -39,25 +40,25 @@ func TestWritesOnFollowerReachLeaderAndReadsAreCurrent(t *testing.T) {
 		}
 	}
 	// Every server has the same state.
-	want := c.leader().state()
-	for _, m := range c.live() {
-		waitFor(t, 10*time.Second, m.id+" caught up", func() bool { return proto.Equal(m.state(), want) })
+	want := c.Leader().State()
+	for _, m := range c.Live() {
+		registrytest.WaitFor(t, 10*time.Second, m.ID+" caught up", func() bool { return proto.Equal(m.State(), want) })
 	}
 }
 
 func TestAdminErrorsLeaveStateUnchanged(t *testing.T) {
-	c := newCluster(t, 1)
+	c := registrytest.Start(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	a := c.adminClient(c.servers[0])
-	if _, err := a.AddMember(c.ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("70000310")}); err != nil {
+	a := c.AdminClient(c.Servers[0])
+	if _, err := a.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("70000310")}); err != nil {
 		t.Fatal(err)
 	}
-	reader, err := a.CreateApiKey(c.ctx(ctx), &registryv1.CreateApiKeyRequest{Name: "auditor", Role: registryv1.Role_ROLE_READER})
+	reader, err := a.CreateApiKey(c.Ctx(ctx), &registryv1.CreateApiKeyRequest{Name: "auditor", Role: registryv1.Role_ROLE_READER})
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := c.servers[0].state()
+	before := c.Servers[0].State()
 	cases := []struct {
 		name   string
 		call   func() error
@@ -65,23 +66,23 @@ func TestAdminErrorsLeaveStateUnchanged(t *testing.T) {
 		reason string
 	}{
 		{"bad member code", func() error {
-			_, err := a.AddMember(c.ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("a/b")})
+			_, err := a.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("a/b")})
 			return err
 		}, codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier},
 		{"other instance", func() error {
-			_, err := a.AddMember(c.ctx(ctx), &registryv1.AddMemberRequest{Id: &identv1.MemberId{Instance: "FI", MemberClass: "GOV", MemberCode: "1"}})
+			_, err := a.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: &identv1.MemberId{Instance: "FI", MemberClass: "GOV", MemberCode: "1"}})
 			return err
 		}, codes.InvalidArgument, "WRONG_INSTANCE"},
 		{"duplicate member", func() error {
-			_, err := a.AddMember(c.ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("70000310")})
+			_, err := a.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("70000310")})
 			return err
 		}, codes.AlreadyExists, rpcerr.ReasonAlreadyExists},
 		{"subsystem of unknown member", func() error {
-			_, err := a.AddSubsystem(c.ctx(ctx), &registryv1.AddSubsystemRequest{Id: &identv1.SubsystemId{Member: memberID("999"), SubsystemCode: "x"}})
+			_, err := a.AddSubsystem(c.Ctx(ctx), &registryv1.AddSubsystemRequest{Id: &identv1.SubsystemId{Member: memberID("999"), SubsystemCode: "x"}})
 			return err
 		}, codes.NotFound, rpcerr.ReasonNotFound},
 		{"token for unknown node", func() error {
-			_, err := a.CreateJoinToken(c.ctx(ctx), &registryv1.CreateJoinTokenRequest{Node: &identv1.NodeId{Member: memberID("70000310"), NodeCode: "ss9"}})
+			_, err := a.CreateJoinToken(c.Ctx(ctx), &registryv1.CreateJoinTokenRequest{Node: &identv1.NodeId{Member: memberID("70000310"), NodeCode: "ss9"}})
 			return err
 		}, codes.NotFound, rpcerr.ReasonNotFound},
 		{"no api key", func() error {
@@ -89,22 +90,22 @@ func TestAdminErrorsLeaveStateUnchanged(t *testing.T) {
 			return err
 		}, codes.Unauthenticated, rpcerr.ReasonUnauthenticated},
 		{"wrong api key", func() error {
-			_, err := a.AddMember(withKey(ctx, c.admin+"x"), &registryv1.AddMemberRequest{Id: memberID("2")})
+			_, err := a.AddMember(registrytest.WithKey(ctx, c.Admin+"x"), &registryv1.AddMemberRequest{Id: memberID("2")})
 			return err
 		}, codes.Unauthenticated, rpcerr.ReasonUnauthenticated},
 		{"reader may not write", func() error {
-			_, err := a.AddMember(withKey(ctx, reader.GetSecret()), &registryv1.AddMemberRequest{Id: memberID("2")})
+			_, err := a.AddMember(registrytest.WithKey(ctx, reader.GetSecret()), &registryv1.AddMemberRequest{Id: memberID("2")})
 			return err
 		}, codes.PermissionDenied, rpcerr.ReasonPermissionDenied},
 		{"bad descriptors", func() error {
-			_, err := a.PublishService(c.ctx(ctx), &registryv1.PublishServiceRequest{
+			_, err := a.PublishService(c.Ctx(ctx), &registryv1.PublishServiceRequest{
 				Service:           &identv1.ServiceId{Subsystem: &identv1.SubsystemId{Member: memberID("70000310"), SubsystemCode: "x"}, ServiceName: "a.B"},
 				FileDescriptorSet: []byte("garbage"),
 			})
 			return err
 		}, codes.NotFound, rpcerr.ReasonNotFound},
 		{"unknown request", func() error {
-			_, err := a.ApproveRequest(c.ctx(ctx), &registryv1.ApproveRequestRequest{Id: 42})
+			_, err := a.ApproveRequest(c.Ctx(ctx), &registryv1.ApproveRequestRequest{Id: 42})
 			return err
 		}, codes.NotFound, rpcerr.ReasonNotFound},
 	}
@@ -117,10 +118,10 @@ func TestAdminErrorsLeaveStateUnchanged(t *testing.T) {
 		})
 	}
 	// The reader key may read.
-	if _, err := a.ListMembers(withKey(ctx, reader.GetSecret()), &registryv1.ListMembersRequest{}); err != nil {
+	if _, err := a.ListMembers(registrytest.WithKey(ctx, reader.GetSecret()), &registryv1.ListMembersRequest{}); err != nil {
 		t.Fatalf("reader list: %v", err)
 	}
-	if after := c.servers[0].state(); !proto.Equal(before, after) {
+	if after := c.Servers[0].State(); !proto.Equal(before, after) {
 		t.Fatal("refused commands changed the state")
 	}
 }

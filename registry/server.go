@@ -123,7 +123,7 @@ func (c *Config) Validate() error {
 		return errors.New("RaftAddr: required")
 	}
 	if c.Bootstrap && c.Join != "" {
-		return errors.New("Bootstrap and Join: choose one")
+		return errors.New("config: set Bootstrap or Join, not both")
 	}
 	if c.Bootstrap {
 		if err := ident.CheckCode("instance", c.Instance); err != nil {
@@ -134,7 +134,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Join != "" && (c.Token == "" || len(c.TrustBundle) == 0) {
-		return errors.New("Join: needs Token and TrustBundle")
+		return errors.New("config: Join needs Token and TrustBundle")
 	}
 	if c.NodeSVIDTTL < time.Minute {
 		return errors.New("NodeSVIDTTL: at least 1m")
@@ -156,9 +156,10 @@ type Server struct {
 	svids  *pki.SVIDSource
 	bundle *pki.BundleSource
 
-	raft  *raft.Raft
-	store *raftstore.Store
-	trans *raft.NetworkTransport
+	raft   *raft.Raft
+	store  *raftstore.Store
+	trans  *raft.NetworkTransport
+	stream *tlsStream
 
 	apiLn, raftLn, httpLn net.Listener
 	grpc                  *grpc.Server
@@ -240,6 +241,25 @@ func (s *Server) FSM() *fsm.FSM { return s.fsm }
 // Raft exposes the raft instance (tests: leadership, stats). Nil before Run
 // has started it.
 func (s *Server) Raft() *raft.Raft { return s.raft }
+
+// Ready reports whether the server is running, knows a leader, the
+// ecosystem is initialized and a configuration is published.
+func (s *Server) Ready() bool {
+	if !s.ready.Load() || s.raft == nil || s.raft.Leader() == "" {
+		return false
+	}
+	p, _ := s.current()
+	return p != nil
+}
+
+// SetPartitioned cuts this server's Raft transport off from the others
+// (closing open connections, refusing new ones) or heals it. It is meant for
+// fault-injection tests and drills; the API stays reachable.
+func (s *Server) SetPartitioned(cut bool) {
+	if s.stream != nil {
+		s.stream.setCut(cut)
+	}
+}
 
 // Run starts the server and blocks until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
@@ -338,12 +358,12 @@ func (s *Server) startRaft(boot *registryv1.Init) error {
 		}
 		return nil
 	})
-	stream := &tlsStream{
+	s.stream = &tlsStream{
 		Listener: tls.NewListener(s.raftLn, tlsconfig.MTLSServerConfig(s.svids, s.bundle, authorize)),
 		client:   tlsconfig.MTLSClientConfig(s.svids, s.bundle, authorize),
 	}
 	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hl,
+		Stream: s.stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hl,
 	})
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(s.cfg.ServerID)

@@ -1,4 +1,9 @@
-package registry
+// Package registrytest starts real registry clusters on loopback for tests:
+// real servers, Raft over mTLS, Badger on the test's temporary directory.
+// The first server bootstraps the ecosystem EE (trust domain ee.sild.test);
+// the others join with server tokens. Servers can be stopped, restarted on
+// their data directory and addresses, and cut off from Raft.
+package registrytest
 
 import (
 	"context"
@@ -24,21 +29,25 @@ import (
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/pki"
+	"github.com/sildmesh/sild/registry"
 	"github.com/sildmesh/sild/registry/fsm"
 )
 
 // cluster is a registry cluster of real servers on loopback for tests.
-type cluster struct {
-	t       testing.TB
-	servers []*member
-	admin   string // admin API key
-	roots   []*x509.Certificate
+type Cluster struct {
+	t testing.TB
+	// Servers are all servers ever started, live or stopped.
+	Servers []*Member
+	// Admin is the bootstrap admin API key.
+	Admin string
+	// Roots are the ecosystem's root certificates.
+	Roots []*x509.Certificate
 }
 
-type member struct {
-	id     string
-	dir    string
-	srv    *Server
+type Member struct {
+	ID     string
+	Dir    string
+	Srv    *registry.Server
 	cancel context.CancelFunc
 	done   chan error
 	api    string // fixed across restarts
@@ -46,8 +55,8 @@ type member struct {
 	http   string
 }
 
-func testConfig(id, dir string) Config {
-	cfg := DefaultConfig()
+func config(id, dir string) registry.Config {
+	cfg := registry.DefaultConfig()
 	cfg.ServerID = id
 	cfg.Instance = "EE"
 	cfg.TrustDomain = "ee.sild.test"
@@ -61,65 +70,65 @@ func testConfig(id, dir string) Config {
 	return cfg
 }
 
-// newCluster starts n servers: the first bootstraps, the others join as voters.
-func newCluster(t testing.TB, n int) *cluster {
+// Start starts n servers: the first bootstraps, the others join as voters.
+func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
-	c := &cluster{t: t}
+	c := &Cluster{t: t}
 	base := t.TempDir()
-	first := &member{id: "r1", dir: filepath.Join(base, "r1")}
-	cfg := testConfig(first.id, first.dir)
+	first := &Member{ID: "r1", Dir: filepath.Join(base, "r1")}
+	cfg := config(first.ID, first.Dir)
 	cfg.Bootstrap = true
 	c.start(first, cfg)
-	c.servers = append(c.servers, first)
-	c.waitReady(first)
-	key, err := os.ReadFile(filepath.Join(first.dir, FileAdminKey))
+	c.Servers = append(c.Servers, first)
+	c.WaitReady(first)
+	key, err := os.ReadFile(filepath.Join(first.Dir, registry.FileAdminKey))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.admin = strings.TrimSpace(string(key))
-	bundle, err := os.ReadFile(filepath.Join(first.dir, fileBundle))
+	c.Admin = strings.TrimSpace(string(key))
+	bundle, err := os.ReadFile(filepath.Join(first.Dir, registry.FileBundle))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.roots, err = pki.DecodeCerts(bundle); err != nil {
+	if c.Roots, err = pki.DecodeCerts(bundle); err != nil {
 		t.Fatal(err)
 	}
 	for i := 2; i <= n; i++ {
-		c.add(fmt.Sprintf("r%d", i), true, filepath.Join(base, fmt.Sprintf("r%d", i)))
+		c.Add(fmt.Sprintf("r%d", i), true, filepath.Join(base, fmt.Sprintf("r%d", i)))
 	}
 	return c
 }
 
-// add joins a new server through the admin API of the first live server.
-func (c *cluster) add(id string, voter bool, dir string) *member {
+// Add joins a new server through the admin API of the first live server.
+func (c *Cluster) Add(id string, voter bool, dir string) *Member {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	tok, err := c.adminClient(c.live()[0]).CreateServerToken(c.ctx(ctx), &registryv1.CreateServerTokenRequest{ServerId: id, Voter: voter})
+	tok, err := c.AdminClient(c.Live()[0]).CreateServerToken(c.Ctx(ctx), &registryv1.CreateServerTokenRequest{ServerId: id, Voter: voter})
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	m := &member{id: id, dir: dir}
-	cfg := testConfig(id, dir)
-	cfg.Join = c.live()[0].srv.APIAddr()
+	m := &Member{ID: id, Dir: dir}
+	cfg := config(id, dir)
+	cfg.Join = c.Live()[0].Srv.APIAddr()
 	cfg.Token = tok.GetToken()
-	cfg.TrustBundle = c.roots
+	cfg.TrustBundle = c.Roots
 	c.start(m, cfg)
-	c.servers = append(c.servers, m)
-	c.waitReady(m)
+	c.Servers = append(c.Servers, m)
+	c.WaitReady(m)
 	return m
 }
 
-func (c *cluster) start(m *member, cfg Config) {
+func (c *Cluster) start(m *Member, cfg registry.Config) {
 	c.t.Helper()
 	if m.api != "" {
 		cfg.APIAddr, cfg.RaftAddr, cfg.HTTPAddr = m.api, m.raft, m.http
 	}
-	var srv *Server
+	var srv *registry.Server
 	var err error
 	// A just-closed port can take a moment to be free again.
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		srv, err = New(cfg)
+		srv, err = registry.New(cfg)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
@@ -128,17 +137,17 @@ func (c *cluster) start(m *member, cfg Config) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	m.srv = srv
+	m.Srv = srv
 	m.api, m.raft, m.http = srv.APIAddr(), srv.RaftAddr(), srv.HTTPAddr()
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	m.done = make(chan error, 1)
 	go func() { m.done <- srv.Run(ctx) }()
-	c.t.Cleanup(func() { c.stop(m) })
+	c.t.Cleanup(func() { c.Stop(m) })
 }
 
-// stop shuts a server down (idempotent).
-func (c *cluster) stop(m *member) {
+// Stop shuts a server down (idempotent).
+func (c *Cluster) Stop(m *Member) {
 	if m.cancel == nil {
 		return
 	}
@@ -147,22 +156,22 @@ func (c *cluster) stop(m *member) {
 	select {
 	case err := <-m.done:
 		if err != nil {
-			c.t.Errorf("server %s: %v", m.id, err)
+			c.t.Errorf("server %s: %v", m.ID, err)
 		}
 	case <-time.After(30 * time.Second):
-		c.t.Errorf("server %s did not stop", m.id)
+		c.t.Errorf("server %s did not stop", m.ID)
 	}
 }
 
-// restart starts a stopped server again on its data directory and addresses.
-func (c *cluster) restart(m *member) {
+// Restart starts a stopped server again on its data directory and addresses.
+func (c *Cluster) Restart(m *Member) {
 	c.t.Helper()
-	c.start(m, testConfig(m.id, m.dir))
+	c.start(m, config(m.ID, m.Dir))
 }
 
-func (c *cluster) live() []*member {
-	var out []*member
-	for _, m := range c.servers {
+func (c *Cluster) Live() []*Member {
+	var out []*Member
+	for _, m := range c.Servers {
 		if m.cancel != nil {
 			out = append(out, m)
 		}
@@ -170,24 +179,20 @@ func (c *cluster) live() []*member {
 	return out
 }
 
-func (c *cluster) waitReady(m *member) {
+func (c *Cluster) WaitReady(m *Member) {
 	c.t.Helper()
-	waitFor(c.t, 30*time.Second, m.id+" ready", func() bool {
-		if !m.srv.ready.Load() || m.srv.raft == nil || m.srv.raft.Leader() == "" {
-			return false
-		}
-		p, _ := m.srv.current()
-		return p != nil
+	WaitFor(c.t, 30*time.Second, m.ID+" ready", func() bool {
+		return m.Srv.Ready()
 	})
 }
 
-// leader waits for a live leader and returns it.
-func (c *cluster) leader() *member {
+// Leader waits for a live leader and returns it.
+func (c *Cluster) Leader() *Member {
 	c.t.Helper()
-	var l *member
-	waitFor(c.t, 30*time.Second, "a leader", func() bool {
-		for _, m := range c.live() {
-			if m.srv.raft != nil && m.srv.raft.State() == raft.Leader {
+	var l *Member
+	WaitFor(c.t, 30*time.Second, "a leader", func() bool {
+		for _, m := range c.Live() {
+			if m.Srv.Raft() != nil && m.Srv.Raft().State() == raft.Leader {
 				l = m
 				return true
 			}
@@ -197,10 +202,10 @@ func (c *cluster) leader() *member {
 	return l
 }
 
-func (c *cluster) followers() []*member {
-	l := c.leader()
-	var out []*member
-	for _, m := range c.live() {
+func (c *Cluster) Followers() []*Member {
+	l := c.Leader()
+	var out []*Member
+	for _, m := range c.Live() {
 		if m != l {
 			out = append(out, m)
 		}
@@ -208,22 +213,22 @@ func (c *cluster) followers() []*member {
 	return out
 }
 
-// ctx adds the admin API key.
-func (c *cluster) ctx(ctx context.Context) context.Context {
-	return withKey(ctx, c.admin)
+// Ctx adds the admin API key.
+func (c *Cluster) Ctx(ctx context.Context) context.Context {
+	return WithKey(ctx, c.Admin)
 }
 
-func withKey(ctx context.Context, key string) context.Context {
+func WithKey(ctx context.Context, key string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 }
 
 var connsMu sync.Mutex
 
-// conn dials a server's API as an operator would (TLS, no client cert).
-func (c *cluster) conn(m *member) *grpc.ClientConn {
+// Conn dials a server's API as an operator would (TLS, no client cert).
+func (c *Cluster) Conn(m *Member) *grpc.ClientConn {
 	c.t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("ee.sild.test")
-	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, c.roots), tlsconfig.AuthorizeMemberOf(td))
+	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, c.Roots), tlsconfig.AuthorizeMemberOf(td))
 	conn, err := grpc.NewClient(m.api, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		c.t.Fatal(err)
@@ -234,18 +239,18 @@ func (c *cluster) conn(m *member) *grpc.ClientConn {
 	return conn
 }
 
-func (c *cluster) adminClient(m *member) registryv1.AdminServiceClient {
-	return registryv1.NewAdminServiceClient(c.conn(m))
+func (c *Cluster) AdminClient(m *Member) registryv1.AdminServiceClient {
+	return registryv1.NewAdminServiceClient(c.Conn(m))
 }
 
-// state returns a server's replicated state in its wire form.
-func (m *member) state() *registryv1.State {
+// State returns a server's replicated state in its wire form.
+func (m *Member) State() *registryv1.State {
 	var p *registryv1.State
-	m.srv.fsm.Read(func(st *fsm.State, _ uint64) { p = proto.Clone(st.Proto()).(*registryv1.State) })
+	m.Srv.FSM().Read(func(st *fsm.State, _ uint64) { p = proto.Clone(st.Proto()).(*registryv1.State) })
 	return p
 }
 
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -255,4 +260,3 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
