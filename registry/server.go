@@ -127,7 +127,7 @@ func (c *Config) Validate() error {
 	}
 	if c.Bootstrap {
 		if err := ident.CheckCode("instance", c.Instance); err != nil {
-			return fmt.Errorf("Instance: %w", err)
+			return fmt.Errorf("config: Instance: %w", err)
 		}
 		if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 			return fmt.Errorf("TrustDomain: %w", err)
