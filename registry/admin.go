@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
@@ -130,7 +131,7 @@ func (a *adminAPI) RegisterSubsystem(ctx context.Context, r *registryv1.Register
 	err := a.read(ctx, nil, func(st *fsm.State) {
 		for id := st.NextReq - 1; id > 0; id-- {
 			if q := st.Requests[id]; q != nil && q.GetKind() == fsm.KindRegisterSubsystem {
-				resp.Request = q
+				resp.Request = proto.Clone(q).(*registryv1.ManagementRequest)
 				return
 			}
 		}

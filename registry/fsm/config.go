@@ -42,8 +42,8 @@ func CheckDescriptors(fds []byte, service string) error {
 	return nil
 }
 
-// Config builds the global configuration of s (unsigned), issued at now and
-// valid for ttl. trustBundle is the ecosystem's CA certificates (DER), tsaURLs
+// Config builds the global configuration of s (unsigned, a deep copy that
+// the caller may keep), issued at now and valid for ttl. trustBundle is the ecosystem's CA certificates (DER), tsaURLs
 // and registryAddrs the addresses nodes use.
 func (s *State) Config(now time.Time, ttl time.Duration, tsaURLs, registryAddrs []string) *registryv1.GlobalConfig {
 	c := &registryv1.GlobalConfig{
@@ -67,5 +67,5 @@ func (s *State) Config(now time.Time, ttl time.Duration, tsaURLs, registryAddrs 
 	if s.TSA != nil {
 		c.TsaCertificate = s.TSA.GetCertificate()
 	}
-	return c
+	return proto.Clone(c).(*registryv1.GlobalConfig)
 }

@@ -724,7 +724,7 @@ func sortSubsystems(l []*identv1.SubsystemId) {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(f.s.Proto())
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(f.s.wire())
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -763,9 +763,15 @@ func (s snapshot) Persist(sink raft.SnapshotSink) error {
 
 func (snapshot) Release() {}
 
-// Proto returns the state as its wire form, lists sorted by key. The
-// messages are shared with s, not copied.
+// Proto returns a deep copy of the state in its wire form, lists sorted by
+// key; the caller may keep it after Read returns.
 func (s *State) Proto() *registryv1.State {
+	return proto.Clone(s.wire()).(*registryv1.State)
+}
+
+// wire is Proto without the copy: its messages are shared with s (Apply
+// changes them in place), so it must not escape the lock.
+func (s *State) wire() *registryv1.State {
 	p := &registryv1.State{
 		Instance: s.Instance, TrustDomain: s.TrustDomain, Ca: s.CA, ConfigSigner: s.ConfigSigner, Tsa: s.TSA,
 		ConfigVersion: s.ConfigVersion, Settings: s.Settings, NextRequestId: s.NextReq,
