@@ -279,13 +279,30 @@ func TestVerifyRefuses(t *testing.T) {
 	waitQueued(t, s, 5)
 	close(gk.release)
 	wg.Wait()
-	good := sigs[3]
-	if good == nil || good.TreeSize != 5 || len(good.Path) == 0 {
-		t.Fatalf("unexpected signature %+v", good)
+	// The batch order is the queue order: find who got leaf 3 of 5.
+	var good *Signature
+	var gd, od []byte
+	for j, sg := range sigs[1:] {
+		if sg == nil || sg.TreeSize != 5 {
+			t.Fatalf("unexpected signature %+v", sg)
+		}
+		if sg.LeafIndex == 3 {
+			good, gd = sg, digest(j+1)
+		} else {
+			od = digest(j + 1)
+		}
 	}
 	at := t0.Add(time.Minute)
-	if _, err := Verify(good, digest(3), cert, p.roots, at); err != nil {
+	if _, err := Verify(good, gd, cert, p.roots, at); err != nil {
 		t.Fatal(err)
+	}
+	// A Verifier that has seen the good signature (and its batch) must refuse
+	// the same as Verify.
+	v := NewVerifier(0)
+	for i, sig := range sigs[1:] {
+		if id, err := v.Verify(sig, digest(i+1), nil, p.roots, at); err != nil || id != nodeID {
+			t.Fatalf("verifier %d: %v %v", i+1, id, err)
+		}
 	}
 
 	other := newTestPKI(t)
@@ -319,32 +336,36 @@ func TestVerifyRefuses(t *testing.T) {
 		at     time.Time
 		want   error
 	}{
-		{"other digest", good, digest(4), cert, p.roots, at, ErrInvalid},
-		{"short digest", good, digest(3)[:31], cert, p.roots, at, ErrDigestSize},
-		{"flipped root signature", clone(func(s *Signature) { s.RootSignature[10] ^= 1 }), digest(3), cert, p.roots, at, ErrInvalid},
-		{"flipped path", clone(func(s *Signature) { s.Path[0][0] ^= 1 }), digest(3), cert, p.roots, at, ErrInvalid},
-		{"other leaf index", clone(func(s *Signature) { s.LeafIndex = 2 }), digest(3), cert, p.roots, at, ErrInvalid},
-		{"other tree size", clone(func(s *Signature) { s.TreeSize = 6 }), digest(3), cert, p.roots, at, ErrInvalid},
-		{"index out of tree", clone(func(s *Signature) { s.LeafIndex = 5 }), digest(3), cert, p.roots, at, ErrMalformed},
-		{"path too short", clone(func(s *Signature) { s.Path = s.Path[1:] }), digest(3), cert, p.roots, at, ErrMalformed},
-		{"ed25519 algorithm claimed", clone(func(s *Signature) { s.Algorithm = AlgEd25519; s.RootSignature = make([]byte, 64) }), digest(3), cert, p.roots, at, ErrInvalid},
-		{"unknown algorithm", clone(func(s *Signature) { s.Algorithm = 7 }), digest(3), cert, p.roots, at, ErrMalformed},
-		{"other signer's certificate", clone(func(s *Signature) { s.Chain = nil; s.KeyID = keyID(otherCert) }), digest(3), otherCert, p.roots, at, ErrInvalid},
-		{"key id of other key", clone(func(s *Signature) { s.Chain = nil }), digest(3), otherCert, p.roots, at, ErrCertificate},
-		{"sent chain differs from expected", good, digest(3), otherCert, p.roots, at, ErrCertificate},
-		{"ed25519 certificate", clone(func(s *Signature) { s.Chain = nil; s.KeyID = keyID(edCert) }), digest(3), edCert, p.roots, at, ErrInvalid},
-		{"svid as signing certificate", clone(func(s *Signature) { s.Chain = nil }), digest(3), svid, p.roots, at, ErrCertificate},
-		{"tsa certificate", clone(func(s *Signature) { s.Chain = nil }), digest(3), tsaCert, p.roots, at, ErrCertificate},
-		{"untrusted root", good, digest(3), cert, other.roots, at, ErrCertificate},
-		{"expired", good, digest(3), cert, p.roots, t0.Add(2 * time.Hour), ErrCertificate},
-		{"not yet valid", good, digest(3), cert, p.roots, t0.Add(-time.Hour), ErrCertificate},
-		{"no certificate at all", clone(func(s *Signature) { s.Chain = nil }), digest(3), nil, p.roots, at, ErrCertificate},
-		{"garbage chain", clone(func(s *Signature) { s.Chain = [][]byte{{1, 2, 3}} }), digest(3), nil, p.roots, at, ErrMalformed},
+		{"other digest", good, od, cert, p.roots, at, ErrInvalid},
+		{"short digest", good, gd[:31], cert, p.roots, at, ErrDigestSize},
+		{"flipped root signature", clone(func(s *Signature) { s.RootSignature[10] ^= 1 }), gd, cert, p.roots, at, ErrInvalid},
+		{"flipped path", clone(func(s *Signature) { s.Path[0][0] ^= 1 }), gd, cert, p.roots, at, ErrInvalid},
+		{"other leaf index", clone(func(s *Signature) { s.LeafIndex = 2 }), gd, cert, p.roots, at, ErrInvalid},
+		{"other tree size", clone(func(s *Signature) { s.TreeSize = 6 }), gd, cert, p.roots, at, ErrInvalid},
+		{"index out of tree", clone(func(s *Signature) { s.LeafIndex = 5 }), gd, cert, p.roots, at, ErrMalformed},
+		{"path too short", clone(func(s *Signature) { s.Path = s.Path[1:] }), gd, cert, p.roots, at, ErrMalformed},
+		{"ed25519 algorithm claimed", clone(func(s *Signature) { s.Algorithm = AlgEd25519; s.RootSignature = make([]byte, 64) }), gd, cert, p.roots, at, ErrInvalid},
+		{"unknown algorithm", clone(func(s *Signature) { s.Algorithm = 7 }), gd, cert, p.roots, at, ErrMalformed},
+		{"other signer's certificate", clone(func(s *Signature) { s.Chain = nil; s.KeyID = keyID(otherCert) }), gd, otherCert, p.roots, at, ErrInvalid},
+		{"key id of other key", clone(func(s *Signature) { s.Chain = nil }), gd, otherCert, p.roots, at, ErrCertificate},
+		{"sent chain differs from expected", good, gd, otherCert, p.roots, at, ErrCertificate},
+		{"ed25519 certificate", clone(func(s *Signature) { s.Chain = nil; s.KeyID = keyID(edCert) }), gd, edCert, p.roots, at, ErrInvalid},
+		{"svid as signing certificate", clone(func(s *Signature) { s.Chain = nil }), gd, svid, p.roots, at, ErrCertificate},
+		{"tsa certificate", clone(func(s *Signature) { s.Chain = nil }), gd, tsaCert, p.roots, at, ErrCertificate},
+		{"untrusted root", good, gd, cert, other.roots, at, ErrCertificate},
+		{"expired", good, gd, cert, p.roots, t0.Add(2 * time.Hour), ErrCertificate},
+		{"not yet valid", good, gd, cert, p.roots, t0.Add(-time.Hour), ErrCertificate},
+		{"no certificate at all", clone(func(s *Signature) { s.Chain = nil }), gd, nil, p.roots, at, ErrCertificate},
+		{"garbage chain", clone(func(s *Signature) { s.Chain = [][]byte{{1, 2, 3}} }), gd, nil, p.roots, at, ErrMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Verify(tc.sig, tc.digest, tc.cert, tc.roots, tc.at)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			_, err = v.Verify(tc.sig, tc.digest, tc.cert, tc.roots, tc.at)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("verifier: got %v, want %v", err, tc.want)
 			}
 		})
 	}

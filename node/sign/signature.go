@@ -274,26 +274,9 @@ func VerifyKey(s *Signature, digest []byte, pub crypto.PublicKey) error {
 // first certificate of s.Chain is used. If both are given they must be the
 // same certificate.
 func Verify(s *Signature, digest []byte, cert *x509.Certificate, roots []*x509.Certificate, at time.Time) (spiffeid.ID, error) {
-	if err := s.check(); err != nil {
+	cert, err := s.resolveCert(cert)
+	if err != nil {
 		return spiffeid.ID{}, err
-	}
-	switch {
-	case cert == nil && len(s.Chain) == 0:
-		return spiffeid.ID{}, fmt.Errorf("%w: no certificate given or sent", ErrCertificate)
-	case cert == nil:
-		c, err := x509.ParseCertificate(s.Chain[0])
-		if err != nil {
-			return spiffeid.ID{}, fmt.Errorf("%w: %v", ErrMalformed, err)
-		}
-		cert = c
-	case len(s.Chain) > 0 && !bytes.Equal(s.Chain[0], cert.Raw):
-		return spiffeid.ID{}, fmt.Errorf("%w: sent certificate is not the expected one", ErrCertificate)
-	}
-	if s.KeyID != "" {
-		kid, err := pki.KeyHash(cert.PublicKey)
-		if err != nil || kid != s.KeyID {
-			return spiffeid.ID{}, fmt.Errorf("%w: key id does not match the certificate", ErrCertificate)
-		}
 	}
 	id, err := CheckCertificate(cert, roots, at)
 	if err != nil {
@@ -303,6 +286,34 @@ func Verify(s *Signature, digest []byte, cert *x509.Certificate, roots []*x509.C
 		return spiffeid.ID{}, err
 	}
 	return id, nil
+}
+
+// resolveCert checks s's structure and returns the certificate to verify it
+// with: cert, or the first of s.Chain; it checks that both agree and that the
+// key id names the certificate's key.
+func (s *Signature) resolveCert(cert *x509.Certificate) (*x509.Certificate, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	switch {
+	case cert == nil && len(s.Chain) == 0:
+		return nil, fmt.Errorf("%w: no certificate given or sent", ErrCertificate)
+	case cert == nil:
+		c, err := x509.ParseCertificate(s.Chain[0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
+		cert = c
+	case len(s.Chain) > 0 && !bytes.Equal(s.Chain[0], cert.Raw):
+		return nil, fmt.Errorf("%w: sent certificate is not the expected one", ErrCertificate)
+	}
+	if s.KeyID != "" {
+		kid, err := pki.KeyHash(cert.PublicKey)
+		if err != nil || kid != s.KeyID {
+			return nil, fmt.Errorf("%w: key id does not match the certificate", ErrCertificate)
+		}
+	}
+	return cert, nil
 }
 
 // CheckCertificate checks that cert is a message-signing certificate issued

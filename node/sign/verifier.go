@@ -1,0 +1,98 @@
+package sign
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// DefaultCacheSize is the number of entries a Verifier keeps per cache.
+const DefaultCacheSize = 4096
+
+// Verifier verifies signatures like Verify, remembering what it has checked:
+// certificates already found acceptable under the same roots (their validity
+// period is still checked against each call's time), and root signatures
+// already verified for the same certificate. A receiving node sees many
+// signatures of one batch, so most calls cost only the hashes of the
+// inclusion path. It is safe for concurrent use.
+type Verifier struct {
+	size int
+
+	mu    sync.Mutex
+	certs map[[sha256.Size]byte]spiffeid.ID // by certificate and roots
+	roots map[[sha256.Size]byte]struct{}    // verified root signatures
+}
+
+// NewVerifier returns a Verifier keeping at most size entries per cache
+// (DefaultCacheSize if size <= 0). A full cache is emptied and starts over.
+func NewVerifier(size int) *Verifier {
+	if size <= 0 {
+		size = DefaultCacheSize
+	}
+	return &Verifier{size: size, certs: map[[sha256.Size]byte]spiffeid.ID{}, roots: map[[sha256.Size]byte]struct{}{}}
+}
+
+// Verify has the contract of the package function Verify.
+func (v *Verifier) Verify(s *Signature, digest []byte, cert *x509.Certificate, roots []*x509.Certificate, at time.Time) (spiffeid.ID, error) {
+	cert, err := s.resolveCert(cert)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	if at.Before(cert.NotBefore) || at.After(cert.NotAfter) {
+		// Not cached: let the full check report it.
+		return Verify(s, digest, cert, roots, at)
+	}
+	h := sha256.New()
+	h.Write(cert.Raw)
+	for _, r := range roots {
+		h.Write(r.Raw)
+	}
+	var certKey [sha256.Size]byte
+	h.Sum(certKey[:0])
+
+	v.mu.Lock()
+	id, certOK := v.certs[certKey]
+	v.mu.Unlock()
+	if !certOK {
+		if id, err = CheckCertificate(cert, roots, at); err != nil {
+			return spiffeid.ID{}, err
+		}
+		v.mu.Lock()
+		if len(v.certs) >= v.size {
+			clear(v.certs)
+		}
+		v.certs[certKey] = id
+		v.mu.Unlock()
+	}
+
+	root, err := s.Root(digest)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	h.Reset()
+	h.Write(cert.Raw)
+	h.Write(signedBytes(s.TreeSize, &root))
+	h.Write([]byte{byte(s.Algorithm)})
+	h.Write(s.RootSignature)
+	var sigKey [sha256.Size]byte
+	h.Sum(sigKey[:0])
+	v.mu.Lock()
+	_, sigOK := v.roots[sigKey]
+	v.mu.Unlock()
+	if sigOK {
+		return id, nil
+	}
+	if err := VerifyKey(s, digest, cert.PublicKey); err != nil {
+		return spiffeid.ID{}, err
+	}
+	v.mu.Lock()
+	if len(v.roots) >= v.size {
+		clear(v.roots)
+	}
+	v.roots[sigKey] = struct{}{}
+	v.mu.Unlock()
+	return id, nil
+}
