@@ -14,15 +14,11 @@ func (s *Server) httpHandler() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.ready.Load() || s.raft.Leader() == "" {
-			http.Error(w, "not ready: no leader or not initialized", http.StatusServiceUnavailable)
+		if !s.Ready() {
+			http.Error(w, "not ready: no leader, not initialized or no configuration published", http.StatusServiceUnavailable)
 			return
 		}
-		if p, _ := s.current(); p == nil {
-			http.Error(w, "not ready: no configuration published", http.StatusServiceUnavailable)
-			return
-		}
-		state := s.raft.State()
+		state := s.Raft().State()
 		if state != raft.Leader && state != raft.Follower {
 			http.Error(w, "not ready: "+state.String(), http.StatusServiceUnavailable)
 			return

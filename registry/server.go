@@ -157,6 +157,7 @@ type Server struct {
 	bundle *pki.BundleSource
 
 	raft   *raft.Raft
+	raftP  atomic.Pointer[raft.Raft] // raft, for readers outside Run
 	store  *raftstore.Store
 	trans  *raft.NetworkTransport
 	stream *tlsStream
@@ -211,6 +212,22 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("http listener: %w", err)
 		}
 	}
+	// Raft peers must be registry servers of the trust domain of our own
+	// SVID (known only once prepareIdentity ran, hence checked per handshake).
+	authorize := tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
+		svid, err := s.svids.GetX509SVID()
+		if err != nil {
+			return err
+		}
+		if id.TrustDomain() != svid.ID.TrustDomain() || !ident.IsRegistrySPIFFEID(id) {
+			return fmt.Errorf("%s is not a registry server of %s", id, svid.ID.TrustDomain())
+		}
+		return nil
+	})
+	s.stream = &tlsStream{
+		Listener: tls.NewListener(s.raftLn, tlsconfig.MTLSServerConfig(s.svids, s.bundle, authorize)),
+		client:   tlsconfig.MTLSClientConfig(s.svids, s.bundle, authorize),
+	}
 	if s.cfg.AdvertiseAPI == "" {
 		s.cfg.AdvertiseAPI = s.apiLn.Addr().String()
 	}
@@ -240,12 +257,13 @@ func (s *Server) FSM() *fsm.FSM { return s.fsm }
 
 // Raft exposes the raft instance (tests: leadership, stats). Nil before Run
 // has started it.
-func (s *Server) Raft() *raft.Raft { return s.raft }
+func (s *Server) Raft() *raft.Raft { return s.raftP.Load() }
 
 // Ready reports whether the server is running, knows a leader, the
 // ecosystem is initialized and a configuration is published.
 func (s *Server) Ready() bool {
-	if !s.ready.Load() || s.raft == nil || s.raft.Leader() == "" {
+	r := s.Raft()
+	if !s.ready.Load() || r == nil || r.Leader() == "" {
 		return false
 	}
 	p, _ := s.current()
@@ -351,17 +369,6 @@ func (s *Server) startRaft(boot *registryv1.Init) error {
 		st.Close()
 		return fmt.Errorf("snapshot store: %w", err)
 	}
-	td, _ := spiffeid.TrustDomainFromString(s.trustDomain())
-	authorize := tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
-			return fmt.Errorf("%s is not a registry server of %s", id, td)
-		}
-		return nil
-	})
-	s.stream = &tlsStream{
-		Listener: tls.NewListener(s.raftLn, tlsconfig.MTLSServerConfig(s.svids, s.bundle, authorize)),
-		client:   tlsconfig.MTLSClientConfig(s.svids, s.bundle, authorize),
-	}
 	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: s.stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hl,
 	})
@@ -379,6 +386,7 @@ func (s *Server) startRaft(boot *registryv1.Init) error {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	s.raft = r
+	s.raftP.Store(r)
 	if boot != nil {
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
 			ID: rc.LocalID, Address: raft.ServerAddress(s.cfg.AdvertiseRaft), Suffrage: raft.Voter,
