@@ -12,6 +12,21 @@
 // (EE/GOV/70000310/licensing), a group client INSTANCE:CODE
 // (EE:health-workers); the two cannot be confused since identifiers never
 // contain ':'.
+//
+// Wiring in the node daemon:
+//
+//	store, err := access.Open(access.Config{Dir: filepath.Join(dataDir, "access"), Logger: log})
+//	defer store.Close()
+//	admin, err := access.NewServer(access.ServerConfig{Store: store, Logger: log,
+//		Serves: func(s ident.Subsystem) bool { return hosted(currentConfig(), s) }})
+//	g := grpc.NewServer(access.ServerOptions(apikey.Static(map[string]string{
+//		cfg.AdminKeyHash: access.RoleAdmin, cfg.ReaderKeyHash: access.RoleReader}))...)
+//	admin.Register(g) // on the admin listener
+//
+// and on the provider's call path, with groups := access.MemberGroups(gc)
+// rebuilt when the global configuration changes:
+//
+//	if !store.Allowed(req.Client, groups[req.Client], target, req.Method) { refuse ACCESS_DENIED }
 package access
 
 import (
