@@ -33,7 +33,7 @@ type nodeKeys struct {
 	svidCSR, signCSR []byte
 }
 
-func newNodeKeys(t *testing.T) nodeKeys {
+func newNodeKeys(t testing.TB) nodeKeys {
 	t.Helper()
 	var k nodeKeys
 	var err error
@@ -53,7 +53,7 @@ func newNodeKeys(t *testing.T) nodeKeys {
 }
 
 // nodeConn dials a registry server as a node with an SVID (or with none).
-func nodeConn(t *testing.T, c *registrytest.Cluster, m *registrytest.Member, key crypto.Signer, chain [][]byte) *grpc.ClientConn {
+func nodeConn(t testing.TB, c *registrytest.Cluster, m *registrytest.Member, key crypto.Signer, chain [][]byte) *grpc.ClientConn {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("ee.sild.test")
 	bundle := x509bundle.FromX509Authorities(td, c.Roots)
@@ -79,6 +79,35 @@ func nodeConn(t *testing.T, c *registrytest.Cluster, m *registrytest.Member, key
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// testNode is a joined node's SVID key and chain.
+type testNode struct {
+	key   crypto.Signer
+	chain [][]byte
+}
+
+// joinTestNode registers and joins node ss1 of member 70000310.
+func joinTestNode(t testing.TB, c *registrytest.Cluster, ctx context.Context) testNode {
+	t.Helper()
+	admin := c.AdminClient(c.Servers[0])
+	if _, err := admin.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("70000310")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AddNode(c.Ctx(ctx), &registryv1.AddNodeRequest{Id: nodeID}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := admin.CreateJoinToken(c.Ctx(ctx), &registryv1.CreateJoinTokenRequest{Node: nodeID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := newNodeKeys(t)
+	anon := registryv1.NewNodeServiceClient(nodeConn(t, c, c.Servers[0], nil, nil))
+	resp, err := anon.Join(ctx, &registryv1.JoinRequest{Token: tok.GetToken(), Node: nodeID, SvidCsr: k.svidCSR, SigningCsr: k.signCSR, Address: "127.0.0.1:7443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testNode{key: k.svid, chain: resp.GetCertificates().GetSvidChain()}
 }
 
 func wantReason(t *testing.T, what string, err error, code codes.Code, reason string) {

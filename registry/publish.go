@@ -24,9 +24,14 @@ func (s *Server) current() (*published, <-chan struct{}) {
 	return s.published.Load(), s.pubCh
 }
 
+// publishInterval is the least time between two publications: a burst of
+// commits is published as one configuration (building and signing one costs
+// time linear in the size of the ecosystem).
+const publishInterval = 50 * time.Millisecond
+
 // publishLoop signs a new configuration whenever the state's configuration
-// version changes, and re-signs it every ConfigRefresh so that it does not
-// expire while nothing changes.
+// version changes (at most every publishInterval), and re-signs it every
+// ConfigRefresh so that it does not expire while nothing changes.
 func (s *Server) publishLoop(ctx context.Context) error {
 	var lastVersion uint64
 	var lastSigned time.Time
@@ -38,6 +43,14 @@ func (s *Server) publishLoop(ctx context.Context) error {
 		var initialized bool
 		s.fsm.Read(func(st *fsm.State, _ uint64) { version, initialized = st.ConfigVersion, st.Initialized() })
 		now := time.Now()
+		if wait := publishInterval - now.Sub(lastSigned); initialized && version != lastVersion && wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+			continue
+		}
 		if initialized && (version != lastVersion || now.Sub(lastSigned) >= s.cfg.ConfigRefresh) {
 			if err := s.publish(now); err != nil {
 				s.log.Error("publish configuration", "err", err)
