@@ -19,6 +19,9 @@ federate so that a member of one can call a service of another.`,
 	}
 	root.AddCommand(
 		newVersionCmd(),
+		newRegistryCmd(),
+		newCtlCmd(),
+		newDemoCmd(),
 	)
 	return root
 }

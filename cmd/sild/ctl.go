@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/pki"
+)
+
+// ctlOptions are the global flags of `sild ctl`.
+type ctlOptions struct {
+	registry string
+	apiKey   string
+	trust    string
+	output   string
+	timeout  time.Duration
+}
+
+// ctl is what every ctl subcommand runs with: a connected AdminService
+// client, a context with the call timeout, and the output.
+type ctl struct {
+	opts   *ctlOptions
+	client registryv1.AdminServiceClient
+	out    io.Writer // results
+	errOut io.Writer // notes for people next to a secret on out
+}
+
+func newCtlCmd() *cobra.Command {
+	opts := &ctlOptions{}
+	cmd := &cobra.Command{
+		Use:   "ctl",
+		Short: "Operate a registry: members, nodes, services, requests, keys, Raft",
+		Long: `sild ctl is the operator's client of a registry cluster (its AdminService).
+
+It connects over TLS to one registry server, verifies that the server is a
+registry server of the ecosystem whose root certificates are in --trust, and
+authenticates with an API key (the bootstrap admin key is in admin.key in the
+first server's data directory; create more with 'sild ctl apikey create').
+Writes sent to a follower reach the leader; reads are linearizable unless
+--stale is given.
+
+Identifiers are written in their canonical form:
+  member     EE/GOV/70000310
+  subsystem  EE/GOV/70000310/licensing
+  node       EE/GOV/70000310/ss1
+  service    EE/GOV/70000310/licensing/licensing.v1.Licenses
+
+Output is a table for people, or JSON (protobuf JSON mapping) with -o json.`,
+		Example: `  export SILD_REGISTRY=127.0.0.1:7400 SILD_TRUST=/var/lib/sild/r1/bundle.pem
+  export SILD_API_KEY=$(cat /var/lib/sild/r1/admin.key)
+  sild ctl raft status
+  sild ctl member add EE/GOV/70000310 --name "Ministry of Examples"
+  sild ctl subsystem add EE/GOV/70000310/licensing
+  sild ctl node add EE/GOV/70000310/ss1
+  sild ctl node token EE/GOV/70000310/ss1 --ttl 2h
+  sild ctl member list -o json`,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return bindEnv(cmd.Flags(), nil, "registry", "api-key", "trust", "output", "timeout")
+		},
+	}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&opts.registry, "registry", "", "API address of a registry server, host:port (env SILD_REGISTRY)")
+	pf.StringVar(&opts.apiKey, "api-key", "", "operator API key (env SILD_API_KEY)")
+	pf.StringVar(&opts.trust, "trust", "", "PEM file with the ecosystem's root certificates, e.g. <data>/bundle.pem (env SILD_TRUST)")
+	pf.StringVarP(&opts.output, "output", "o", "table", "output format: table or json (env SILD_OUTPUT)")
+	pf.DurationVar(&opts.timeout, "timeout", 15*time.Second, "deadline of each call (env SILD_TIMEOUT)")
+
+	cmd.AddCommand(
+		newCtlMemberCmd(opts),
+		newCtlSubsystemCmd(opts),
+		newCtlNodeCmd(opts),
+		newCtlGroupCmd(opts),
+		newCtlServiceCmd(opts),
+		newCtlRequestCmd(opts),
+		newCtlAPIKeyCmd(opts),
+		newCtlRaftCmd(opts),
+		newCtlServerCmd(opts),
+		newCtlConfigCmd(opts),
+	)
+	return cmd
+}
+
+// bindEnv sets each named flag that was not given on the command line from
+// the environment variable SILD_<NAME> (upper case, dashes as underscores).
+// Flags are looked up in fs and then in the others.
+func bindEnv(fs *pflag.FlagSet, others *pflag.FlagSet, names ...string) error {
+	for _, name := range names {
+		f := fs.Lookup(name)
+		if f == nil && others != nil {
+			f = others.Lookup(name)
+		}
+		if f == nil || f.Changed {
+			continue
+		}
+		env := envName(name)
+		v, ok := os.LookupEnv(env)
+		if !ok {
+			continue
+		}
+		if err := f.Value.Set(v); err != nil {
+			return fmt.Errorf("environment %s: %w", env, err)
+		}
+		f.Changed = true
+	}
+	return nil
+}
+
+func envName(flag string) string {
+	return "SILD_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// ctlRun wraps a subcommand body: it checks the global flags, connects and
+// calls fn with a context bounded by --timeout.
+func ctlRun(opts *ctlOptions, fn func(ctx context.Context, c *ctl, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if opts.output != "table" && opts.output != "json" {
+			return fmt.Errorf("--output %q: must be table or json", opts.output)
+		}
+		conn, err := dialRegistry(opts)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
+		defer cancel()
+		c := &ctl{opts: opts, client: registryv1.NewAdminServiceClient(conn), out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}
+		return fn(ctx, c, args)
+	}
+}
+
+// dialRegistry connects to --registry over TLS, accepting only a server
+// whose SVID belongs to the trust domain of the --trust roots, and sends the
+// API key with every call.
+func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
+	if opts.registry == "" {
+		return nil, errors.New("no registry address: pass --registry HOST:PORT or set SILD_REGISTRY")
+	}
+	if opts.trust == "" {
+		return nil, errors.New("no trust bundle: pass --trust FILE or set SILD_TRUST (bundle.pem in a registry server's data directory)")
+	}
+	if opts.apiKey == "" {
+		return nil, errors.New("no API key: pass --api-key KEY or set SILD_API_KEY (the bootstrap key is admin.key in the first server's data directory)")
+	}
+	bundle, td, err := loadTrust(opts.trust)
+	if err != nil {
+		return nil, err
+	}
+	tc := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeMemberOf(td))
+	conn, err := grpc.NewClient(opts.registry,
+		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithPerRPCCredentials(apikey.Credentials(strings.TrimSpace(opts.apiKey), true)))
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: %w", opts.registry, err)
+	}
+	return conn, nil
+}
+
+// loadTrust reads a PEM bundle of root certificates; the trust domain is
+// the SPIFFE ID in the first root's URI SAN.
+func loadTrust(file string) (*x509bundle.Bundle, spiffeid.TrustDomain, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, spiffeid.TrustDomain{}, fmt.Errorf("trust bundle: %w", err)
+	}
+	roots, err := pki.DecodeCerts(data)
+	if err != nil {
+		return nil, spiffeid.TrustDomain{}, fmt.Errorf("trust bundle %s: %w", file, err)
+	}
+	if len(roots) == 0 {
+		return nil, spiffeid.TrustDomain{}, fmt.Errorf("trust bundle %s: no certificates", file)
+	}
+	if len(roots[0].URIs) == 0 {
+		return nil, spiffeid.TrustDomain{}, fmt.Errorf("trust bundle %s: the root has no SPIFFE trust domain (URI SAN)", file)
+	}
+	td, err := spiffeid.TrustDomainFromURI(roots[0].URIs[0])
+	if err != nil {
+		return nil, spiffeid.TrustDomain{}, fmt.Errorf("trust bundle %s: %w", file, err)
+	}
+	return x509bundle.FromX509Authorities(td, roots), td, nil
+}
+
+// callError turns an RPC error into what the operator reads: the status
+// message, the code and, when present, the sild reason and component.
+func callError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %s (code %s", op, st.Message(), st.Code())
+	if r := rpcerr.Reason(err); r != "" {
+		fmt.Fprintf(&b, ", reason %s", r)
+	}
+	if c := rpcerr.Component(err); c != "" {
+		fmt.Fprintf(&b, ", from %s", c)
+	}
+	b.WriteString(")")
+	return &ctlError{msg: b.String(), err: err}
+}
+
+// ctlError keeps the gRPC status of a failed call reachable with
+// status.FromError and rpcerr.Reason.
+type ctlError struct {
+	msg string
+	err error
+}
+
+func (e *ctlError) Error() string { return e.msg }
+func (e *ctlError) Unwrap() error { return e.err }
+
+// json reports whether -o json was asked for.
+func (c *ctl) json() bool { return c.opts.output == "json" }
+
+// printJSON writes m in the protobuf JSON mapping.
+func (c *ctl) printJSON(m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: false}.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode json: %w", err)
+	}
+	_, err = fmt.Fprintf(c.out, "%s\n", b)
+	return err
+}
+
+// done prints the result of a write: resp as JSON, or msg for people.
+func (c *ctl) done(resp proto.Message, format string, a ...any) error {
+	if c.json() {
+		return c.printJSON(resp)
+	}
+	_, err := fmt.Fprintf(c.out, format+"\n", a...)
+	return err
+}
+
+// secret prints a token or key alone on out, so that $(sild ctl ...) captures
+// just it, and a note about it on errOut.
+func (c *ctl) secret(secret, format string, a ...any) error {
+	fmt.Fprintf(c.errOut, "# "+format+"\n", a...)
+	_, err := fmt.Fprintln(c.out, secret)
+	return err
+}
+
+// table writes rows under header, aligned in columns.
+func (c *ctl) table(header []string, rows [][]string) error {
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
+// readOpts is the read options of a list command with --stale.
+func readOpts(stale bool) *registryv1.ReadOptions {
+	return &registryv1.ReadOptions{Stale: stale}
+}
+
+func addStale(cmd *cobra.Command, stale *bool) {
+	cmd.Flags().BoolVar(stale, "stale", false, "answer from the contacted server's local state, without checking with the leader")
+}
+
+// fmtTime renders a timestamp for tables ("-" when unset).
+func fmtTime(t *timestamppb.Timestamp) string {
+	if t == nil || !t.IsValid() {
+		return "-"
+	}
+	return t.AsTime().UTC().Format(time.RFC3339)
+}

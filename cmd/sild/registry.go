@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/sildmesh/sild/pki"
+	"github.com/sildmesh/sild/registry"
+)
+
+// registryFlags maps registry.Config field names (as Validate names them)
+// to the flags that set them, so that a configuration error names the flag.
+var registryFlags = []struct{ field, flag string }{
+	{"ServerID", "--id"},
+	{"Instance", "--instance"},
+	{"TrustDomain", "--trust-domain"},
+	{"DataDir", "--data"},
+	{"APIAddr", "--api-listen"},
+	{"RaftAddr", "--raft-listen"},
+	{"Bootstrap", "--bootstrap"},
+	{"Join", "--join"},
+	{"Token", "--token"},
+	{"TrustBundle", "--trust"},
+	{"NodeSVIDTTL", "--node-svid-ttl"},
+	{"ConfigTTL", "--config-ttl"},
+	{"ConfigRefresh", "--config-refresh"},
+	{"HeartbeatTimeout", "--heartbeat-timeout"},
+	{"ElectionTimeout", "--election-timeout"},
+}
+
+// flagHint appends the flags named by a registry.Config error.
+func flagHint(err error) error {
+	var flags []string
+	msg := err.Error()
+	for _, f := range registryFlags {
+		if strings.Contains(msg, f.field) {
+			flags = append(flags, f.flag)
+		}
+	}
+	if len(flags) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w (see %s)", err, strings.Join(flags, ", "))
+}
+
+type registryOptions struct {
+	cfg       registry.Config
+	trust     string
+	logLevel  string
+	logFormat string
+}
+
+func newRegistryCmd() *cobra.Command {
+	o := &registryOptions{cfg: registry.DefaultConfig()}
+	cmd := &cobra.Command{
+		Use:   "registry",
+		Short: "Run a server of an ecosystem's registry (Raft cluster, CA, global configuration, TSA)",
+		Long: `sild registry runs one server of the Raft-replicated registry of an ecosystem
+(one instance, e.g. EE): it holds members, subsystems, nodes, groups and the
+service catalogue, is the ecosystem's CA, publishes the signed global
+configuration to nodes and runs the RFC 3161 time-stamping authority.
+
+The first server creates the ecosystem with --bootstrap: it makes the root
+CA, the configuration-signing key and an admin API key, and writes
+<data>/admin.key and the trust bundle <data>/bundle.pem. Each further server
+joins with --join (the API address of a running server), a one-time token from
+'sild ctl server token ID --voter' and --trust (that bundle.pem). A restarted
+server needs only --id, --data and its listen addresses.
+
+Every flag can also be set in the environment as SILD_<FLAG>, e.g.
+SILD_DATA=/var/lib/sild or SILD_TOKEN=... (keeps the token out of ps).
+The server runs until SIGINT or SIGTERM.`,
+		Example: `  # A three-server cluster on one machine (use one machine per server in production):
+  sild registry --bootstrap --id r1 --instance EE --trust-domain ee.sild.test \
+    --data /tmp/sild/r1 --api-listen 127.0.0.1:7400 --raft-listen 127.0.0.1:7401 --http-listen 127.0.0.1:7402 &
+
+  export SILD_REGISTRY=127.0.0.1:7400 SILD_TRUST=/tmp/sild/r1/bundle.pem
+  export SILD_API_KEY=$(cat /tmp/sild/r1/admin.key)
+
+  sild registry --id r2 --data /tmp/sild/r2 --join 127.0.0.1:7400 --trust /tmp/sild/r1/bundle.pem \
+    --token $(sild ctl server token r2 --voter) \
+    --api-listen 127.0.0.1:7410 --raft-listen 127.0.0.1:7411 --http-listen 127.0.0.1:7412 &
+  sild registry --id r3 --data /tmp/sild/r3 --join 127.0.0.1:7400 --trust /tmp/sild/r1/bundle.pem \
+    --token $(sild ctl server token r3 --voter) \
+    --api-listen 127.0.0.1:7420 --raft-listen 127.0.0.1:7421 --http-listen 127.0.0.1:7422 &
+
+  sild ctl raft status`,
+		Args: cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			var names []string
+			cmd.Flags().VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+			return bindEnv(cmd.Flags(), nil, names...)
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := o.config(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			return runRegistry(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	c := &o.cfg
+	f.StringVar(&c.ServerID, "id", "", "this server's id in the cluster and its SPIFFE ID, e.g. r1 (required)")
+	f.StringVar(&c.Instance, "instance", "", "instance code of the ecosystem, e.g. EE (with --bootstrap)")
+	f.StringVar(&c.TrustDomain, "trust-domain", "", "SPIFFE trust domain of the ecosystem, e.g. ee.sild.test (with --bootstrap)")
+	f.StringVar(&c.DataDir, "data", "", "data directory: Raft log, snapshots, keys (required)")
+	f.StringVar(&c.APIAddr, "api-listen", "127.0.0.1:7400", "gRPC API listen address (TLS): admin, nodes, cluster")
+	f.StringVar(&c.RaftAddr, "raft-listen", "127.0.0.1:7401", "Raft transport listen address (mTLS between registry servers)")
+	f.StringVar(&c.HTTPAddr, "http-listen", "127.0.0.1:7402", "HTTP listen address: time-stamping authority, /healthz, /readyz (empty disables)")
+	f.StringVar(&c.AdvertiseAPI, "advertise-api", "", "API address others use (default: --api-listen, which must then not be a wildcard)")
+	f.StringVar(&c.AdvertiseRaft, "advertise-raft", "", "Raft address others use (default: --raft-listen)")
+	f.StringVar(&c.AdvertiseHTTP, "advertise-http", "", "HTTP address others use (default: --http-listen)")
+	f.BoolVar(&c.Bootstrap, "bootstrap", false, "create a new ecosystem with this server as its first voter")
+	f.StringVar(&c.Join, "join", "", "API address of a running server to join through")
+	f.StringVar(&c.Token, "token", "", "one-time server token for --join (sild ctl server token)")
+	f.StringVar(&o.trust, "trust", "", "PEM file with the ecosystem's root certificates, for --join (bundle.pem of a running server)")
+	f.DurationVar(&c.NodeSVIDTTL, "node-svid-ttl", c.NodeSVIDTTL, "lifetime of node SVIDs and signing certificates")
+	f.DurationVar(&c.ConfigTTL, "config-ttl", c.ConfigTTL, "how long a published global configuration stays valid")
+	f.DurationVar(&c.ConfigRefresh, "config-refresh", c.ConfigRefresh, "how often the configuration is re-signed when nothing changed")
+	f.DurationVar(&c.CAValidity, "ca-validity", c.CAValidity, "lifetime of the root certificate created at bootstrap")
+	f.DurationVar(&c.HeartbeatTimeout, "heartbeat-timeout", c.HeartbeatTimeout, "Raft heartbeat timeout")
+	f.DurationVar(&c.ElectionTimeout, "election-timeout", c.ElectionTimeout, "Raft election timeout")
+	f.Uint64Var(&c.SnapshotThreshold, "snapshot-threshold", c.SnapshotThreshold, "Raft log entries between snapshots")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+// newLogger makes the slog logger the flags ask for.
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: must be debug, info, warn or error", level)
+	}
+	ho := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, ho)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, ho)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: must be text or json", format)
+}
+
+// config completes and checks the configuration; errors name the flag.
+func (o *registryOptions) config(logOut io.Writer) (registry.Config, error) {
+	cfg := o.cfg
+	log, err := newLogger(logOut, o.logLevel, o.logFormat)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Logger = log
+	if o.trust != "" {
+		data, err := os.ReadFile(o.trust)
+		if err != nil {
+			return cfg, fmt.Errorf("--trust: %w", err)
+		}
+		roots, err := pki.DecodeCerts(data)
+		if err != nil {
+			return cfg, fmt.Errorf("--trust %s: %w", o.trust, err)
+		}
+		if len(roots) == 0 {
+			return cfg, fmt.Errorf("--trust %s: no certificates", o.trust)
+		}
+		cfg.TrustBundle = roots
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, flagHint(err)
+	}
+	return cfg, nil
+}
+
+// runRegistry runs a server until ctx ends, logging once it is ready (with
+// where the operator finds the admin key and trust bundle).
+func runRegistry(ctx context.Context, cfg registry.Config) error {
+	srv, err := registry.New(cfg)
+	if err != nil {
+		return flagHint(err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for !srv.Ready() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+		attrs := []any{"id", srv.ID(), "api", srv.APIAddr(), "raft", srv.RaftAddr(), "http", srv.HTTPAddr(),
+			"trust_bundle", filepath.Join(cfg.DataDir, registry.FileBundle)}
+		if key := filepath.Join(cfg.DataDir, registry.FileAdminKey); fileExists(key) {
+			attrs = append(attrs, "admin_key_file", key)
+		}
+		cfg.Logger.Info("registry ready", attrs...)
+	}()
+	err = srv.Run(ctx)
+	cancel()
+	<-watched
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("registry: %w", err)
+	}
+	return nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
