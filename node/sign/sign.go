@@ -160,23 +160,30 @@ type request struct {
 }
 
 // Signer batch-signs digests. It is safe for concurrent use; Close stops it.
+//
+// There are no background workers: a caller that finds no batch being
+// signed (or fewer than Config.Workers) signs the pending digests itself, so
+// a lone caller pays no hand-off. If digests queued up meanwhile, it starts
+// a goroutine to sign them and returns with its own signature; that
+// goroutine keeps signing while digests keep coming, and exits when the
+// queue is empty.
 type Signer struct {
 	id       atomic.Pointer[identity]
 	include  bool
 	maxBatch int
+	workers  int
 
-	queue chan *request
-	quit  chan struct{}
-	wg    sync.WaitGroup
-
-	mu     sync.RWMutex // held for reading while enqueueing
-	closed bool
+	mu      sync.Mutex
+	pending []*request // FIFO, each with a caller waiting
+	signing int        // batches being signed
+	closed  bool
+	wg      sync.WaitGroup // every signing caller or goroutine
 
 	batches, digests atomic.Uint64
 	largest          atomic.Uint64
 }
 
-// New validates cfg and starts a Signer with its workers.
+// New validates cfg and returns a Signer.
 func New(cfg Config) (*Signer, error) {
 	if cfg.MaxBatch == 0 {
 		cfg.MaxBatch = DefaultMaxBatch
@@ -194,17 +201,8 @@ func New(cfg Config) (*Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new signer: %w", err)
 	}
-	s := &Signer{
-		include:  cfg.IncludeChain,
-		maxBatch: cfg.MaxBatch,
-		queue:    make(chan *request, 4*cfg.MaxBatch*cfg.Workers),
-		quit:     make(chan struct{}),
-	}
+	s := &Signer{include: cfg.IncludeChain, maxBatch: cfg.MaxBatch, workers: cfg.Workers}
 	s.id.Store(id)
-	s.wg.Add(cfg.Workers)
-	for range cfg.Workers {
-		go s.work()
-	}
 	return s, nil
 }
 
@@ -235,27 +233,40 @@ func (s *Signer) Stats() Stats {
 	return Stats{Batches: s.batches.Load(), Digests: s.digests.Load(), Largest: s.largest.Load(), MaxBatch: s.maxBatch}
 }
 
-// Sign returns a signature over digest (a SHA-256 sum). It waits for the
-// batch the digest joins to be signed; if ctx ends first it returns ctx's
+// queued is the number of digests waiting for a batch.
+func (s *Signer) queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
+// Sign returns a signature over digest (a SHA-256 sum). It joins the next
+// batch and waits for it to be signed; if ctx ends first it returns ctx's
 // error and the digest may or may not have been signed.
 func (s *Signer) Sign(ctx context.Context, digest []byte) (*Signature, error) {
 	if len(digest) != HashSize {
 		return nil, ErrDigestSize
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	r := &request{ctx: ctx, res: make(chan result, 1)}
 	copy(r.digest[:], digest)
-	s.mu.RLock()
+	s.mu.Lock()
 	if s.closed {
-		s.mu.RUnlock()
+		s.mu.Unlock()
 		return nil, ErrClosed
 	}
-	select {
-	case s.queue <- r:
-	case <-ctx.Done():
-		s.mu.RUnlock()
-		return nil, ctx.Err()
+	s.pending = append(s.pending, r)
+	lead := s.signing < s.workers
+	if lead {
+		s.signing++
+		s.wg.Add(1)
 	}
-	s.mu.RUnlock()
+	s.mu.Unlock()
+	if lead {
+		s.lead(r)
+	}
 	select {
 	case res := <-r.res:
 		return res.sig, res.err
@@ -264,8 +275,45 @@ func (s *Signer) Sign(ctx context.Context, digest []byte) (*Signature, error) {
 	}
 }
 
-// Close stops the workers after the batches they are signing; digests still
-// queued get ErrClosed. It returns once every worker has exited.
+// lead signs pending batches until own (nil for a goroutine) is answered,
+// then hands what is left to a goroutine, or stops when nothing is left. The
+// caller has counted itself in s.signing and s.wg.
+func (s *Signer) lead(own *request) {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		if s.closed {
+			for _, r := range s.pending {
+				r.res <- result{err: ErrClosed}
+			}
+			s.pending = nil
+		}
+		if len(s.pending) == 0 {
+			s.signing--
+			s.mu.Unlock()
+			return
+		}
+		if own != nil && len(own.res) > 0 {
+			// Our signature is ready: let a goroutine carry on.
+			s.wg.Add(1)
+			s.mu.Unlock()
+			go s.lead(nil)
+			return
+		}
+		n := min(len(s.pending), s.maxBatch)
+		batch := make([]*request, n)
+		copy(batch, s.pending)
+		rest := copy(s.pending, s.pending[n:])
+		clear(s.pending[rest:])
+		s.pending = s.pending[:rest]
+		s.mu.Unlock()
+		s.signBatch(batch)
+	}
+}
+
+// Close stops signing after the batches being signed; digests still queued
+// get ErrClosed, and Sign refuses new ones. It returns once no signing is
+// going on.
 func (s *Signer) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -274,41 +322,8 @@ func (s *Signer) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	close(s.quit)
 	s.wg.Wait()
-	for {
-		select {
-		case r := <-s.queue:
-			r.res <- result{err: ErrClosed}
-		default:
-			return nil
-		}
-	}
-}
-
-func (s *Signer) work() {
-	defer s.wg.Done()
-	batch := make([]*request, 0, s.maxBatch)
-	for {
-		batch = batch[:0]
-		select {
-		case <-s.quit:
-			return
-		case r := <-s.queue:
-			batch = append(batch, r)
-		}
-	fill:
-		for len(batch) < s.maxBatch {
-			select {
-			case r := <-s.queue:
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
-		s.signBatch(batch)
-		clear(batch)
-	}
+	return nil
 }
 
 // signBatch signs one batch and answers every request in it.

@@ -204,9 +204,9 @@ func (g *gatedKey) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, err
 func waitQueued(t *testing.T, s *Signer, n int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for len(s.queue) < n {
+	for s.queued() < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d digests queued, want %d", len(s.queue), n)
+			t.Fatalf("only %d digests queued, want %d", s.queued(), n)
 		}
 		time.Sleep(time.Millisecond)
 	}
