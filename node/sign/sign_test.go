@@ -552,3 +552,33 @@ func TestMetadata(t *testing.T) {
 		t.Fatalf("two: %v", err)
 	}
 }
+
+// TestWorkers signs with two batches in flight at a time and a small
+// MaxBatch, from many callers.
+func TestWorkers(t *testing.T) {
+	p := newTestPKI(t)
+	key := newKey(t, AlgEd25519)
+	cert := p.issue(t, pki.KindSigning, key)
+	s := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, Workers: 2, MaxBatch: 3})
+	v := NewVerifier(0)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			sig, err := s.Sign(context.Background(), digest(i))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if sig.TreeSize > 3 {
+				t.Errorf("batch of %d above MaxBatch", sig.TreeSize)
+			}
+			if _, err := v.Verify(sig, digest(i), cert, p.roots, t0); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if st := s.Stats(); st.Digests != 200 || st.Largest > 3 {
+		t.Fatalf("stats %+v", st)
+	}
+}
