@@ -1,9 +1,14 @@
 package registry
 
 import (
+	"bytes"
 	"net/http"
 
 	"github.com/hashicorp/raft"
+
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/registry/fsm"
+	"github.com/sildmesh/sild/tsa"
 )
 
 // httpHandler serves the registry's plain HTTP side: health checks (and the
@@ -25,5 +30,44 @@ func (s *Server) httpHandler() http.Handler {
 		}
 		w.Write([]byte("ready\n"))
 	})
+	mux.HandleFunc("POST /tsa", func(w http.ResponseWriter, r *http.Request) {
+		a := s.authority()
+		if a == nil {
+			http.Error(w, "time-stamping authority not ready", http.StatusServiceUnavailable)
+			return
+		}
+		a.ServeHTTP(w, r)
+	})
 	return mux
+}
+
+// authority returns the time-stamping authority for the replicated TSA key,
+// rebuilt when the key changes; nil before the ecosystem is initialized.
+func (s *Server) authority() *tsa.Authority {
+	var certDER, keyDER []byte
+	s.fsm.Read(func(st *fsm.State, _ uint64) {
+		certDER, keyDER = st.TSA.GetCertificate(), st.TSA.GetKey()
+	})
+	if len(certDER) == 0 {
+		return nil
+	}
+	s.tsaMu.Lock()
+	defer s.tsaMu.Unlock()
+	if s.tsa != nil && bytes.Equal(s.tsaCert, certDER) {
+		return s.tsa
+	}
+	cert, key, err := keyPair(&registryv1.KeyPair{Certificate: certDER, Key: keyDER})
+	if err != nil {
+		s.log.Error("time-stamping key", "err", err)
+		return nil
+	}
+	cfg := tsa.DefaultConfig()
+	cfg.Signer, cfg.Cert, cfg.Logger = key, cert, s.log.With("component", "tsa")
+	a, err := tsa.New(cfg)
+	if err != nil {
+		s.log.Error("time-stamping authority", "err", err)
+		return nil
+	}
+	s.tsa, s.tsaCert = a, certDER
+	return a
 }

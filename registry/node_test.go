@@ -3,7 +3,9 @@ package registry_test
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
+	"net/http"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry/gconf"
 	"github.com/sildmesh/sild/registry/registrytest"
+	"github.com/sildmesh/sild/tsa"
 )
 
 var nodeID = &identv1.NodeId{Member: memberID("70000310"), NodeCode: "ss1"}
@@ -161,7 +164,7 @@ func TestNodeJoinRenewWatchAndRevoke(t *testing.T) {
 	if want := "spiffe://ee.sild.test/node/GOV/70000310/ss1"; id.String() != want {
 		t.Fatalf("svid id %s, want %s", id, want)
 	}
-	if ttl := svid.NotAfter.Sub(time.Now()); ttl < 23*time.Hour || ttl > 25*time.Hour {
+	if ttl := time.Until(svid.NotAfter); ttl < 23*time.Hour || ttl > 25*time.Hour {
 		t.Fatalf("svid ttl %s, want about 24h", ttl)
 	}
 	// The token is one-time.
@@ -291,4 +294,41 @@ func TestExpiredJoinToken(t *testing.T) {
 	_, err = anon.Join(ctx, &registryv1.JoinRequest{Token: tok2.GetToken(), Node: nodeID, SvidCsr: k.svidCSR, SigningCsr: k.signCSR, Address: "127.0.0.1:7443"})
 	wantReason(t, "token of another node", err, codes.FailedPrecondition, "TOKEN_INVALID")
 	_ = ident.Node{}
+}
+
+func TestTimeStampingAuthority(t *testing.T) {
+	c := registrytest.Start(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := c.AdminClient(c.Servers[0]).GetGlobalConfig(c.Ctx(ctx), &registryv1.GetGlobalConfigRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	urls := resp.GetConfig().GetTsaUrls()
+	if len(urls) != 1 {
+		t.Fatalf("tsa urls %v", urls)
+	}
+	digest := sha256.Sum256([]byte("checkpoint"))
+	token, err := tsa.Request(ctx, http.DefaultClient, urls[0], digest[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tsaCert, err := x509.ParseCertificate(resp.GetConfig().GetTsaCertificate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.Verify(tsaCert, c.Roots, pki.KindTSA, time.Now()); err != nil {
+		t.Fatalf("published tsa certificate: %v", err)
+	}
+	at, err := tsa.Verify(token, digest[:], c.Roots)
+	if err != nil {
+		t.Fatalf("verify token: %v", err)
+	}
+	if d := time.Since(at); d < -time.Minute || d > time.Minute {
+		t.Fatalf("token time %s", at)
+	}
+	other := sha256.Sum256([]byte("other"))
+	if _, err := tsa.Verify(token, other[:], c.Roots); err == nil {
+		t.Fatal("token verified for another digest")
+	}
 }

@@ -254,12 +254,18 @@ func (s *Server) maintain(ctx context.Context, boot *registryv1.Init) {
 		_ = os.Remove(filepath.Join(s.cfg.DataDir, fileInit))
 	}
 	want := &registryv1.ServerInfo{Id: s.cfg.ServerID, RaftAddress: s.cfg.AdvertiseRaft, ApiAddress: s.cfg.AdvertiseAPI, HttpAddress: s.cfg.AdvertiseHTTP}
-	if !proto.Equal(mine, want) && s.raft.Leader() != "" {
+	if !proto.Equal(mine, want) {
+		if s.raft.Leader() == "" {
+			return
+		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := s.propose(cctx, &registryv1.Command{Op: &registryv1.Command_AnnounceServer{AnnounceServer: want}})
 		cancel()
-		if err != nil && ctx.Err() == nil {
-			s.log.Debug("announce server", "err", err)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Debug("announce server", "err", err)
+			}
+			return
 		}
 	}
 	if s.ready.CompareAndSwap(false, true) {

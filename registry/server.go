@@ -40,6 +40,7 @@ import (
 	"github.com/sildmesh/sild/internal/raftstore"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry/fsm"
+	"github.com/sildmesh/sild/tsa"
 )
 
 // Config configures one registry server.
@@ -174,6 +175,10 @@ type Server struct {
 	pubMu     sync.Mutex
 
 	ready atomic.Bool
+
+	tsaMu   sync.Mutex
+	tsa     *tsa.Authority
+	tsaCert []byte
 }
 
 // New checks cfg and prepares a server; Run starts it. Listeners are opened
@@ -260,14 +265,17 @@ func (s *Server) FSM() *fsm.FSM { return s.fsm }
 func (s *Server) Raft() *raft.Raft { return s.raftP.Load() }
 
 // Ready reports whether the server is running, knows a leader, the
-// ecosystem is initialized and a configuration is published.
+// ecosystem is initialized, the server's addresses are announced and its
+// published configuration is as new as its state.
 func (s *Server) Ready() bool {
 	r := s.Raft()
 	if !s.ready.Load() || r == nil || r.Leader() == "" {
 		return false
 	}
 	p, _ := s.current()
-	return p != nil
+	var version uint64
+	s.fsm.Read(func(st *fsm.State, _ uint64) { version = st.ConfigVersion })
+	return p != nil && p.config.GetVersion() >= version
 }
 
 // SetPartitioned cuts this server's Raft transport off from the others
