@@ -79,18 +79,24 @@ func Generate() (string, error) {
 type LookupFunc func(ctx context.Context, key string) (role string, ok bool)
 
 // Static returns a LookupFunc over a fixed table from hashed keys (as Hash
-// returns them) to roles. Every entry is checked, so the time taken does not
-// depend on which entry matched.
+// returns them) to roles; malformed hashes never match. Every entry is
+// compared, so the time taken does not depend on which entry matched.
 func Static(roles map[string]string) LookupFunc {
 	type entry struct{ hashed, role string }
 	entries := make([]entry, 0, len(roles))
 	for h, r := range roles {
-		entries = append(entries, entry{h, r})
+		if ValidHash(h) {
+			entries = append(entries, entry{h, r})
+		}
 	}
 	return func(_ context.Context, key string) (string, bool) {
+		if key == "" || len(key) > maxKeyLen {
+			return "", false
+		}
+		presented := []byte(Hash(key))
 		role, found := "", false
 		for _, e := range entries {
-			if Check(e.hashed, key) && !found {
+			if subtle.ConstantTimeCompare(presented, []byte(e.hashed)) == 1 && !found {
 				role, found = e.role, true
 			}
 		}

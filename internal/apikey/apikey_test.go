@@ -181,3 +181,22 @@ func TestCredentialsRequireTLS(t *testing.T) {
 		t.Fatal("a key that requires TLS was accepted for a plaintext connection")
 	}
 }
+
+func TestStatic(t *testing.T) {
+	k, _ := Generate()
+	lookup := Static(map[string]string{Hash(k): "admin", "sha256:xyz": "broken", "": "empty"})
+	ctx := context.Background()
+	for _, tc := range []struct {
+		key, role string
+		ok        bool
+	}{
+		{k, "admin", true},
+		{"", "", false},
+		{"sha256:xyz", "", false},
+		{k + k, "", false},
+	} {
+		if role, ok := lookup(ctx, tc.key); role != tc.role || ok != tc.ok {
+			t.Errorf("lookup(%q) = %q, %v; want %q, %v", tc.key, role, ok, tc.role, tc.ok)
+		}
+	}
+}
