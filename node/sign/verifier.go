@@ -17,7 +17,9 @@ const DefaultCacheSize = 4096
 // period is still checked against each call's time), and root signatures
 // already verified for the same certificate. A receiving node sees many
 // signatures of one batch, so most calls cost only the hashes of the
-// inclusion path. It is safe for concurrent use.
+// inclusion path. A cached certificate is re-checked only against its own
+// validity period (pki issues no certificate outliving its root). It is safe
+// for concurrent use.
 type Verifier struct {
 	size int
 
