@@ -102,7 +102,8 @@ Output is a table for people, or JSON (protobuf JSON mapping) with -o json.`,
 }
 
 // bindEnv sets each named flag that was not given on the command line from
-// the environment variable SILD_<NAME> (upper case, dashes as underscores).
+// the environment variable SILD_<NAME> (upper case, dashes as underscores),
+// unless that is empty.
 // Flags are looked up in fs and then in the others.
 func bindEnv(fs *pflag.FlagSet, others *pflag.FlagSet, names ...string) error {
 	for _, name := range names {
@@ -114,8 +115,8 @@ func bindEnv(fs *pflag.FlagSet, others *pflag.FlagSet, names ...string) error {
 			continue
 		}
 		env := envName(name)
-		v, ok := os.LookupEnv(env)
-		if !ok {
+		v := os.Getenv(env)
+		if v == "" {
 			continue
 		}
 		if err := f.Value.Set(v); err != nil {
