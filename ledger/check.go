@@ -1,0 +1,237 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+	"google.golang.org/protobuf/proto"
+
+	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
+	"github.com/sildmesh/sild/ledger/merkle"
+	"github.com/sildmesh/sild/tsa"
+)
+
+// CheckReport summarises a successful Check.
+type CheckReport struct {
+	Entries     uint64
+	Bodies      int // bodies present (and, with the body key, decrypted and checked)
+	Checkpoints int
+	Stamped     int // checkpoints with a time-stamp token
+	// TokensVerified is the number of tokens checked against the trust
+	// bundle (only when Check was given roots).
+	TokensVerified int
+}
+
+// Check is a full consistency check of the ledger (an fsck): every entry
+// decodes and sits at its index, the stored tree matches the tree recomputed
+// from the entries, every index key points to a record that has that value
+// and every record is indexed, every body is present (and, with the body
+// key, decrypts to its digest), every checkpoint's root matches the tree at
+// its size, its signature verifies and successive checkpoints are consistent;
+// with roots, every time-stamp token is verified too. Run it on a ledger
+// that is not appending (e.g. opened with OpenReader). The error is a
+// *VerifyError.
+func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckReport, error) {
+	rep := &CheckReport{}
+	err := l.db.View(func(txn *badger.Txn) error {
+		size, err := getSize(txn)
+		if err != nil {
+			return fail(ReasonStoreCorrupt, -1, "tree size: %v", err)
+		}
+		rep.Entries = size
+		cps, err := checkpointsIn(txn)
+		if err != nil {
+			return err
+		}
+		// Index keys expected from the records, checked against the store.
+		want := map[string]bool{}
+		var rng merkle.Range
+		get := txnNodes(txn)
+		nextCP := 0
+		var prevSize uint64
+		var prevRoot merkle.Hash
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfxEntry}})
+		defer it.Close()
+		i := uint64(0)
+		for it.Rewind(); it.Valid(); it.Next() {
+			if i%4096 == 0 && ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if k := keyUint(it.Item().Key()[1:]); k != i {
+				return fail(ReasonStoreCorrupt, -1, "entry key %d where %d was expected", k, i)
+			}
+			if i >= size {
+				return fail(ReasonStoreCorrupt, -1, "entry %d beyond tree size %d", i, size)
+			}
+			raw, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return fail(ReasonStoreCorrupt, -1, "entry %d: %v", i, err)
+			}
+			e := &ledgerv1.Entry{}
+			rec := &ledgerv1.Record{}
+			if err := proto.Unmarshal(raw, e); err != nil {
+				return fail(ReasonEntryMalformed, -1, "entry %d: %v", i, err)
+			}
+			if err := proto.Unmarshal(e.GetRecord(), rec); err != nil {
+				return fail(ReasonEntryMalformed, -1, "record %d: %v", i, err)
+			}
+			if e.GetIndex() != i {
+				return fail(ReasonIndexMismatch, -1, "entry %d says index %d", i, e.GetIndex())
+			}
+			var treeErr error
+			rng.Append(merkle.HashLeaf(raw), func(n merkle.Node, h merkle.Hash) {
+				if treeErr != nil {
+					return
+				}
+				stored, err := get(n)
+				if err != nil || stored != h {
+					treeErr = fail(ReasonTreeMismatch, -1, "tree node %d/%d at entry %d does not match the entries", n.Level, n.Index, i)
+				}
+			})
+			if treeErr != nil {
+				return treeErr
+			}
+			if len(e.GetBodyDigest()) > 0 {
+				sealed, err := txnRaw(txn, bodyKey(i))
+				if err != nil {
+					return fail(ReasonStoreCorrupt, -1, "body %d: %v", i, err)
+				}
+				if l.aead != nil {
+					body, err := l.open(i, sealed)
+					if err != nil {
+						return fail(ReasonBodyMismatch, -1, "body %d does not decrypt: %v", i, err)
+					}
+					if sum := sha256.Sum256(body); !bytes.Equal(sum[:], e.GetBodyDigest()) {
+						return fail(ReasonBodyMismatch, -1, "body %d does not match its digest", i)
+					}
+				}
+				rep.Bodies++
+			}
+			ts := e.GetAppendTime().AsTime().UnixNano()
+			if st := rec.GetStartTime(); st != nil {
+				ts = st.AsTime().UnixNano()
+			}
+			want[string(msgKey(rec.GetMessageId(), i))] = true
+			want[string(timeIndexKey(pfxClient, rec.GetClient(), ts, i))] = true
+			want[string(timeIndexKey(pfxService, rec.GetTarget()+"/"+rec.GetService(), ts, i))] = true
+			if rec.GetUserId() != "" {
+				want[string(timeIndexKey(pfxUser, rec.GetUserId(), ts, i))] = true
+			}
+			i++
+			for nextCP < len(cps) && cps[nextCP].size == i {
+				if err := l.checkCheckpoint(txn, cps[nextCP], rng.Root(), prevSize, prevRoot, roots, rep); err != nil {
+					return err
+				}
+				prevSize, prevRoot = i, rng.Root()
+				nextCP++
+			}
+		}
+		if i != size {
+			return fail(ReasonStoreCorrupt, -1, "%d entries for tree size %d", i, size)
+		}
+		if rng.Root() != mustRoot(get, size) {
+			return fail(ReasonTreeMismatch, -1, "stored tree root differs from the entries")
+		}
+		if nextCP != len(cps) {
+			return fail(ReasonCheckpointMalformed, -1, "checkpoint of size %d beyond the tree (size %d)", cps[nextCP].size, size)
+		}
+		return checkIndexes(txn, want, rep)
+	})
+	if err != nil {
+		var ve *VerifyError
+		if !errors.As(err, &ve) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			err = fail(ReasonStoreCorrupt, -1, "%v", err)
+		}
+		return nil, err
+	}
+	return rep, nil
+}
+
+func mustRoot(get merkle.NodeGetter, size uint64) merkle.Hash {
+	h, err := merkle.RootAt(get, size)
+	if err != nil {
+		return merkle.Hash{} // differs from any real root
+	}
+	return h
+}
+
+type storedCP struct {
+	size uint64
+	sc   *ledgerv1.SignedCheckpoint
+}
+
+func checkpointsIn(txn *badger.Txn) ([]storedCP, error) {
+	var out []storedCP
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfxCheckpoint}})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		sc, err := itemCheckpoint(it.Item())
+		if err != nil {
+			return nil, fail(ReasonCheckpointMalformed, -1, "%v", err)
+		}
+		out = append(out, storedCP{size: keyUint(it.Item().Key()[1:]), sc: sc})
+	}
+	return out, nil
+}
+
+func (l *Ledger) checkCheckpoint(txn *badger.Txn, c storedCP, root merkle.Hash, prevSize uint64, prevRoot merkle.Hash, roots []*x509.Certificate, rep *CheckReport) error {
+	cp, _, err := checkCheckpointSignature(c.sc)
+	if err != nil {
+		return err
+	}
+	if cp.GetTreeSize() != c.size || !bytes.Equal(cp.GetRootHash(), root[:]) {
+		return fail(ReasonTreeMismatch, -1, "checkpoint %d does not match the tree", c.size)
+	}
+	if prevSize > 0 {
+		proof, err := merkle.ConsistencyProof(txnNodes(txn), prevSize, c.size)
+		if err != nil {
+			return fail(ReasonStoreCorrupt, -1, "consistency proof %d to %d: %v", prevSize, c.size, err)
+		}
+		if err := merkle.VerifyConsistency(prevSize, c.size, prevRoot, root, proof); err != nil {
+			return fail(ReasonConsistencyProof, -1, "checkpoint %d to %d: %v", prevSize, c.size, err)
+		}
+	}
+	rep.Checkpoints++
+	if len(c.sc.GetTimestampToken()) > 0 {
+		rep.Stamped++
+		if len(roots) > 0 {
+			if _, err := tsa.Verify(c.sc.GetTimestampToken(), StampDigest(c.sc), roots); err != nil {
+				return fail(ReasonTimestampInvalid, -1, "checkpoint %d: %v", c.size, err)
+			}
+			rep.TokensVerified++
+		}
+	}
+	return nil
+}
+
+// checkIndexes checks that the index keys in the store are exactly want.
+func checkIndexes(txn *badger.Txn, want map[string]bool, rep *CheckReport) error {
+	for _, pfx := range []byte{pfxMsg, pfxClient, pfxService, pfxUser} {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfx}, PrefetchValues: false})
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := string(it.Item().Key())
+			if !want[k] {
+				it.Close()
+				return fail(ReasonIndexMismatch, -1, "index key %q names no such record", k)
+			}
+			delete(want, k)
+		}
+		it.Close()
+	}
+	for k := range want {
+		return fail(ReasonIndexMismatch, -1, "record not indexed: %q", k)
+	}
+	_ = rep
+	return nil
+}
+
+// String renders the report for the CLI.
+func (r *CheckReport) String() string {
+	return fmt.Sprintf("%d entries, %d bodies, %d checkpoints (%d time-stamped, %d tokens verified)",
+		r.Entries, r.Bodies, r.Checkpoints, r.Stamped, r.TokensVerified)
+}

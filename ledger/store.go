@@ -1,0 +1,264 @@
+package ledger
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+	"google.golang.org/protobuf/proto"
+
+	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
+	"github.com/sildmesh/sild/ledger/merkle"
+)
+
+// Key layout. Integers are big-endian so that keys sort numerically.
+//
+//	e <index>                 -> serialized Entry (the leaf data)
+//	b <index>                 -> nonce || AES-GCM(serialized Body)
+//	n <level> <index>         -> hash of a complete subtree
+//	k <size>                  -> serialized SignedCheckpoint
+//	z                         -> tree size
+//	m <message id> 0 <index>  -> (index by message id)
+//	c <client> 0 <time> <index>, s <target/service> 0 <time> <index>,
+//	u <user id> 0 <time> <index> -> (indexes by party and start time)
+const (
+	pfxEntry      = 'e'
+	pfxBody       = 'b'
+	pfxNode       = 'n'
+	pfxCheckpoint = 'k'
+	pfxMsg        = 'm'
+	pfxClient     = 'c'
+	pfxService    = 's'
+	pfxUser       = 'u'
+)
+
+var keySize = []byte{'z'}
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+func keyUint(b []byte) uint64 {
+	if len(b) < 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b[:8])
+}
+
+func entryKey(i uint64) []byte      { return append([]byte{pfxEntry}, u64(i)...) }
+func bodyKey(i uint64) []byte       { return append([]byte{pfxBody}, u64(i)...) }
+func checkpointKey(s uint64) []byte { return append([]byte{pfxCheckpoint}, u64(s)...) }
+func nodeKey(n merkle.Node) []byte {
+	return append([]byte{pfxNode, n.Level}, u64(n.Index)...)
+}
+
+// indexPrefix is the prefix of one party's index keys.
+func indexPrefix(pfx byte, id string) []byte {
+	k := make([]byte, 0, len(id)+2)
+	k = append(k, pfx)
+	k = append(k, id...)
+	return append(k, 0)
+}
+
+func timeIndexKey(pfx byte, id string, nanos int64, i uint64) []byte {
+	k := indexPrefix(pfx, id)
+	k = append(k, u64(uint64(nanos))...)
+	return append(k, u64(i)...)
+}
+
+func msgKey(id string, i uint64) []byte { return append(indexPrefix(pfxMsg, id), u64(i)...) }
+
+var marshalOpts = proto.MarshalOptions{Deterministic: true}
+
+func marshal(m proto.Message) ([]byte, error) { return marshalOpts.Marshal(m) }
+
+func getSize(txn *badger.Txn) (uint64, error) {
+	it, err := txn.Get(keySize)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var size uint64
+	err = it.Value(func(v []byte) error {
+		if len(v) != 8 {
+			return errors.New("corrupt tree size")
+		}
+		size = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return size, err
+}
+
+func txnNodes(txn *badger.Txn) merkle.NodeGetter {
+	return func(n merkle.Node) (merkle.Hash, error) {
+		var h merkle.Hash
+		it, err := txn.Get(nodeKey(n))
+		if err != nil {
+			return h, fmt.Errorf("tree node %d/%d: %w", n.Level, n.Index, err)
+		}
+		err = it.Value(func(v []byte) error {
+			if len(v) != merkle.HashSize {
+				return fmt.Errorf("tree node %d/%d: corrupt", n.Level, n.Index)
+			}
+			copy(h[:], v)
+			return nil
+		})
+		return h, err
+	}
+}
+
+func txnRaw(txn *badger.Txn, key []byte) ([]byte, error) {
+	it, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return it.ValueCopy(nil)
+}
+
+func txnEntry(txn *badger.Txn, i uint64) (*ledgerv1.Entry, error) {
+	raw, err := txnRaw(txn, entryKey(i))
+	if err != nil {
+		return nil, fmt.Errorf("entry %d: %w", i, err)
+	}
+	e := &ledgerv1.Entry{}
+	if err := proto.Unmarshal(raw, e); err != nil {
+		return nil, fmt.Errorf("entry %d: %w", i, err)
+	}
+	return e, nil
+}
+
+func itemCheckpoint(it *badger.Item) (*ledgerv1.SignedCheckpoint, error) {
+	sc := &ledgerv1.SignedCheckpoint{}
+	err := it.Value(func(v []byte) error { return proto.Unmarshal(v, sc) })
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %d: %w", keyUint(it.Key()[1:]), err)
+	}
+	return sc, nil
+}
+
+// bodyAAD binds an encrypted body to its leaf.
+func bodyAAD(i uint64) []byte { return append([]byte("sild-ledger-body-v1"), u64(i)...) }
+
+func (l *Ledger) seal(i uint64, body []byte) []byte {
+	nonce := make([]byte, l.aead.NonceSize(), l.aead.NonceSize()+len(body)+l.aead.Overhead())
+	_, _ = rand.Read(nonce)
+	return l.aead.Seal(nonce, nonce, body, bodyAAD(i))
+}
+
+func (l *Ledger) open(i uint64, sealed []byte) ([]byte, error) {
+	if l.aead == nil {
+		return nil, errors.New("no body key")
+	}
+	ns := l.aead.NonceSize()
+	if len(sealed) < ns {
+		return nil, errors.New("sealed body too short")
+	}
+	return l.aead.Open(nil, sealed[:ns], sealed[ns:], bodyAAD(i))
+}
+
+// writeBatch writes batch as the next leaves into one transaction and
+// commits it synchronously. On success rng holds the new tree.
+func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
+	txn := l.db.NewTransaction(true)
+	defer txn.Discard()
+	now := l.cfg.Now()
+	var setErr error
+	set := func(k, v []byte) {
+		if setErr == nil {
+			setErr = txn.Set(k, v)
+		}
+	}
+	for _, p := range batch {
+		i := rng.Size()
+		e := &ledgerv1.Entry{Index: i, Record: p.rec, AppendTime: timestamppbOf(now)}
+		if p.body != nil {
+			sum := sha256.Sum256(p.body)
+			e.BodyDigest = sum[:]
+			set(bodyKey(i), l.seal(i, p.body))
+		}
+		eb, err := marshal(e)
+		if err != nil {
+			return err
+		}
+		set(entryKey(i), eb)
+		set(msgKey(p.msgID, i), nil)
+		start := p.start
+		if start.IsZero() {
+			start = now
+		}
+		ts := start.UnixNano()
+		set(timeIndexKey(pfxClient, p.client, ts, i), nil)
+		set(timeIndexKey(pfxService, p.service, ts, i), nil)
+		if p.user != "" {
+			set(timeIndexKey(pfxUser, p.user, ts, i), nil)
+		}
+		rng.Append(merkle.HashLeaf(eb), func(n merkle.Node, h merkle.Hash) { set(nodeKey(n), h[:]) })
+		p.fut.index = i
+	}
+	set(keySize, u64(rng.Size()))
+	if setErr != nil {
+		return setErr
+	}
+	return txn.Commit()
+}
+
+// commit makes batch durable, splitting it if Badger finds it too big, and
+// resolves its futures.
+func (l *Ledger) commit(batch []*pending) {
+	l.mu.RLock()
+	rng := l.rng.Clone()
+	l.mu.RUnlock()
+	first := rng.Size()
+	err := l.writeBatch(batch, rng)
+	if errors.Is(err, badger.ErrTxnTooBig) && len(batch) > 1 {
+		l.commit(batch[:len(batch)/2])
+		l.commit(batch[len(batch)/2:])
+		return
+	}
+	if err != nil {
+		l.logger.Error("ledger commit failed", "records", len(batch), "err", err)
+		for _, p := range batch {
+			p.fut.err = unavailable("ledger cannot store records")
+			close(p.fut.done)
+		}
+		return
+	}
+	l.mu.Lock()
+	l.rng = rng
+	l.mu.Unlock()
+	l.hmu.Lock()
+	if len(l.unstamped) == 0 || l.unstamped[len(l.unstamped)-1].first < first {
+		l.unstamped = append(l.unstamped, mark{first: first, at: l.cfg.Now()})
+	}
+	l.hmu.Unlock()
+	for _, p := range batch {
+		close(p.fut.done)
+	}
+}
+
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error(strings.TrimRight(fmt.Sprintf(f, a...), "\n"), "component", "badger")
+}
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn(strings.TrimRight(fmt.Sprintf(f, a...), "\n"), "component", "badger")
+}
+func (b badgerLogger) Infof(f string, a ...any) {
+	b.l.Debug(strings.TrimRight(fmt.Sprintf(f, a...), "\n"), "component", "badger")
+}
+func (b badgerLogger) Debugf(f string, a ...any) {
+	b.l.Debug(strings.TrimRight(fmt.Sprintf(f, a...), "\n"), "component", "badger")
+}
