@@ -210,8 +210,13 @@ func Verify(cert *x509.Certificate, roots []*x509.Certificate, k Kind, at time.T
 	case KindSVID:
 		opts.KeyUsages = []x509.ExtKeyUsage{x509.ExtKeyUsageAny}
 	case KindSigning:
-		if cert.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
-			return spiffeid.ID{}, fmt.Errorf("verify %s certificate: no digitalSignature key usage", k)
+		// A signing certificate has contentCommitment and no extended key
+		// usage: an SVID (TLS) or a TSA certificate is not one.
+		if cert.KeyUsage&x509.KeyUsageDigitalSignature == 0 || cert.KeyUsage&x509.KeyUsageContentCommitment == 0 {
+			return spiffeid.ID{}, fmt.Errorf("verify %s certificate: needs digitalSignature and contentCommitment key usage", k)
+		}
+		if len(cert.ExtKeyUsage) > 0 || len(cert.UnknownExtKeyUsage) > 0 {
+			return spiffeid.ID{}, fmt.Errorf("verify %s certificate: has an extended key usage (TLS or time-stamping)", k)
 		}
 		opts.KeyUsages = []x509.ExtKeyUsage{x509.ExtKeyUsageAny}
 	case KindTSA:

@@ -55,6 +55,11 @@ func TestIssueAndVerify(t *testing.T) {
 		t.Fatal("signing certificate accepted as TSA certificate")
 	}
 	tsa, _ := ca.Issue(KindTSA, pub, id, time.Hour, now)
+	for name, c := range map[string]*x509.Certificate{"svid": svid, "tsa": tsa} {
+		if _, err := Verify(c, []*x509.Certificate{ca.Cert}, KindSigning, now); err == nil {
+			t.Fatalf("%s certificate accepted as a signing certificate", name)
+		}
+	}
 	critical := false
 	for _, e := range tsa.Extensions {
 		if e.Id.String() == "2.5.29.37" {
