@@ -1,0 +1,61 @@
+package topology
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
+)
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func TestIndex(t *testing.T) {
+	sub := must(ident.ParseSubsystem("EE/GOV/70000310/business-registry"))
+	client := must(ident.ParseSubsystem("EE/GOV/70000311/licensing"))
+	ss1 := must(ident.ParseNode("EE/GOV/70000310/ss1"))
+	ss2 := must(ident.ParseNode("EE/GOV/70000310/ss2"))
+	svc := must(ident.ParseService("EE/GOV/70000310/business-registry/business.v1.Registry"))
+	now := time.Now()
+	cfg := &registryv1.GlobalConfig{
+		Instance: "EE", TrustDomain: "ee.sild.test", Version: 7, ExpiresAt: timestamppb.New(now.Add(time.Hour)),
+		Nodes: []*registryv1.Node{
+			{Id: ss1.Proto(), State: registryv1.NodeState_NODE_STATE_ACTIVE, Address: "127.0.0.1:1"},
+			{Id: ss2.Proto(), State: registryv1.NodeState_NODE_STATE_REVOKED},
+		},
+		Subsystems: []*registryv1.Subsystem{{Id: sub.Proto(), Nodes: []*identv1.NodeId{ss1.Proto(), ss2.Proto()}}},
+		Groups:     []*registryv1.GlobalGroup{{Code: "licensers", Members: []*identv1.SubsystemId{client.Proto()}}},
+		Services:   []*registryv1.CatalogEntry{{Service: svc.Proto(), Enabled: true}},
+	}
+	top, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := top.Hosts(sub); len(h) != 1 || h[0] != ss1 {
+		t.Fatalf("hosts %v: a revoked node must not be offered", h)
+	}
+	if !top.Serves(ss1, sub) || top.Serves(ss2, sub) || top.Serves(ss1, client) {
+		t.Fatal("Serves is wrong")
+	}
+	if g := top.Groups(client); len(g) != 1 || g[0] != "EE:licensers" {
+		t.Fatalf("groups %v", g)
+	}
+	if top.Service(svc) == nil || top.Node(ss1).GetAddress() != "127.0.0.1:1" {
+		t.Fatal("lookup failed")
+	}
+	if top.Expired(now) || !top.Expired(now.Add(2*time.Hour)) {
+		t.Fatal("expiry is wrong")
+	}
+	cfg.TrustDomain = "not a trust domain"
+	if _, err := New(cfg); err == nil {
+		t.Fatal("bad trust domain accepted")
+	}
+}
