@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -238,11 +240,20 @@ func (c *ctl) json() bool { return c.opts.output == "json" }
 
 // printJSON writes m in the protobuf JSON mapping.
 func (c *ctl) printJSON(m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: false}.Marshal(m)
+	b, err := protojson.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode json: %w", err)
 	}
-	_, err = fmt.Fprintf(c.out, "%s\n", b)
+	// protojson varies its whitespace on purpose; print it stable and indented.
+	var compact, out bytes.Buffer
+	if err := json.Compact(&compact, b); err != nil {
+		return fmt.Errorf("encode json: %w", err)
+	}
+	if err := json.Indent(&out, compact.Bytes(), "", "  "); err != nil {
+		return fmt.Errorf("encode json: %w", err)
+	}
+	out.WriteByte('\n')
+	_, err = c.out.Write(out.Bytes())
 	return err
 }
 
