@@ -19,6 +19,7 @@ federate so that a member of one can call a service of another.`,
 	}
 	root.AddCommand(
 		newVersionCmd(),
+		newLedgerCmd(),
 		newRegistryCmd(),
 		newCtlCmd(),
 		newDemoCmd(),

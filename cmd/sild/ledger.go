@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+
+	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
+	"github.com/sildmesh/sild/ledger"
+	"github.com/sildmesh/sild/pki"
+)
+
+func newLedgerCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ledger",
+		Short: "Export, verify and check a node's evidence ledger",
+		Long: `The ledger is a node's append-only evidence log: one record per exchange and
+side, leaves of a Merkle tree whose signed checkpoints are time-stamped by the
+ecosystem's RFC 3161 authority.
+
+export and check open the ledger directory, so run them while the node is
+stopped (or on a copy). verify needs nothing but the bundle and the
+ecosystem's trust bundle.`,
+	}
+	cmd.AddCommand(newLedgerExportCmd(), newLedgerVerifyCmd(), newLedgerCheckCmd())
+	return cmd
+}
+
+// readBodyKey reads a 32-byte AES key, raw or as 64 hex characters.
+func readBodyKey(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("body key: %w", err)
+	}
+	if t := bytes.TrimSpace(b); len(t) == 64 {
+		if k, err := hex.DecodeString(string(t)); err == nil {
+			return k, nil
+		}
+	}
+	if len(b) != 32 {
+		return nil, fmt.Errorf("body key %s: want 32 bytes or 64 hex characters", path)
+	}
+	return b, nil
+}
+
+func readTrust(path string) ([]*x509.Certificate, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle: %w", err)
+	}
+	certs, err := pki.DecodeCerts(b)
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle %s: %w", path, err)
+	}
+	return certs, nil
+}
+
+func newLedgerExportCmd() *cobra.Command {
+	var dataDir, msgID, out, keyFile string
+	cmd := &cobra.Command{
+		Use:   "export --data DIR --message-id ID -o FILE",
+		Short: "Write the evidence bundle of one message",
+		Long: `Write the evidence bundle of one message id: its records, the bodies kept
+(decrypted, when --body-key-file is given), the inclusion proof of each record
+in the earliest time-stamped checkpoint that covers them, that signed
+checkpoint with the signer's certificate chain, and its time-stamp token.
+Check it with 'sild ledger verify'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, err := readBodyKey(keyFile)
+			if err != nil {
+				return err
+			}
+			l, err := ledger.OpenReader(dataDir, key, nil)
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			b, err := l.Export(msgID)
+			if err != nil {
+				return err
+			}
+			data, err := proto.Marshal(b)
+			if err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			if err := os.WriteFile(out, data, 0o600); err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			if len(b.GetCheckpoint().GetTimestampToken()) == 0 {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning: the checkpoint is not time-stamped yet; verify will fail with TIMESTAMP_MISSING")
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d record(s)\n", out, len(b.GetItems()))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data", "", "ledger directory (required)")
+	cmd.Flags().StringVar(&msgID, "message-id", "", "message id to export (required)")
+	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write (required)")
+	cmd.Flags().StringVar(&keyFile, "body-key-file", "", "AES-256 body key (32 bytes or 64 hex characters); without it bodies are left out")
+	for _, f := range []string{"data", "message-id", "output"} {
+		_ = cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}
+
+func newLedgerVerifyCmd() *cobra.Command {
+	var trust, tokenOut string
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "verify FILE --trust BUNDLE.pem",
+		Short: "Check an evidence bundle offline",
+		Long: `Check an evidence bundle offline against the ecosystem's trust bundle (PEM CA
+certificates): the RFC 3161 time-stamp token, the checkpoint signature and its
+signer's certificate, every record's inclusion proof, every body against its
+record, and the consumer's and provider's signatures. It exits non-zero and
+names what failed (e.g. INCLUSION_PROOF_INVALID, TIMESTAMP_INVALID).
+
+The token can also be checked on its own with OpenSSL:
+  sild ledger verify FILE --trust ca.pem --token-out token.tsr -v
+  openssl ts -verify -digest <stamp digest printed above> -in token.tsr -token_in -CAfile ca.pem`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			roots, err := readTrust(trust)
+			if err != nil {
+				return err
+			}
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return fmt.Errorf("verify: %w", err)
+			}
+			v, err := ledger.VerifyBundle(data, roots)
+			if err != nil {
+				return fmt.Errorf("verify %s: %w", args[0], err)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "OK: %d record(s) of %s in checkpoint %d (root %x), signed by %s, time-stamped %s\n",
+				len(v.Records), v.Origin, v.TreeSize, v.Root, v.Signer, v.StampTime.UTC().Format(time.RFC3339))
+			if verbose {
+				fmt.Fprintf(w, "stamp digest (openssl ts -verify -digest): %x\n", v.StampDigest)
+				for _, s := range v.Records {
+					r := s.Record
+					fmt.Fprintf(w, "record %d: message %s side %s client %s -> %s /%s/%s user %q purpose %q status %d start %s\n",
+						s.Index, r.GetMessageId(), r.GetSide(), r.GetClient(), r.GetTarget(), r.GetService(), r.GetMethod(),
+						r.GetUserId(), r.GetPurpose(), r.GetStatusCode(), r.GetStartTime().AsTime().UTC().Format(time.RFC3339Nano))
+				}
+				fmt.Fprintf(w, "bodies checked: %d, record signatures checked: %d, without chain: %d\n", v.Bodies, v.RecordSignatures, v.UncheckedSignatures)
+			}
+			if tokenOut != "" {
+				b, err := tokenOf(data)
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(tokenOut, b, 0o600); err != nil {
+					return fmt.Errorf("token out: %w", err)
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&trust, "trust", "", "PEM trust bundle of the ecosystem (required)")
+	cmd.Flags().StringVar(&tokenOut, "token-out", "", "also write the DER time-stamp token to this file")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the records and the stamp digest")
+	_ = cmd.MarkFlagRequired("trust")
+	return cmd
+}
+
+func newLedgerCheckCmd() *cobra.Command {
+	var dataDir, trust, keyFile string
+	cmd := &cobra.Command{
+		Use:   "check --data DIR",
+		Short: "Check the consistency of a ledger directory (fsck)",
+		Long: `Check a whole ledger: every entry, the Merkle tree recomputed from the entries
+against the stored one, the indexes, the bodies (decrypted with
+--body-key-file), every checkpoint's root and signature, the consistency of
+successive checkpoints, and with --trust every time-stamp token.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			roots, err := readTrust(trust)
+			if err != nil {
+				return err
+			}
+			key, err := readBodyKey(keyFile)
+			if err != nil {
+				return err
+			}
+			l, err := ledger.OpenReader(dataDir, key, nil)
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			rep, err := l.Check(cmd.Context(), roots)
+			if err != nil {
+				return fmt.Errorf("check %s: %w", dataDir, err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "OK: %s\n", rep)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data", "", "ledger directory (required)")
+	cmd.Flags().StringVar(&trust, "trust", "", "PEM trust bundle; verifies every time-stamp token")
+	cmd.Flags().StringVar(&keyFile, "body-key-file", "", "AES-256 body key, to decrypt and check bodies")
+	_ = cmd.MarkFlagRequired("data")
+	return cmd
+}
+
+func tokenOf(bundle []byte) ([]byte, error) {
+	b := &ledgerv1.EvidenceBundle{}
+	if err := proto.Unmarshal(bundle, b); err != nil {
+		return nil, fmt.Errorf("token out: %w", err)
+	}
+	t := b.GetCheckpoint().GetTimestampToken()
+	if len(t) == 0 {
+		return nil, errors.New("bundle has no time-stamp token")
+	}
+	return t, nil
+}
