@@ -24,6 +24,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/internal/atomicfile"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry/fsm"
 )
@@ -101,42 +102,18 @@ func (s *Server) setIdentity(key crypto.Signer, chain, roots []*x509.Certificate
 		if err != nil {
 			return err
 		}
-		if err := writeFile(s.cfg.DataDir, fileKey, keyPEM); err != nil {
+		if err := atomicfile.Write(s.cfg.DataDir, fileKey, keyPEM); err != nil {
 			return err
 		}
-		if err := writeFile(s.cfg.DataDir, FileBundle, pki.EncodeCerts(roots...)); err != nil {
+		if err := atomicfile.Write(s.cfg.DataDir, FileBundle, pki.EncodeCerts(roots...)); err != nil {
 			return err
 		}
-		if err := writeFile(s.cfg.DataDir, fileCert, pki.EncodeCerts(chain...)); err != nil {
+		if err := atomicfile.Write(s.cfg.DataDir, fileCert, pki.EncodeCerts(chain...)); err != nil {
 			return err
 		}
 	}
 	s.svids.Set(svid)
 	s.bundle.Set(x509bundle.FromX509Authorities(svid.ID.TrustDomain(), roots))
-	return nil
-}
-
-// writeFile writes name in dir atomically (temp file, fsync, rename), mode 0600.
-func writeFile(dir, name string, data []byte) error {
-	f, err := os.CreateTemp(dir, name+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := os.Rename(f.Name(), filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
 	return nil
 }
 
@@ -196,10 +173,10 @@ func (s *Server) bootstrapIdentity() (*registryv1.Init, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFile(s.cfg.DataDir, fileInit, data); err != nil {
+	if err := atomicfile.Write(s.cfg.DataDir, fileInit, data); err != nil {
 		return nil, err
 	}
-	if err := writeFile(s.cfg.DataDir, FileAdminKey, []byte(secret+"\n")); err != nil {
+	if err := atomicfile.Write(s.cfg.DataDir, FileAdminKey, []byte(secret+"\n")); err != nil {
 		return nil, err
 	}
 	if err := s.setIdentity(key, chain, []*x509.Certificate{ca.Cert}, true); err != nil {
