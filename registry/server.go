@@ -140,8 +140,8 @@ func (c *Config) Validate() error {
 	if c.NodeSVIDTTL < time.Minute {
 		return errors.New("NodeSVIDTTL: at least 1m")
 	}
-	if c.ConfigTTL < time.Minute || c.ConfigRefresh <= 0 || c.ConfigRefresh >= c.ConfigTTL {
-		return errors.New("ConfigTTL/ConfigRefresh: need ConfigTTL >= 1m and 0 < ConfigRefresh < ConfigTTL")
+	if c.ConfigTTL < time.Second || c.ConfigRefresh <= 0 || c.ConfigRefresh >= c.ConfigTTL {
+		return errors.New("ConfigTTL/ConfigRefresh: need ConfigTTL >= 1s and 0 < ConfigRefresh < ConfigTTL")
 	}
 	if c.HeartbeatTimeout <= 0 || c.ElectionTimeout < c.HeartbeatTimeout {
 		return errors.New("ElectionTimeout: must be at least HeartbeatTimeout (> 0)")

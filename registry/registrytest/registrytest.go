@@ -23,11 +23,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry"
 	"github.com/sildmesh/sild/registry/fsm"
@@ -35,7 +38,8 @@ import (
 
 // cluster is a registry cluster of real servers on loopback for tests.
 type Cluster struct {
-	t testing.TB
+	t      testing.TB
+	adjust func(*registry.Config)
 	// Servers are all servers ever started, live or stopped.
 	Servers []*Member
 	// Admin is the bootstrap admin API key.
@@ -73,7 +77,14 @@ func config(id, dir string) registry.Config {
 // Start starts n servers: the first bootstraps, the others join as voters.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t}
+	return StartWith(t, n, nil)
+}
+
+// StartWith is Start with a function that adjusts every server's Config
+// (e.g. a short ConfigTTL).
+func StartWith(t testing.TB, n int, adjust func(*registry.Config)) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, adjust: adjust}
 	base := t.TempDir()
 	first := &Member{ID: "r1", Dir: filepath.Join(base, "r1")}
 	cfg := config(first.ID, first.Dir)
@@ -123,6 +134,9 @@ func (c *Cluster) start(m *Member, cfg registry.Config) {
 	c.t.Helper()
 	if m.api != "" {
 		cfg.APIAddr, cfg.RaftAddr, cfg.HTTPAddr = m.api, m.raft, m.http
+	}
+	if c.adjust != nil {
+		c.adjust(&cfg)
 	}
 	var srv *registry.Server
 	var err error
@@ -259,4 +273,28 @@ func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// BundleFile returns the path of a PEM file with the ecosystem's roots.
+func (c *Cluster) BundleFile() string {
+	return filepath.Join(c.Servers[0].Dir, registry.FileBundle)
+}
+
+// NodeToken registers node n (and its member, if new) and returns a join
+// token for it.
+func (c *Cluster) NodeToken(ctx context.Context, n ident.Node) string {
+	c.t.Helper()
+	adm := c.AdminClient(c.Live()[0])
+	_, err := adm.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: n.Member.Proto(), Name: n.Member.Code})
+	if err != nil && status.Code(err) != codes.AlreadyExists {
+		c.t.Fatal(err)
+	}
+	if _, err := adm.AddNode(c.Ctx(ctx), &registryv1.AddNodeRequest{Id: n.Proto()}); err != nil {
+		c.t.Fatal(err)
+	}
+	tok, err := adm.CreateJoinToken(c.Ctx(ctx), &registryv1.CreateJoinTokenRequest{Node: n.Proto()})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return tok.GetToken()
 }

@@ -1,0 +1,164 @@
+package node
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/pki"
+)
+
+// Config configures a node. It is read from YAML (LoadConfig) and flags.
+type Config struct {
+	// Node is this node's identifier, e.g. EE/GOV/70000310/ss1.
+	Node string `yaml:"node"`
+	// Registry is the API address of a registry server used to join and
+	// as the first to watch; the configuration names the others.
+	Registry string `yaml:"registry"`
+	// TrustBundle is a PEM file with the ecosystem's root certificates,
+	// pinned before the first join (the registry is verified against it).
+	TrustBundle string `yaml:"trust_bundle"`
+	// JoinToken is the one-time token from `sild ctl node token`; needed
+	// only on the first start.
+	JoinToken string `yaml:"join_token"`
+	// DataDir holds keys, certificates, the cached configuration, access
+	// rights and the ledger.
+	DataDir string `yaml:"data_dir"`
+
+	// ConsumerListen is where member systems call the node (gRPC;
+	// plaintext, meant for loopback or a private network).
+	ConsumerListen string `yaml:"consumer_listen"`
+	// ExchangeListen is the mTLS listener for other nodes;
+	// ExchangeAdvertise the address published in the configuration.
+	ExchangeListen    string `yaml:"exchange_listen"`
+	ExchangeAdvertise string `yaml:"exchange_advertise"`
+	// AdminListen serves the admin gRPC API and /metrics, /healthz,
+	// /readyz over HTTP (h2c) on one port.
+	AdminListen string `yaml:"admin_listen"`
+	// AdminKeys are API keys of the admin API: hash (from `sild ctl
+	// apikey hash`, "sha256:...") and role (admin or reader).
+	AdminKeys []AdminKey `yaml:"admin_keys"`
+
+	// Subsystems are the member subsystems on this node: as clients
+	// (consumer side) and, with a backend, as providers.
+	Subsystems []SubsystemConfig `yaml:"subsystems"`
+
+	// RenewBefore is how long before expiry the SVID and signing
+	// certificate are renewed (default: at half their lifetime).
+	RenewBefore time.Duration `yaml:"renew_before"`
+	// MaxMessageSize bounds one message in either direction (default 16 MiB).
+	MaxMessageSize int `yaml:"max_message_size"`
+
+	Logger *slog.Logger `yaml:"-"`
+}
+
+// AdminKey is one API key of the node's admin API.
+type AdminKey struct {
+	Hash string `yaml:"hash"`
+	Role string `yaml:"role"`
+}
+
+// SubsystemConfig is one subsystem the node serves.
+type SubsystemConfig struct {
+	ID string `yaml:"id"`
+	// Backend is the provider backend's gRPC address (host:port); empty
+	// for a subsystem that only consumes.
+	Backend string `yaml:"backend"`
+}
+
+// DefaultConfig returns the defaults: consumer on 127.0.0.1:8443, exchange
+// on :7443, admin on 127.0.0.1:9443, 16 MiB messages.
+func DefaultConfig() Config {
+	return Config{
+		ConsumerListen: "127.0.0.1:8443",
+		ExchangeListen: ":7443",
+		AdminListen:    "127.0.0.1:9443",
+		MaxMessageSize: 16 << 20,
+	}
+}
+
+// LoadConfig reads a YAML file over the defaults. Unknown keys are errors.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	f, err := os.Open(path)
+	if err != nil {
+		return cfg, fmt.Errorf("node config: %w", err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		return cfg, fmt.Errorf("node config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Validate checks the configuration; errors name the YAML key.
+func (c *Config) Validate() error {
+	if _, err := ident.ParseNode(c.Node); err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	if c.DataDir == "" {
+		return errors.New("data_dir: required")
+	}
+	if c.Registry == "" {
+		return errors.New("registry: required (host:port of a registry server)")
+	}
+	for name, addr := range map[string]string{"consumer_listen": c.ConsumerListen, "exchange_listen": c.ExchangeListen, "admin_listen": c.AdminListen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	seen := map[string]bool{}
+	for i, s := range c.Subsystems {
+		sub, err := ident.ParseSubsystem(s.ID)
+		if err != nil {
+			return fmt.Errorf("subsystems[%d].id: %w", i, err)
+		}
+		if seen[sub.String()] {
+			return fmt.Errorf("subsystems[%d].id: %s listed twice", i, sub)
+		}
+		seen[sub.String()] = true
+		if s.Backend != "" {
+			if _, _, err := net.SplitHostPort(s.Backend); err != nil {
+				return fmt.Errorf("subsystems[%d].backend: %w", i, err)
+			}
+		}
+	}
+	for i, k := range c.AdminKeys {
+		if !apikey.ValidHash(k.Hash) {
+			return fmt.Errorf("admin_keys[%d].hash: want sha256:<64 hex digits>", i)
+		}
+		if k.Role != "admin" && k.Role != "reader" {
+			return fmt.Errorf("admin_keys[%d].role: want admin or reader", i)
+		}
+	}
+	if c.MaxMessageSize < 4<<20 {
+		return errors.New("max_message_size: at least 4 MiB")
+	}
+	if c.RenewBefore < 0 {
+		return errors.New("renew_before: must not be negative")
+	}
+	return nil
+}
+
+// roots reads the pinned trust bundle.
+func (c *Config) roots() ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(c.TrustBundle)
+	if err != nil {
+		return nil, fmt.Errorf("trust_bundle: %w", err)
+	}
+	certs, err := pki.DecodeCerts(data)
+	if err != nil || len(certs) == 0 {
+		return nil, fmt.Errorf("trust_bundle %s: no certificates (%v)", c.TrustBundle, err)
+	}
+	return certs, nil
+}

@@ -1,0 +1,280 @@
+package node
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/atomicfile"
+	"github.com/sildmesh/sild/pki"
+)
+
+// Files in the data directory.
+const (
+	fileSVIDKey    = "svid.key"
+	fileSVIDCert   = "svid.crt"
+	fileSignKey    = "signing.key"
+	fileSignCert   = "signing.crt"
+	fileBundle     = "bundle.pem"
+	fileConfig     = "config.pb"
+	dirAccess      = "access"
+	dirLedger      = "ledger"
+	joinRPCTimeout = 30 * time.Second
+)
+
+// identity is the node's two keys and their certificates.
+type identity struct {
+	svidKey, signKey     crypto.Signer
+	svidChain, signChain []*x509.Certificate
+	roots                []*x509.Certificate
+}
+
+func (id *identity) expiry() time.Time {
+	exp := id.svidChain[0].NotAfter
+	if e := id.signChain[0].NotAfter; e.Before(exp) {
+		exp = e
+	}
+	return exp
+}
+
+// renewAt is when the identity should be renewed: renewBefore ahead of
+// expiry, or at half its lifetime when renewBefore is zero.
+func (id *identity) renewAt(renewBefore time.Duration) time.Time {
+	leaf := id.svidChain[0]
+	if renewBefore > 0 {
+		return id.expiry().Add(-renewBefore)
+	}
+	return leaf.NotBefore.Add(id.expiry().Sub(leaf.NotBefore) / 2)
+}
+
+func loadIdentity(dir string) (*identity, error) {
+	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
+	id := &identity{}
+	var err error
+	load := func(name string, fn func([]byte) error) {
+		if err != nil {
+			return
+		}
+		var data []byte
+		if data, err = read(name); err == nil {
+			err = fn(data)
+		}
+		if err != nil {
+			err = fmt.Errorf("load %s: %w", name, err)
+		}
+	}
+	load(fileSVIDKey, func(b []byte) (e error) { id.svidKey, e = pki.DecodeKey(b); return })
+	load(fileSignKey, func(b []byte) (e error) { id.signKey, e = pki.DecodeKey(b); return })
+	load(fileSVIDCert, func(b []byte) (e error) { id.svidChain, e = pki.DecodeCerts(b); return })
+	load(fileSignCert, func(b []byte) (e error) { id.signChain, e = pki.DecodeCerts(b); return })
+	load(fileBundle, func(b []byte) (e error) { id.roots, e = pki.DecodeCerts(b); return })
+	if err != nil {
+		return nil, err
+	}
+	if len(id.svidChain) == 0 || len(id.signChain) == 0 || len(id.roots) == 0 {
+		return nil, errors.New("load identity: empty certificate file")
+	}
+	return id, nil
+}
+
+func (id *identity) save(dir string) error {
+	svidKey, err := pki.EncodeKey(id.svidKey)
+	if err != nil {
+		return err
+	}
+	signKey, err := pki.EncodeKey(id.signKey)
+	if err != nil {
+		return err
+	}
+	// Keys first: a crash in between leaves new keys with old certificates,
+	// which loadIdentity refuses (key mismatch) rather than mixing them up.
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{
+		{fileSVIDKey, svidKey}, {fileSignKey, signKey},
+		{fileSVIDCert, pki.EncodeCerts(id.svidChain...)}, {fileSignCert, pki.EncodeCerts(id.signChain...)},
+		{fileBundle, pki.EncodeCerts(id.roots...)},
+	} {
+		if err := atomicfile.Write(dir, f.name, f.data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// newKeys makes fresh SVID and signing keys with their CSRs.
+func newKeys() (svid, sign crypto.Signer, svidCSR, signCSR []byte, err error) {
+	if svid, err = pki.NewKey(); err != nil {
+		return
+	}
+	if sign, err = pki.NewKey(); err != nil {
+		return
+	}
+	if svidCSR, err = pki.NewCSR(svid); err != nil {
+		return
+	}
+	signCSR, err = pki.NewCSR(sign)
+	return
+}
+
+// certsFrom parses and checks issued certificates against the keys.
+func certsFrom(c *registryv1.Certificates, svidKey, signKey crypto.Signer, self ident.Node) (*identity, error) {
+	id := &identity{svidKey: svidKey, signKey: signKey}
+	var err error
+	if id.svidChain, err = parseDERs(c.GetSvidChain()); err != nil || len(id.svidChain) == 0 {
+		return nil, fmt.Errorf("svid chain: %v", err)
+	}
+	if id.signChain, err = parseDERs(c.GetSigningChain()); err != nil || len(id.signChain) == 0 {
+		return nil, fmt.Errorf("signing chain: %v", err)
+	}
+	if id.roots, err = parseDERs(c.GetTrustBundle()); err != nil || len(id.roots) == 0 {
+		return nil, fmt.Errorf("trust bundle: %v", err)
+	}
+	svid, err := pki.NewSVID(svidKey, id.svidChain...)
+	if err != nil {
+		return nil, err
+	}
+	got, err := ident.NodeFromSPIFFEID(svid.ID, self.Member.Instance)
+	if err != nil || got != self {
+		return nil, fmt.Errorf("issued SVID %s is not for node %s", svid.ID, self)
+	}
+	if _, err := pki.Verify(id.signChain[0], id.roots, pki.KindSigning, time.Now()); err != nil {
+		return nil, fmt.Errorf("signing certificate: %w", err)
+	}
+	return id, nil
+}
+
+func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for _, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// registryAuthorizer accepts registry servers of td only.
+func registryAuthorizer(td spiffeid.TrustDomain) tlsconfig.Authorizer {
+	return tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
+		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
+			return fmt.Errorf("%s is not a registry server of %s", id, td)
+		}
+		return nil
+	})
+}
+
+// trustDomainOf returns the trust domain named by a root's URI SAN.
+func trustDomainOf(roots []*x509.Certificate) (spiffeid.TrustDomain, error) {
+	for _, r := range roots {
+		if len(r.URIs) == 1 {
+			if td, err := spiffeid.TrustDomainFromURI(r.URIs[0]); err == nil {
+				return td, nil
+			}
+		}
+	}
+	return spiffeid.TrustDomain{}, errors.New("trust bundle: no root names a trust domain")
+}
+
+// join obtains the node's first identity with its join token.
+func (n *Node) join(ctx context.Context) (*identity, *registryv1.SignedConfig, error) {
+	roots, err := n.cfg.roots()
+	if err != nil {
+		return nil, nil, err
+	}
+	if n.cfg.JoinToken == "" {
+		return nil, nil, errors.New("join_token: required on the first start (sild ctl node token " + n.self.String() + ")")
+	}
+	td, err := trustDomainOf(roots)
+	if err != nil {
+		return nil, nil, err
+	}
+	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, roots), registryAuthorizer(td))
+	conn, err := grpc.NewClient(n.cfg.Registry, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("join: %w", err)
+	}
+	defer conn.Close()
+	svidKey, signKey, svidCSR, signCSR, err := newKeys()
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, joinRPCTimeout)
+	defer cancel()
+	resp, err := registryv1.NewNodeServiceClient(conn).Join(ctx, &registryv1.JoinRequest{
+		Token: n.cfg.JoinToken, Node: n.self.Proto(), SvidCsr: svidCSR, SigningCsr: signCSR, Address: n.exchangeAdvertise(),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("join via %s: %w", n.cfg.Registry, err)
+	}
+	id, err := certsFrom(resp.GetCertificates(), svidKey, signKey, n.self)
+	if err != nil {
+		return nil, nil, fmt.Errorf("join: %w", err)
+	}
+	return id, resp.GetConfig(), nil
+}
+
+// renew replaces the node's keys and certificates over mTLS.
+func (n *Node) renew(ctx context.Context) error {
+	conn, err := n.registryConn()
+	if err != nil {
+		return err
+	}
+	svidKey, signKey, svidCSR, signCSR, err := newKeys()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, joinRPCTimeout)
+	defer cancel()
+	resp, err := registryv1.NewNodeServiceClient(conn).Renew(ctx, &registryv1.RenewRequest{
+		SvidCsr: svidCSR, SigningCsr: signCSR, Address: n.exchangeAdvertise(),
+	})
+	if err != nil {
+		return fmt.Errorf("renew: %w", err)
+	}
+	id, err := certsFrom(resp.GetCertificates(), svidKey, signKey, n.self)
+	if err != nil {
+		return fmt.Errorf("renew: %w", err)
+	}
+	if err := id.save(n.cfg.DataDir); err != nil {
+		return err
+	}
+	return n.install(id)
+}
+
+// install makes id the node's identity: new handshakes present the new SVID
+// (calls in flight keep their connections), new signatures use the new key.
+func (n *Node) install(id *identity) error {
+	svid, err := pki.NewSVID(id.svidKey, id.svidChain...)
+	if err != nil {
+		return err
+	}
+	n.svids.Set(svid)
+	n.setRoots(id.roots)
+	n.idMu.Lock()
+	n.id = id
+	n.idMu.Unlock()
+	if n.signer != nil {
+		if err := n.signer.SetIdentity(id.signKey, id.signChain); err != nil {
+			return err
+		}
+	}
+	n.log.Info("identity installed", "svid", svid.ID.String(), "expires", id.expiry().UTC().Format(time.RFC3339))
+	return nil
+}

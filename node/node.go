@@ -1,0 +1,343 @@
+// Package node is sild's security server: the daemon a member organisation
+// runs to exchange data with others. It joins its ecosystem's registry with
+// a one-time token (receiving an X.509-SVID and a message-signing
+// certificate), renews both before they expire, watches the signed global
+// configuration (verifying every version, caching the last on disk so that
+// it keeps serving while the registry is unreachable), and serves three
+// listeners:
+//
+//   - consumer: member systems call any gRPC method with sild-client and
+//     sild-target metadata (node/exchange carries the call);
+//   - exchange: mTLS between nodes, SPIFFE SVIDs on both sides;
+//   - admin: the node's admin gRPC API (access rights) and /metrics,
+//     /healthz, /readyz over HTTP on one port (HTTP/2 without TLS for gRPC).
+//
+// The pieces live in sub-packages: forward (raw-frame proxy), envelope
+// (headers, hash chains, replay), sign (batch signatures), access (access
+// rights), topology (configuration index), exchange (consumer and provider
+// paths).
+package node
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/node/access"
+	"github.com/sildmesh/sild/node/sign"
+	"github.com/sildmesh/sild/node/topology"
+	"github.com/sildmesh/sild/pki"
+)
+
+// Node is one security server. Create it with New, start it with Run.
+type Node struct {
+	cfg  Config
+	log  *slog.Logger
+	self ident.Node
+
+	svids   *pki.SVIDSource
+	bundles *pki.BundleSource
+
+	idMu sync.Mutex
+	id   *identity
+
+	top    atomic.Pointer[topology.Topology]
+	topCh  chan struct{} // closed when top changes
+	topMu  sync.Mutex
+	signer *sign.Signer
+	access *access.Store
+
+	regMu   sync.Mutex
+	regAddr string
+	regConn *grpc.ClientConn
+
+	consumerLn, exchangeLn, adminLn net.Listener
+	metrics                         *prometheus.Registry
+	configVersion                   prometheus.Gauge
+}
+
+// New validates cfg and opens the listeners (so that their addresses are
+// known before Run, also with port 0).
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("node config: %w", err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	self, _ := ident.ParseNode(cfg.Node)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	n := &Node{
+		cfg: cfg, log: cfg.Logger.With("node", self.String()), self: self,
+		svids: pki.NewSVIDSource(nil), bundles: pki.NewBundleSource(),
+		topCh:   make(chan struct{}),
+		metrics: prometheus.NewRegistry(),
+	}
+	n.configVersion = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sild_node_config_version", Help: "Version of the global configuration in use."})
+	n.metrics.MustRegister(collectors.NewGoCollector(), n.configVersion)
+	var err error
+	listen := func(addr string) net.Listener {
+		if err != nil {
+			return nil
+		}
+		var ln net.Listener
+		ln, err = net.Listen("tcp", addr)
+		return ln
+	}
+	n.consumerLn = listen(cfg.ConsumerListen)
+	n.exchangeLn = listen(cfg.ExchangeListen)
+	n.adminLn = listen(cfg.AdminListen)
+	if err != nil {
+		n.closeListeners()
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	return n, nil
+}
+
+func (n *Node) closeListeners() {
+	for _, ln := range []net.Listener{n.consumerLn, n.exchangeLn, n.adminLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+// ConsumerAddr, ExchangeAddr and AdminAddr return the listeners' addresses.
+func (n *Node) ConsumerAddr() string { return n.consumerLn.Addr().String() }
+
+// ExchangeAddr returns the exchange listener's address.
+func (n *Node) ExchangeAddr() string { return n.exchangeLn.Addr().String() }
+
+// AdminAddr returns the admin listener's address.
+func (n *Node) AdminAddr() string { return n.adminLn.Addr().String() }
+
+// ID returns the node's identifier.
+func (n *Node) ID() ident.Node { return n.self }
+
+// Topology returns the configuration in use, or nil before the first one.
+func (n *Node) Topology() *topology.Topology { return n.top.Load() }
+
+// exchangeAdvertise is the exchange address published in the configuration.
+func (n *Node) exchangeAdvertise() string {
+	if n.cfg.ExchangeAdvertise != "" {
+		return n.cfg.ExchangeAdvertise
+	}
+	addr := n.exchangeLn.Addr().(*net.TCPAddr)
+	if addr.IP.IsUnspecified() {
+		host, _ := os.Hostname()
+		return net.JoinHostPort(host, fmt.Sprint(addr.Port))
+	}
+	return addr.String()
+}
+
+// setRoots trusts roots (the ecosystem's bundle) for new handshakes.
+func (n *Node) setRoots(roots []*x509.Certificate) {
+	td, err := trustDomainOf(roots)
+	if err != nil {
+		n.log.Error("trust bundle", "err", err)
+		return
+	}
+	n.bundles.Set(x509bundle.FromX509Authorities(td, roots))
+}
+
+// Run starts the node and blocks until ctx ends.
+func (n *Node) Run(ctx context.Context) error {
+	defer n.closeListeners()
+	id, err := loadIdentity(n.cfg.DataDir)
+	switch {
+	case err == nil:
+	case errors.Is(err, os.ErrNotExist):
+		n.log.Info("no identity yet: joining", "registry", n.cfg.Registry)
+		var sc *signedConfig
+		id, sc, err = n.join(ctx)
+		if err != nil {
+			return err
+		}
+		if err := id.save(n.cfg.DataDir); err != nil {
+			return err
+		}
+		if sc != nil {
+			n.setRoots(id.roots)
+			if err := n.acceptConfig(sc); err != nil {
+				n.log.Warn("configuration from join", "err", err)
+			}
+		}
+	default:
+		return err
+	}
+	if n.signer, err = sign.New(sign.Config{Key: id.signKey, Chain: id.signChain, IncludeChain: true}); err != nil {
+		return err
+	}
+	defer n.signer.Close()
+	if err := n.install(id); err != nil {
+		return err
+	}
+	if err := n.loadCachedConfig(); err != nil {
+		n.log.Warn("cached configuration", "err", err)
+	}
+	if n.access, err = access.Open(access.Config{Dir: filepath.Join(n.cfg.DataDir, dirAccess), Logger: n.log}); err != nil {
+		return err
+	}
+	defer n.access.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	run := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	run("watch", n.watchLoop)
+	run("renew", n.renewLoop)
+	run("admin", n.serveAdmin)
+	run("exchange", n.serveExchange)
+	n.log.Info("node running", "consumer", n.ConsumerAddr(), "exchange", n.ExchangeAddr(), "admin", n.AdminAddr())
+	<-ctx.Done()
+	wg.Wait()
+	n.regMu.Lock()
+	if n.regConn != nil {
+		n.regConn.Close()
+	}
+	n.regMu.Unlock()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// serveGRPC serves srv on ln until ctx ends.
+func serveGRPC(ctx context.Context, srv *grpc.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		stopped := make(chan struct{})
+		go func() { srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			srv.Stop()
+		}
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// serveAdmin serves the admin gRPC API and the HTTP endpoints on one port.
+func (n *Node) serveAdmin(ctx context.Context) error {
+	roles := map[string]string{}
+	for _, k := range n.cfg.AdminKeys {
+		roles[k.Hash] = k.Role
+	}
+	gs := grpc.NewServer(access.ServerOptions(apikey.Static(roles))...)
+	adm, err := access.NewServer(access.ServerConfig{Store: n.access, Logger: n.log, Serves: n.servesProvider})
+	if err != nil {
+		return err
+	}
+	adm.Register(gs)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := n.ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{}))
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	hs := &http.Server{
+		ReadHeaderTimeout: 10 * time.Second,
+		Protocols:         &protocols,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+				gs.ServeHTTP(w, r)
+				return
+			}
+			mux.ServeHTTP(w, r)
+		}),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(n.adminLn) }()
+	select {
+	case <-ctx.Done():
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		_ = hs.Shutdown(sctx)
+		gs.Stop()
+		return nil
+	case err := <-errc:
+		gs.Stop()
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+// ready reports why the node cannot serve exchanges, or nil.
+func (n *Node) ready() error {
+	top := n.Topology()
+	if top == nil {
+		return errors.New("no global configuration yet")
+	}
+	if top.Expired(time.Now()) {
+		return errors.New("global configuration expired at " + top.Expires.UTC().Format(time.RFC3339))
+	}
+	if _, err := n.svids.GetX509SVID(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// servesProvider reports whether this node is configured with a backend for
+// sub (access rights may only be granted on those).
+func (n *Node) servesProvider(sub ident.Subsystem) bool {
+	for _, s := range n.cfg.Subsystems {
+		if s.ID == sub.String() && s.Backend != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// serveExchange serves the mTLS listener for other nodes.
+func (n *Node) serveExchange(ctx context.Context) error {
+	creds := credentials.NewTLS(tlsconfig.MTLSServerConfig(n.svids, n.bundles, tlsconfig.AuthorizeAny()))
+	gs := grpc.NewServer(grpc.Creds(creds))
+	return serveGRPC(ctx, gs, n.exchangeLn)
+}
