@@ -19,6 +19,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -82,7 +84,7 @@ Output is a table for people, or JSON (protobuf JSON mapping) with -o json.`,
 		},
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&opts.registry, "registry", "", "API address of a registry server, host:port (env SILD_REGISTRY)")
+	pf.StringVar(&opts.registry, "registry", "", "API address of a registry server, host:port, or several separated by commas to use the first that answers (env SILD_REGISTRY)")
 	pf.StringVar(&opts.apiKey, "api-key", "", "operator API key (env SILD_API_KEY)")
 	pf.StringVar(&opts.trust, "trust", "", "PEM file with the ecosystem's root certificates, e.g. <data>/bundle.pem (env SILD_TRUST)")
 	pf.StringVarP(&opts.output, "output", "o", "table", "output format: table or json (env SILD_OUTPUT)")
@@ -170,9 +172,25 @@ func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
 		return nil, err
 	}
 	tc := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeMemberOf(td))
-	conn, err := grpc.NewClient(opts.registry,
+	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithPerRPCCredentials(apikey.Credentials(strings.TrimSpace(opts.apiKey), true)))
+		grpc.WithPerRPCCredentials(apikey.Credentials(strings.TrimSpace(opts.apiKey), true)),
+	}
+	target := opts.registry
+	if addrs := strings.Split(opts.registry, ","); len(addrs) > 1 {
+		// Several servers: pick_first uses the first one that answers.
+		r := manual.NewBuilderWithScheme("sild-registry")
+		var st resolver.State
+		for _, a := range addrs {
+			if a = strings.TrimSpace(a); a != "" {
+				st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+			}
+		}
+		r.InitialState(st)
+		target = "sild-registry:///registry"
+		dialOpts = append(dialOpts, grpc.WithResolvers(r))
+	}
+	conn, err := grpc.NewClient(target, dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("registry %s: %w", opts.registry, err)
 	}

@@ -298,6 +298,10 @@ func newCtlConfigCmd(opts *ctlOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Show the published global configuration; rotate its signing key"}
 	show := &cobra.Command{
 		Use: "show", Short: "Show the current global configuration (a summary, or all of it with -o json)", Args: cobra.NoArgs,
+		Long: `Show the global configuration as last published by the contacted server:
+a summary table, or the whole GlobalConfig with -o json. Publication follows
+committed changes within about a second, so a change made just before may
+not be in it yet.`,
 		RunE: ctlRun(opts, func(ctx context.Context, c *ctl, _ []string) error {
 			resp, err := c.client.GetGlobalConfig(ctx, &registryv1.GetGlobalConfigRequest{})
 			if err != nil {

@@ -412,22 +412,31 @@ func readDescriptorSet(file, service string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("descriptor set: %w", err)
 	}
+	if err := checkDescriptorSet(data, service); err != nil {
+		return nil, fmt.Errorf("descriptor set %s: %w", file, err)
+	}
+	return data, nil
+}
+
+// checkDescriptorSet checks that data is a serialized FileDescriptorSet
+// whose files link (imports included) and define the service.
+func checkDescriptorSet(data []byte, service string) error {
 	var set descriptorpb.FileDescriptorSet
 	if err := proto.Unmarshal(data, &set); err != nil {
-		return nil, fmt.Errorf("descriptor set %s: not a binary FileDescriptorSet: %w", file, err)
+		return fmt.Errorf("not a binary FileDescriptorSet: %w", err)
 	}
 	files, err := protodesc.NewFiles(&set)
 	if err != nil {
-		return nil, fmt.Errorf("descriptor set %s: %w (build it with its imports, e.g. buf build --as-file-descriptor-set -o FILE)", file, err)
+		return fmt.Errorf("%w (build it with its imports, e.g. buf build --as-file-descriptor-set -o FILE)", err)
 	}
 	d, err := files.FindDescriptorByName(protoreflect.FullName(service))
 	if err != nil {
-		return nil, fmt.Errorf("descriptor set %s: does not define service %s", file, service)
+		return fmt.Errorf("does not define service %s", service)
 	}
 	if _, ok := d.(protoreflect.ServiceDescriptor); !ok {
-		return nil, fmt.Errorf("descriptor set %s: %s is not a service", file, service)
+		return fmt.Errorf("%s is not a service", service)
 	}
-	return data, nil
+	return nil
 }
 
 func newCtlServiceCmd(opts *ctlOptions) *cobra.Command {

@@ -25,9 +25,8 @@ import (
 	"github.com/sildmesh/sild/registry/registrytest"
 )
 
-// descriptorSet writes the FileDescriptorSet of fd and its imports.
-func descriptorSet(t *testing.T, fd protoreflect.FileDescriptor) string {
-	t.Helper()
+// fileSet returns the serialized FileDescriptorSet of fd and its imports.
+func fileSet(fd protoreflect.FileDescriptor) []byte {
 	set := &descriptorpb.FileDescriptorSet{}
 	seen := map[string]bool{}
 	var add func(protoreflect.FileDescriptor)
@@ -44,10 +43,16 @@ func descriptorSet(t *testing.T, fd protoreflect.FileDescriptor) string {
 	add(fd)
 	b, err := proto.Marshal(set)
 	if err != nil {
-		t.Fatal(err)
+		panic(err)
 	}
+	return b
+}
+
+// descriptorSet writes the FileDescriptorSet of fd and its imports to a file.
+func descriptorSet(t *testing.T, fd protoreflect.FileDescriptor) string {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), "set.binpb")
-	if err := os.WriteFile(file, b, 0o600); err != nil {
+	if err := os.WriteFile(file, fileSet(fd), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return file
@@ -160,6 +165,23 @@ func TestCtlAgainstCluster(t *testing.T) {
 		// A flag beats the environment.
 		if out, _, err = runCmd(ctx, "ctl", "raft", "status", "-o", "table"); err != nil || !strings.Contains(out, "SERVER") {
 			t.Fatalf("table: %q %v", out, err)
+		}
+	})
+
+	t.Run("several registry addresses: the first that answers", func(t *testing.T) {
+		dead := "127.0.0.1:1"
+		out, _, err := runCmd(ctx, "ctl", "--registry", dead+","+follower.Srv.APIAddr(), "--trust", bundle, "--api-key", c.Admin, "raft", "status", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st registryv1.RaftStatusResponse
+		fromJSON(t, out, &st)
+		if st.GetServerId() != follower.ID {
+			t.Fatalf("answered by %q, want %q", st.GetServerId(), follower.ID)
+		}
+		_, _, err = runCmd(ctx, "ctl", "--registry", dead, "--trust", bundle, "--api-key", c.Admin, "--timeout", "5s", "raft", "status")
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "code Unavailable") {
+			t.Fatalf("dead server: %v", err)
 		}
 	})
 

@@ -80,20 +80,20 @@ server needs only --id, --data and its listen addresses.
 Every flag can also be set in the environment as SILD_<FLAG>, e.g.
 SILD_DATA=/var/lib/sild or SILD_TOKEN=... (keeps the token out of ps).
 The server runs until SIGINT or SIGTERM.`,
-		Example: `  # A three-server cluster on one machine (use one machine per server in production):
-  sild registry --bootstrap --id r1 --instance EE --trust-domain ee.sild.test \
-    --data /tmp/sild/r1 --api-listen 127.0.0.1:7400 --raft-listen 127.0.0.1:7401 --http-listen 127.0.0.1:7402 &
+		Example: `  # Three servers on one machine (one machine per server in production):
+  sild registry --bootstrap --id r1 --instance EE --trust-domain ee.sild.test --data /tmp/sild/r1 \
+    --api-listen 127.0.0.1:7400 --raft-listen 127.0.0.1:7401 --http-listen 127.0.0.1:7402 &
+  until curl -sf 127.0.0.1:7402/readyz; do sleep 0.2; done
 
   export SILD_REGISTRY=127.0.0.1:7400 SILD_TRUST=/tmp/sild/r1/bundle.pem
   export SILD_API_KEY=$(cat /tmp/sild/r1/admin.key)
 
-  sild registry --id r2 --data /tmp/sild/r2 --join 127.0.0.1:7400 --trust /tmp/sild/r1/bundle.pem \
-    --token $(sild ctl server token r2 --voter) \
-    --api-listen 127.0.0.1:7410 --raft-listen 127.0.0.1:7411 --http-listen 127.0.0.1:7412 &
-  sild registry --id r3 --data /tmp/sild/r3 --join 127.0.0.1:7400 --trust /tmp/sild/r1/bundle.pem \
-    --token $(sild ctl server token r3 --voter) \
-    --api-listen 127.0.0.1:7420 --raft-listen 127.0.0.1:7421 --http-listen 127.0.0.1:7422 &
-
+  for i in 2 3; do
+    SILD_TOKEN=$(sild ctl server token r$i --voter) sild registry --id r$i --data /tmp/sild/r$i \
+      --join 127.0.0.1:7400 --trust /tmp/sild/r1/bundle.pem \
+      --api-listen 127.0.0.1:74${i}0 --raft-listen 127.0.0.1:74${i}1 --http-listen 127.0.0.1:74${i}2 &
+    until curl -sf 127.0.0.1:74${i}2/readyz; do sleep 0.2; done
+  done
   sild ctl raft status`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
