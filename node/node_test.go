@@ -152,14 +152,14 @@ func TestConfigValidation(t *testing.T) {
 	base := node.DefaultConfig()
 	base.Node, base.DataDir, base.Registry = "EE/GOV/1/ss1", t.TempDir(), "127.0.0.1:1"
 	cases := map[string]func(*node.Config){
-		"node":                    func(c *node.Config) { c.Node = "EE/GOV" },
-		"data_dir":                func(c *node.Config) { c.DataDir = "" },
-		"registry":                func(c *node.Config) { c.Registry = "" },
-		"consumer_listen":         func(c *node.Config) { c.ConsumerListen = "nope" },
-		"subsystems[0].id":        func(c *node.Config) { c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a/b"}} },
-		"subsystems[0].backend":   func(c *node.Config) { c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a", Backend: "x"}} },
-		"admin_keys[0].hash":      func(c *node.Config) { c.AdminKeys = []node.AdminKey{{Hash: "abc", Role: "admin"}} },
-		"max_message_size":        func(c *node.Config) { c.MaxMessageSize = 1 },
+		"node":                  func(c *node.Config) { c.Node = "EE/GOV" },
+		"data_dir":              func(c *node.Config) { c.DataDir = "" },
+		"registry":              func(c *node.Config) { c.Registry = "" },
+		"consumer_listen":       func(c *node.Config) { c.ConsumerListen = "nope" },
+		"subsystems[0].id":      func(c *node.Config) { c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a/b"}} },
+		"subsystems[0].backend": func(c *node.Config) { c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a", Backend: "x"}} },
+		"admin_keys[0].hash":    func(c *node.Config) { c.AdminKeys = []node.AdminKey{{Hash: "abc", Role: "admin"}} },
+		"max_message_size":      func(c *node.Config) { c.MaxMessageSize = 1 },
 		"subsystems[1].id: EE/GOV/1/a listed twice": func(c *node.Config) {
 			c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a"}, {ID: "EE/GOV/1/a"}}
 		},
