@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -177,6 +178,22 @@ func (o *registryOptions) config(logOut io.Writer) (registry.Config, error) {
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, flagHint(err)
+	}
+	for _, a := range []struct{ listen, advertise, listenFlag, advertiseFlag string }{
+		{cfg.APIAddr, cfg.AdvertiseAPI, "--api-listen", "--advertise-api"},
+		{cfg.RaftAddr, cfg.AdvertiseRaft, "--raft-listen", "--advertise-raft"},
+		{cfg.HTTPAddr, cfg.AdvertiseHTTP, "--http-listen", "--advertise-http"},
+	} {
+		if a.listen == "" || a.advertise != "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(a.listen)
+		if err != nil {
+			return cfg, fmt.Errorf("%s %q: %w", a.listenFlag, a.listen, err)
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			return cfg, fmt.Errorf("%s %q is a wildcard address: set %s to the address other servers and nodes reach this one at", a.listenFlag, a.listen, a.advertiseFlag)
+		}
 	}
 	return cfg, nil
 }

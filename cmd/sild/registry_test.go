@@ -47,6 +47,9 @@ func TestRegistryFlagErrors(t *testing.T) {
 		{"bad env", []string{"registry"}, map[string]string{"SILD_BOOTSTRAP": "maybe"}, []string{"SILD_BOOTSTRAP"}},
 		{"env fills flags", []string{"registry", "--data", dir}, map[string]string{"SILD_ID": "r1", "SILD_BOOTSTRAP": "true"}, []string{"Instance", "--instance"}},
 		{"stray argument", append(boot, "extra"), nil, []string{"unknown command"}},
+		{"wildcard without advertise", append(boot, "--raft-listen", ":7401"), nil, []string{"--raft-listen", "wildcard", "--advertise-raft"}},
+		{"wildcard ip without advertise", append(boot, "--api-listen", "0.0.0.0:7400"), nil, []string{"--api-listen", "--advertise-api"}},
+		{"bad listen address", append(boot, "--http-listen", "nope"), nil, []string{"--http-listen"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
