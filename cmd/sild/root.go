@@ -21,6 +21,7 @@ federate so that a member of one can call a service of another.`,
 		newVersionCmd(),
 		newLedgerCmd(),
 		newRegistryCmd(),
+		newNodeCmd(),
 		newCtlCmd(),
 		newDemoCmd(),
 	)
