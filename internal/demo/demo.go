@@ -58,6 +58,9 @@ type Config struct {
 	// Command is how the printed commands invoke sild, e.g.
 	// "go run ./cmd/sild" (default "sild").
 	Command string
+	// Setup and Smoke replace the default steps (Setup() and Smoke())
+	// when not nil.
+	Setup, Smoke []Step
 }
 
 // Demo is the state shared by the steps.
@@ -91,6 +94,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.Command == "" {
 		cfg.Command = "sild"
 	}
+	if cfg.Setup == nil {
+		cfg.Setup = Setup()
+	}
+	if cfg.Smoke == nil {
+		cfg.Smoke = Smoke()
+	}
 	data, err := os.MkdirTemp(cfg.Dir, "sild-demo-")
 	if err != nil {
 		return fmt.Errorf("demo data dir: %w", err)
@@ -106,12 +115,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 
 	start := time.Now()
-	if err := d.run(ctx, Setup()); err != nil {
+	if err := d.run(ctx, cfg.Setup); err != nil {
 		return err
 	}
 	d.Printf("\nsild demo is up after %s (data in %s).\n", time.Since(start).Round(10*time.Millisecond), data)
 	if cfg.Once {
-		if err := d.run(ctx, Smoke()); err != nil {
+		if err := d.run(ctx, cfg.Smoke); err != nil {
 			return err
 		}
 		d.Printf("\nsmoke checks passed\n")
