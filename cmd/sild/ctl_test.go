@@ -358,9 +358,24 @@ func TestCtlAgainstCluster(t *testing.T) {
 		}
 	})
 
-	t.Run("bad output format", func(t *testing.T) {
-		if _, _, err := ctlAt(leader, "member", "list", "-o", "yaml"); err == nil || !strings.Contains(err.Error(), "table or json") {
-			t.Fatalf("err = %v", err)
+	t.Run("bad arguments are refused before sending", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"member", "list", "-o", "yaml"}, "table or json"},
+			{[]string{"request", "list", "--state", "maybe"}, "--state"},
+			{[]string{"request", "reject", "0"}, "positive number"},
+			{[]string{"request", "auto-approve", "register_subsystem", "sometimes"}, "on or off"},
+			{[]string{"node", "register", "EE/GOV/70000310/licensing", "EE/GOV"}, `node "EE/GOV"`},
+			{[]string{"group", "add-member", "g", "EE/GOV/70000310"}, "subsystem"},
+			{[]string{"service", "publish", "EE/GOV/70000310/licensing/not a name", "--descriptor-set", "x"}, "service"},
+			{[]string{"member", "add"}, "accepts 1 arg"},
+		} {
+			_, _, err := ctlAt(leader, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || status.Code(err) != codes.Unknown {
+				t.Errorf("%v: err = %v, want %q", tc.args, err, tc.want)
+			}
 		}
 	})
 }
