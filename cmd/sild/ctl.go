@@ -36,6 +36,7 @@ import (
 type ctlOptions struct {
 	registry string
 	apiKey   string
+	keyFile  string
 	trust    string
 	output   string
 	timeout  time.Duration
@@ -59,8 +60,9 @@ func newCtlCmd() *cobra.Command {
 
 It connects over TLS to one registry server, verifies that the server is a
 registry server of the ecosystem whose root certificates are in --trust, and
-authenticates with an API key (the bootstrap admin key is in admin.key in the
-first server's data directory; create more with 'sild ctl apikey create').
+authenticates with an API key, given by --api-key or read from --api-key-file
+(the bootstrap admin key is admin.key in the first server's data directory;
+create more with 'sild ctl apikey create').
 Writes sent to a follower reach the leader; reads are linearizable unless
 --stale is given.
 
@@ -80,12 +82,13 @@ Output is a table for people, or JSON (protobuf JSON mapping) with -o json.`,
   sild ctl node token EE/GOV/70000310/ss1 --ttl 2h
   sild ctl member list -o json`,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return bindEnv(cmd.Flags(), nil, "registry", "api-key", "trust", "output", "timeout")
+			return bindEnv(cmd.Flags(), nil, "registry", "api-key", "api-key-file", "trust", "output", "timeout")
 		},
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&opts.registry, "registry", "", "API address of a registry server, host:port, or several separated by commas to use the first that answers (env SILD_REGISTRY)")
 	pf.StringVar(&opts.apiKey, "api-key", "", "operator API key (env SILD_API_KEY)")
+	pf.StringVar(&opts.keyFile, "api-key-file", "", "file holding the operator API key, e.g. <data>/admin.key (env SILD_API_KEY_FILE)")
 	pf.StringVar(&opts.trust, "trust", "", "PEM file with the ecosystem's root certificates, e.g. <data>/bundle.pem (env SILD_TRUST)")
 	pf.StringVarP(&opts.output, "output", "o", "table", "output format: table or json (env SILD_OUTPUT)")
 	pf.DurationVar(&opts.timeout, "timeout", 15*time.Second, "deadline of each call (env SILD_TIMEOUT)")
@@ -164,8 +167,18 @@ func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
 	if opts.trust == "" {
 		return nil, errors.New("no trust bundle: pass --trust FILE or set SILD_TRUST (bundle.pem in a registry server's data directory)")
 	}
+	if opts.keyFile != "" {
+		if opts.apiKey != "" {
+			return nil, errors.New("--api-key and --api-key-file (or SILD_API_KEY and SILD_API_KEY_FILE): give one")
+		}
+		b, err := os.ReadFile(opts.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--api-key-file: %w", err)
+		}
+		opts.apiKey = strings.TrimSpace(string(b))
+	}
 	if opts.apiKey == "" {
-		return nil, errors.New("no API key: pass --api-key KEY or set SILD_API_KEY (the bootstrap key is admin.key in the first server's data directory)")
+		return nil, errors.New("no API key: pass --api-key KEY or --api-key-file FILE, or set SILD_API_KEY (the bootstrap key is admin.key in the first server's data directory)")
 	}
 	bundle, td, err := loadTrust(opts.trust)
 	if err != nil {

@@ -142,6 +142,14 @@ func TestCtlAgainstCluster(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "no API key") || !strings.Contains(err.Error(), "SILD_API_KEY") {
 			t.Fatalf("err = %v", err)
 		}
+		keyFile := filepath.Join(c.Servers[0].Dir, registry.FileAdminKey)
+		if _, _, err := runCmd(ctx, "ctl", "--registry", leader.Srv.APIAddr(), "--trust", bundle, "--api-key-file", keyFile, "member", "list"); err != nil {
+			t.Fatalf("--api-key-file: %v", err)
+		}
+		_, _, err = runCmd(ctx, "ctl", "--registry", leader.Srv.APIAddr(), "--trust", bundle, "--api-key-file", keyFile, "--api-key", c.Admin, "member", "list")
+		if err == nil || !strings.Contains(err.Error(), "give one") {
+			t.Fatalf("both key flags: %v", err)
+		}
 		_, _, err = runCmd(ctx, "ctl", "--registry", leader.Srv.APIAddr(), "--trust", bundle, "--api-key", "sild_0_wrong", "member", "list")
 		if rpcerr.Reason(err) != rpcerr.ReasonUnauthenticated {
 			t.Fatalf("wrong key: %v", err)
