@@ -337,10 +337,10 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 		default:
 			return nil, invalid("join token: no subject")
 		}
-		f.pruneTokens(now.Unix())
 		if s.Tokens[t.GetHash()] != nil {
 			return nil, exists("join token")
 		}
+		f.pruneTokens(now.Unix())
 		s.Tokens[t.GetHash()] = t
 		configChange = false
 
