@@ -1,13 +1,17 @@
 package registry_test
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
@@ -123,5 +127,102 @@ func TestAdminErrorsLeaveStateUnchanged(t *testing.T) {
 	}
 	if after := c.Servers[0].State(); !proto.Equal(before, after) {
 		t.Fatal("refused commands changed the state")
+	}
+}
+
+func TestReadReplicaAndServerRemoval(t *testing.T) {
+	c := registrytest.Start(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	replica := c.Add("embassy", false, t.TempDir())
+	st, err := c.AdminClient(replica).RaftStatus(c.Ctx(ctx), &registryv1.RaftStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	voters := 0
+	for _, s := range st.GetServers() {
+		if s.GetVoter() {
+			voters++
+		}
+		if s.GetId() == "embassy" && s.GetVoter() {
+			t.Fatal("read replica joined as a voter")
+		}
+	}
+	if len(st.GetServers()) != 4 || voters != 3 {
+		t.Fatalf("servers %v", st.GetServers())
+	}
+	// Writes through the replica reach the leader; it serves reads.
+	adm := c.AdminClient(replica)
+	if _, err := adm.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("1")}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := adm.ListMembers(c.Ctx(ctx), &registryv1.ListMembersRequest{})
+	if err != nil || len(got.GetMembers()) != 1 {
+		t.Fatalf("linearizable read on the replica: %v %v", got, err)
+	}
+	registrytest.WaitFor(t, 10*time.Second, "stale read on the replica", func() bool {
+		got, err := adm.ListMembers(c.Ctx(ctx), &registryv1.ListMembersRequest{Read: &registryv1.ReadOptions{Stale: true}})
+		return err == nil && len(got.GetMembers()) == 1
+	})
+	// A server token is single-use and names its server.
+	_, err = c.AdminClient(c.Servers[0]).CreateServerToken(c.Ctx(ctx), &registryv1.CreateServerTokenRequest{ServerId: "r1"})
+	if rpcerr.Reason(err) != rpcerr.ReasonAlreadyExists {
+		t.Fatalf("token for an existing server: %v", err)
+	}
+	// Removing the replica (through a follower) takes it out of the cluster.
+	if _, err := c.AdminClient(c.Followers()[0]).RemoveServer(c.Ctx(ctx), &registryv1.RemoveServerRequest{ServerId: "embassy"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err = c.AdminClient(c.Leader()).RaftStatus(c.Ctx(ctx), &registryv1.RaftStatusRequest{})
+	if err != nil || len(st.GetServers()) != 3 {
+		t.Fatalf("after removal: %v %v", st.GetServers(), err)
+	}
+	_, err = c.AdminClient(c.Leader()).RemoveServer(c.Ctx(ctx), &registryv1.RemoveServerRequest{ServerId: "nope"})
+	if rpcerr.Reason(err) != rpcerr.ReasonNotFound {
+		t.Fatalf("removing an unknown server: %v", err)
+	}
+}
+
+func TestCatalogueKeepsDescriptors(t *testing.T) {
+	c := registrytest.Start(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	adm := c.AdminClient(c.Servers[0])
+	sub := &identv1.SubsystemId{Member: memberID("1"), SubsystemCode: "health"}
+	if _, err := adm.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("1")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.AddSubsystem(c.Ctx(ctx), &registryv1.AddSubsystemRequest{Id: sub}); err != nil {
+		t.Fatal(err)
+	}
+	// The health service's own descriptors (grpc.health.v1) as published.
+	fds := &descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{protodesc.ToFileDescriptorProto(healthpb.File_grpc_health_v1_health_proto)}}
+	raw, err := proto.Marshal(fds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &identv1.ServiceId{Subsystem: sub, ServiceName: "grpc.health.v1.Health"}
+	_, err = adm.PublishService(c.Ctx(ctx), &registryv1.PublishServiceRequest{Service: svc, FileDescriptorSet: raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = adm.PublishService(c.Ctx(ctx), &registryv1.PublishServiceRequest{Service: &identv1.ServiceId{Subsystem: sub, ServiceName: "grpc.health.v1.Nope"}, FileDescriptorSet: raw})
+	if rpcerr.Reason(err) != "BAD_DESCRIPTORS" {
+		t.Fatalf("service missing from its descriptors: %v", err)
+	}
+	_, err = adm.PublishService(c.Ctx(ctx), &registryv1.PublishServiceRequest{Service: svc, FileDescriptorSet: []byte("garbage")})
+	if rpcerr.Reason(err) != "BAD_DESCRIPTORS" {
+		t.Fatalf("garbage descriptors: %v", err)
+	}
+	if _, err := adm.SetServiceEnabled(c.Ctx(ctx), &registryv1.SetServiceEnabledRequest{Service: svc, Enabled: true}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := adm.ListServices(c.Ctx(ctx), &registryv1.ListServicesRequest{})
+	if err != nil || len(got.GetServices()) != 1 || !got.GetServices()[0].GetEnabled() || !bytes.Equal(got.GetServices()[0].GetFileDescriptorSet(), raw) {
+		t.Fatalf("catalogue: %v %v", got, err)
+	}
+	_, err = adm.RemoveSubsystem(c.Ctx(ctx), &registryv1.RemoveSubsystemRequest{Id: sub})
+	if rpcerr.Reason(err) != "IN_USE" {
+		t.Fatalf("removing a subsystem that publishes: %v", err)
 	}
 }
