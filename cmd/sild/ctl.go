@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/pki"
@@ -158,8 +159,8 @@ func ctlRun(opts *ctlOptions, fn func(ctx context.Context, c *ctl, args []string
 }
 
 // dialRegistry connects to --registry over TLS, accepting only a server
-// whose SVID belongs to the trust domain of the --trust roots, and sends the
-// API key with every call.
+// whose SVID is a registry server's (spiffe://<td>/registry/<id>) in the
+// trust domain of the --trust roots, and sends the API key with every call.
 func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
 	if opts.registry == "" {
 		return nil, errors.New("no registry address: pass --registry HOST:PORT or set SILD_REGISTRY")
@@ -184,7 +185,14 @@ func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeMemberOf(td))
+	// Only a registry server may receive the API key: a node's SVID from the
+	// same CA does not do.
+	tc := tlsconfig.TLSClientConfig(bundle, tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
+		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
+			return fmt.Errorf("%s is not a registry server of %s", id, td)
+		}
+		return nil
+	}))
 	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithPerRPCCredentials(apikey.Credentials(strings.TrimSpace(opts.apiKey), true)),

@@ -139,9 +139,14 @@ func (r *Registry) loadBootstrap(dir string) error {
 }
 
 // Dial connects to server i's API as an operator: TLS verified against the
-// ecosystem's roots, the admin API key on every call.
+// ecosystem's roots (a registry server's SVID), the admin API key on every call.
 func (r *Registry) Dial(i int) (*grpc.ClientConn, error) {
-	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(r.TrustDomain, r.Roots), tlsconfig.AuthorizeMemberOf(r.TrustDomain))
+	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(r.TrustDomain, r.Roots), tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
+		if id.TrustDomain() != r.TrustDomain || !ident.IsRegistrySPIFFEID(id) {
+			return fmt.Errorf("%s is not a registry server of %s", id, r.TrustDomain)
+		}
+		return nil
+	}))
 	return grpc.NewClient(r.Servers[i].APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithPerRPCCredentials(apikey.Credentials(r.AdminKey, true)))
 }
