@@ -99,7 +99,11 @@ The server runs until SIGINT or SIGTERM.`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
 			var names []string
-			cmd.Flags().VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+			cmd.Flags().VisitAll(func(f *pflag.Flag) {
+				if f.Name != "help" {
+					names = append(names, f.Name)
+				}
+			})
 			return bindEnv(cmd.Flags(), nil, names...)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
