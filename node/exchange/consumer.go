@@ -1,0 +1,312 @@
+package exchange
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/node/envelope"
+	"github.com/sildmesh/sild/node/forward"
+	"github.com/sildmesh/sild/node/sign"
+	"github.com/sildmesh/sild/node/topology"
+)
+
+// recordTimeout bounds the signing and recording that finish an exchange
+// after its caller has gone.
+const recordTimeout = 30 * time.Second
+
+// Consumer handles the calls of member systems on the consumer listener and
+// carries them to provider nodes. It is safe for concurrent use.
+type Consumer struct {
+	cfg     Config
+	clients map[ident.Subsystem]bool
+	rr      atomic.Uint64
+
+	mu       sync.Mutex
+	conns    map[peerKey]*grpc.ClientConn
+	inflight map[ident.Node]*atomic.Int64
+	closed   bool
+}
+
+type peerKey struct{ addr, id string }
+
+// NewConsumer validates cfg (the fields both sides need and Clients) and
+// returns a Consumer.
+func NewConsumer(cfg Config) (*Consumer, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("new consumer: %w", err)
+	}
+	if err := cfg.validateConsumer(); err != nil {
+		return nil, fmt.Errorf("new consumer: %w", err)
+	}
+	c := &Consumer{cfg: cfg, clients: map[ident.Subsystem]bool{},
+		conns: map[peerKey]*grpc.ClientConn{}, inflight: map[ident.Node]*atomic.Int64{}}
+	for _, s := range cfg.Clients {
+		c.clients[s] = true
+	}
+	return c, nil
+}
+
+// ServerOptions make a grpc.Server on the consumer listener handle every
+// method through c. Add TLS credentials to them if members connect over TLS.
+func (c *Consumer) ServerOptions() []grpc.ServerOption {
+	return serverOptions(c.Handle, c.cfg.MaxMessageSize, c.cfg.MaxMessageSize)
+}
+
+// Close closes the pooled connections to other nodes; calls in flight on
+// them fail.
+func (c *Consumer) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	var errs []error
+	for k, cc := range c.conns {
+		errs = append(errs, cc.Close())
+		delete(c.conns, k)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Consumer) refuse(code codes.Code, reason, msg string) error {
+	return rpcerr.New(code, reason, ComponentConsumer, msg)
+}
+
+// conn returns the pooled mTLS connection to the node with SPIFFE ID id at addr.
+func (c *Consumer) conn(addr string, id spiffeid.ID) (*grpc.ClientConn, error) {
+	k := peerKey{addr, id.String()}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, errors.New("consumer closed")
+	}
+	if cc := c.conns[k]; cc != nil {
+		return cc, nil
+	}
+	tc := tlsconfig.MTLSClientConfig(c.cfg.SVID, c.cfg.Bundles, tlsconfig.AuthorizeID(id))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		return nil, err
+	}
+	c.conns[k] = cc
+	return cc, nil
+}
+
+func (c *Consumer) counter(n ident.Node) *atomic.Int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v := c.inflight[n]
+	if v == nil {
+		v = new(atomic.Int64)
+		c.inflight[n] = v
+	}
+	return v
+}
+
+// order returns hosts with the least busy first, rotating among equals.
+func (c *Consumer) order(hosts []ident.Node) []ident.Node {
+	n := len(hosts)
+	start := int(c.rr.Add(1) % uint64(n))
+	out := make([]ident.Node, 0, n)
+	for i := range n {
+		out = append(out, hosts[(start+i)%n])
+	}
+	load := make(map[ident.Node]int64, n)
+	for _, h := range out {
+		load[h] = c.counter(h).Load()
+	}
+	// Stable insertion sort: n is small.
+	for i := 1; i < n; i++ {
+		for j := i; j > 0 && load[out[j]] < load[out[j-1]]; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// open starts the call on one of hosts, trying the next one while no
+// connection can be made. It returns the stream, the chosen node and a
+// release func.
+func (c *Consumer) open(ctx context.Context, topo *topology.Topology, hosts []ident.Node, method string) (grpc.ClientStream, ident.Node, func(), error) {
+	opts := callOptions(c.cfg.MaxMessageSize, c.cfg.MaxMessageSize+overhead)
+	for _, n := range c.order(hosts) {
+		rec := topo.Node(n)
+		id, err := spiffeid.FromString(rec.GetSpiffeId())
+		if err != nil || rec.GetAddress() == "" {
+			c.cfg.Logger.Warn("hosting node unusable in configuration", "node", n.String())
+			continue
+		}
+		cc, err := c.conn(rec.GetAddress(), id)
+		if err != nil {
+			return nil, n, nil, c.refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "node shutting down")
+		}
+		ctr := c.counter(n)
+		ctr.Add(1)
+		cs, err := cc.NewStream(ctx, fullDuplex, method, opts...)
+		if err == nil {
+			return cs, n, func() { ctr.Add(-1) }, nil
+		}
+		ctr.Add(-1)
+		if ce, ok := rpcerr.FromContext(ctx.Err()); ok {
+			return nil, n, nil, ce
+		}
+		c.cfg.Logger.Warn("provider node unreachable", "node", n.String(), "err", err)
+	}
+	return nil, ident.Node{}, nil, c.refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "no node of the target is reachable")
+}
+
+// consumerCall is the state of one call.
+type consumerCall struct {
+	mu        sync.Mutex // guards the request side, which may outlive the relay
+	reqChain  *envelope.Chain
+	reqSig    *sign.Signature
+	reqDigest []byte
+	respChain *envelope.Chain // down pump only, then finish
+}
+
+// Handle is the grpc.StreamHandler of the consumer listener.
+func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
+	start := c.cfg.Now()
+	ctx := ss.Context()
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return c.refuse(codes.Internal, rpcerr.ReasonInternal, "no method")
+	}
+	topo, err := currentTopology(c.cfg.Topology, start, ComponentConsumer)
+	if err != nil {
+		return err
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	req, err := envelope.ParseRequest(md, method)
+	if err != nil {
+		return err
+	}
+	if !c.clients[req.Client] || !topo.Serves(c.cfg.Node, req.Client) {
+		return c.refuse(codes.PermissionDenied, rpcerr.ReasonUnknownClient, "client subsystem is not served by this node")
+	}
+	if e := topo.Service(ident.Service{Subsystem: req.Target, Name: req.Service}); e != nil && !e.GetEnabled() {
+		return c.refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "target service is disabled")
+	}
+	hosts := topo.Hosts(req.Target)
+	if len(hosts) == 0 {
+		return c.refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "no node serves the target subsystem")
+	}
+
+	omd, _ := metadata.FromOutgoingContext(forward.CopyIncoming(ctx))
+	omd.Set(envelope.HeaderMessageID, req.MessageID)
+	delete(omd, sign.MetadataKey)
+	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
+	defer cancel()
+	cs, peer, release, err := c.open(upCtx, topo, hosts, method)
+	if err != nil {
+		return err
+	}
+	defer release()
+
+	st := &consumerCall{
+		reqChain:  envelope.NewChain(envelope.DirRequest, req),
+		respChain: envelope.NewChain(envelope.DirResponse, req),
+	}
+	res := relay(ss, cs, cancel, relayHooks{
+		up: func(f *forward.Frame) (bool, bool, error) {
+			st.mu.Lock()
+			st.reqChain.Add(frameBytes(f))
+			st.mu.Unlock()
+			prepend(f, tagData)
+			return true, false, nil
+		},
+		upEOF: func() (*forward.Frame, error) {
+			st.mu.Lock()
+			d := sealDigest(envelope.DirRequest, st.reqChain, codes.OK)
+			st.mu.Unlock()
+			sig, err := c.cfg.Signer.Sign(ctx, d)
+			if err != nil {
+				c.cfg.Logger.Error("sign request", "message_id", req.MessageID, "err", err)
+				return nil, c.refuse(codes.Internal, rpcerr.ReasonInternal, "request could not be signed")
+			}
+			b, err := sig.Marshal()
+			if err != nil {
+				return nil, c.refuse(codes.Internal, rpcerr.ReasonInternal, "request could not be signed")
+			}
+			st.mu.Lock()
+			st.reqSig, st.reqDigest = sig, d
+			st.mu.Unlock()
+			return &forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(append([]byte{tagSeal}, b...))}}, nil
+		},
+		down: func(f *forward.Frame) error {
+			st.respChain.Add(frameBytes(f))
+			return nil
+		},
+	})
+
+	err = res.err
+	var provSig *sign.Signature
+	respDigest := sealDigest(envelope.DirResponse, st.respChain, status.Code(normalize(err, ComponentConsumer)))
+	if !res.local {
+		code := status.Code(err)
+		if len(res.trailer.Get(sign.MetadataKey)) > 0 || code == codes.OK {
+			sig, verr := sign.FromMetadata(res.trailer)
+			if verr == nil {
+				verr = verifyPeer(c.cfg.Verifier, topo, peer, sig, respDigest, c.cfg.Now())
+			}
+			if verr != nil {
+				c.cfg.Logger.Warn("provider signature invalid", "message_id", req.MessageID, "node", peer.String(), "err", verr)
+				err = signatureInvalid(ComponentConsumer, "the provider's signature is missing or invalid")
+			} else {
+				provSig = sig
+			}
+		}
+		tr := res.trailer.Copy()
+		delete(tr, sign.MetadataKey)
+		ss.SetTrailer(tr)
+	}
+	err = normalize(err, ComponentConsumer)
+
+	rec := newRecord(ledgerv1.Side_SIDE_CONSUMER, req, peer, start)
+	st.mu.Lock()
+	finishRecord(rec, st.reqDigest, respDigest,
+		st.reqChain.Count(), st.respChain.Count(), err, c.cfg.Now())
+	if st.reqSig != nil {
+		rec.ConsumerSignature = st.reqSig.Proto()
+	}
+	st.mu.Unlock()
+	if provSig != nil {
+		rec.ProviderSignature = provSig.Proto()
+	}
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer rcancel()
+	if rerr := c.cfg.Recorder.Record(rctx, rec); rerr != nil {
+		c.cfg.Logger.Error("record exchange", "message_id", req.MessageID, "err", rerr)
+		return ledgerUnavailable(ComponentConsumer)
+	}
+	return err
+}
+
+// normalize turns err into a status error fit for the caller: context
+// errors become their codes, errors without a status an opaque Internal.
+func normalize(err error, component string) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	if ce, ok := rpcerr.FromContext(err); ok {
+		return ce
+	}
+	return rpcerr.New(codes.Internal, rpcerr.ReasonInternal, component, "internal error")
+}

@@ -1,0 +1,109 @@
+// Package exchange carries member calls through the mesh: the Consumer is the
+// gRPC handler of a node's consumer listener (member systems call it with
+// any stub and the sild-* headers), the Provider the handler of its exchange
+// listener (other nodes call it over SPIFFE mTLS). Frames are forwarded raw
+// for every call kind; deadlines, cancellation, headers, trailers and status
+// pass through.
+//
+// # Checks
+//
+// Consumer, before anything is sent: the configuration is present and not
+// expired; the request headers parse (envelope.ParseRequest); the client
+// subsystem is one of Config.Clients and the configuration says this node
+// serves it; the target subsystem has an active hosting node; if the
+// catalogue lists the target service it must be enabled (a service the
+// catalogue does not list may still be called: the catalogue carries
+// descriptors, the provider's own access rights decide). It picks the
+// hosting node with the fewest calls in flight (round robin among equals)
+// and tries the next one if no connection can be made to it.
+//
+// Provider, before anything reaches the backend: the configuration is
+// present and not expired; the caller's SVID is of this trust domain and
+// names an active node whose registered SPIFFE ID it is; the request headers
+// parse and carry a message id; the caller node is registered for the
+// claimed client subsystem; the target is a subsystem this node serves with
+// a backend; the message id was not seen from that client within the replay
+// window; an access right allows the client (or one of its global groups)
+// the method.
+//
+// # Exchange protocol between nodes (signatures)
+//
+// The consumer node sends every request message with a one-byte tag:
+// 0x00 followed by the message bytes. When its client half-closes, it signs
+// the request seal digest and sends one last message 0x01 followed by the
+// encoded sign.Signature, then half-closes. The provider strips the tags,
+// forwards data messages to the backend, verifies the seal when it arrives
+// and only then half-closes towards the backend. Since grpc servers run a
+// unary or server-streaming handler only once the request is half-closed,
+// such a backend is never invoked for a request whose signature fails; for
+// client- and bidi-streaming methods the backend may have seen messages, but
+// the refusal replaces its answer. A request that ends without a valid seal
+// is refused with SIGNATURE_INVALID.
+//
+// The provider signs the response seal digest and returns the signature in
+// the gRPC trailers (sign.MetadataKey), on every answer including its own
+// refusals. The consumer verifies it before releasing the final status (an
+// OK status without a valid signature becomes SIGNATURE_INVALID) and strips
+// it from the trailers given to the client. Response messages of a stream
+// reach the client as they come; the final status is what vouches for them.
+//
+// Seal digest = SHA-256("sild-seal-v1" || direction || chain head ||
+// uint64be(message count) || uint32be(status code)), where the chain is the
+// envelope.Chain of that direction (bound to message id, method, client and
+// target) and the status code is 0 for the request. Signatures must carry
+// their certificate chain (sign.Config.IncludeChain): the receiver checks the
+// signing certificate against the configuration's roots, that its SPIFFE ID
+// is the peer node's, and that its key is the node's registered signing key
+// when the configuration names one.
+//
+// If the backend ends a call before the client half-closed, the request part
+// is recorded without the consumer's signature (it was never made).
+//
+// # Evidence
+//
+// Each side writes one sild.ledger.v1.Record per exchange through
+// Config.Recorder and releases the final status only once Record returned
+// nil (otherwise LEDGER_UNAVAILABLE). The consumer records every call it
+// sent to a provider; the provider every call from an identified node that
+// it answered, refusals included. Refusals before that are not exchanges
+// and are only logged.
+//
+// # Errors
+//
+//	no configuration yet          Unavailable         UNAVAILABLE
+//	configuration expired         Unavailable         CONFIG_EXPIRED
+//	client not served here        PermissionDenied    UNKNOWN_CLIENT      (consumer)
+//	caller node not registered    Unauthenticated     UNKNOWN_CLIENT      (provider)
+//	  for the client
+//	unknown/removed caller node   Unauthenticated     UNAUTHENTICATED     (provider)
+//	target without active node,   NotFound            UNKNOWN_TARGET
+//	  or disabled service, or not
+//	  served by the provider
+//	no hosting node reachable     Unavailable         TARGET_UNAVAILABLE  (consumer)
+//	no access right               PermissionDenied    ACCESS_DENIED       (provider)
+//	message id replayed           AlreadyExists       MESSAGE_REPLAYED    (provider)
+//	signature missing or invalid  Unauthenticated     SIGNATURE_INVALID
+//	evidence not durable          Unavailable         LEDGER_UNAVAILABLE
+//
+// Component "node.consumer" or "node.provider". Statuses of the backend
+// pass through unchanged.
+//
+// # Wiring in the node daemon
+//
+//	cfg := exchange.Config{Node: self, Topology: current, SVID: svids, Bundles: bundles,
+//		Signer: signer, Verifier: sign.NewVerifier(0), Access: store, Logger: log,
+//		Recorder: exchange.RecorderFunc(func(ctx context.Context, r *ledgerv1.Record) error {
+//			_, err := led.Append(ctx, r, nil).Wait(ctx)
+//			return err
+//		}),
+//		Clients:  []ident.Subsystem{...},                 // consumer side
+//		Backends: map[ident.Subsystem]string{sub: addr}, // provider side
+//	}
+//	c, err := exchange.NewConsumer(cfg)                  // defer c.Close()
+//	consumerSrv := grpc.NewServer(c.ServerOptions()...)  // + TLS creds if configured
+//	p, err := exchange.NewProvider(cfg)                  // defer p.Close()
+//	exchangeSrv := grpc.NewServer(p.ServerOptions()...)  // includes the mTLS credentials
+//
+// Neither starts goroutines of its own beyond those of a call in flight;
+// Close closes their pooled client connections.
+package exchange

@@ -1,0 +1,296 @@
+package exchange
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/node/access"
+	"github.com/sildmesh/sild/node/envelope"
+	"github.com/sildmesh/sild/node/forward"
+	"github.com/sildmesh/sild/node/sign"
+	"github.com/sildmesh/sild/node/topology"
+)
+
+// Components of the refusals of this package.
+const (
+	ComponentConsumer = envelope.ComponentConsumer
+	ComponentProvider = "node.provider"
+)
+
+// Defaults of Config.
+const (
+	DefaultReplayWindow = time.Hour
+	DefaultReplayMax    = 1 << 20
+)
+
+// Recorder makes exchange records durable.
+type Recorder interface {
+	// Record returns nil once rec is durable (it survives a crash), or an
+	// error; it may be called concurrently. rec is not retained.
+	Record(ctx context.Context, rec *ledgerv1.Record) error
+}
+
+// RecorderFunc adapts a function to Recorder.
+type RecorderFunc func(ctx context.Context, rec *ledgerv1.Record) error
+
+// Record calls f.
+func (f RecorderFunc) Record(ctx context.Context, rec *ledgerv1.Record) error { return f(ctx, rec) }
+
+// Config configures a Consumer or a Provider; both may share one.
+type Config struct {
+	// Node is this node.
+	Node ident.Node
+	// Topology returns the current verified configuration, nil if none yet.
+	Topology func() *topology.Topology
+	// SVID and Bundles are this node's SVID and trust bundles for mTLS
+	// between nodes (pki.SVIDSource and pki.BundleSource).
+	SVID    x509svid.Source
+	Bundles x509bundle.Source
+	// Signer signs what this node sends; it must include its certificate
+	// chain in signatures (sign.Config.IncludeChain).
+	Signer *sign.Signer
+	// Verifier checks the peers' signatures.
+	Verifier *sign.Verifier
+	// Recorder makes the evidence of each exchange durable.
+	Recorder Recorder
+	// Logger receives refusals and failures; nil discards them.
+	Logger *slog.Logger
+
+	// Clients are the client subsystems whose systems may call through this
+	// node (consumer side).
+	Clients []ident.Subsystem
+
+	// Access holds the rights on the services this node serves (provider side).
+	Access *access.Store
+	// Backends maps each subsystem this node serves to its backend address,
+	// host:port (provider side).
+	Backends map[ident.Subsystem]string
+	// BackendDialOptions are added when dialling a backend; the default is
+	// plaintext (backends sit next to the node).
+	BackendDialOptions []grpc.DialOption
+	// ReplayWindow is how long message ids are remembered per client, and
+	// ReplayMax how many at most (provider side).
+	ReplayWindow time.Duration
+	ReplayMax    int
+
+	// MaxMessageSize bounds each message (default forward.DefaultMaxMessageSize).
+	MaxMessageSize int
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// DefaultConfig returns a Config with the defaults filled in; the caller
+// adds the node, sources, signer and the rest.
+func DefaultConfig() Config {
+	return Config{
+		ReplayWindow:   DefaultReplayWindow,
+		ReplayMax:      DefaultReplayMax,
+		MaxMessageSize: forward.DefaultMaxMessageSize,
+	}
+}
+
+// validate checks what both sides need and fills the defaults.
+func (c *Config) validate() error {
+	if err := c.Node.Validate(); err != nil {
+		return fmt.Errorf("config: Node: %w", err)
+	}
+	switch {
+	case c.Topology == nil:
+		return errors.New("config: Topology is nil")
+	case c.SVID == nil:
+		return errors.New("config: SVID is nil")
+	case c.Bundles == nil:
+		return errors.New("config: Bundles is nil")
+	case c.Signer == nil:
+		return errors.New("config: Signer is nil")
+	case c.Verifier == nil:
+		return errors.New("config: Verifier is nil")
+	case c.Recorder == nil:
+		return errors.New("config: Recorder is nil")
+	case c.MaxMessageSize < 0:
+		return errors.New("config: MaxMessageSize is negative")
+	case c.ReplayWindow < 0:
+		return errors.New("config: ReplayWindow is negative")
+	case c.ReplayMax < 0:
+		return errors.New("config: ReplayMax is negative")
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = forward.DefaultMaxMessageSize
+	}
+	if c.ReplayWindow == 0 {
+		c.ReplayWindow = DefaultReplayWindow
+	}
+	if c.ReplayMax == 0 {
+		c.ReplayMax = DefaultReplayMax
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Validate reports whether c is complete for both sides; errors name the field.
+func (c Config) Validate() error {
+	if err := c.validate(); err != nil {
+		return err
+	}
+	if err := c.validateConsumer(); err != nil {
+		return err
+	}
+	return c.validateProvider()
+}
+
+func (c *Config) validateConsumer() error {
+	for i, s := range c.Clients {
+		if err := s.Validate(); err != nil {
+			return fmt.Errorf("config: Clients[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (c *Config) validateProvider() error {
+	if c.Access == nil {
+		return errors.New("config: Access is nil")
+	}
+	for s, a := range c.Backends {
+		if err := s.Validate(); err != nil {
+			return fmt.Errorf("config: Backends: %w", err)
+		}
+		if a == "" {
+			return fmt.Errorf("config: Backends[%s]: empty address", s)
+		}
+	}
+	return nil
+}
+
+// Frame tags of the request direction between nodes.
+const (
+	tagData byte = 0x00
+	tagSeal byte = 0x01
+)
+
+// sealDigest is what a side signs for one direction of a call.
+func sealDigest(dir envelope.Direction, c *envelope.Chain, code codes.Code) []byte {
+	h := sha256.New()
+	h.Write([]byte("sild-seal-v1"))
+	h.Write([]byte{byte(dir)})
+	sum := c.Sum()
+	h.Write(sum[:])
+	var b [12]byte
+	binary.BigEndian.PutUint64(b[:8], c.Count())
+	binary.BigEndian.PutUint32(b[8:], uint32(code))
+	h.Write(b[:])
+	return h.Sum(nil)
+}
+
+// verifyPeer checks that sig signs digest by the signing key of node peer
+// under the configuration's roots.
+func verifyPeer(v *sign.Verifier, topo *topology.Topology, peer ident.Node, sig *sign.Signature, digest []byte, at time.Time) error {
+	rec := topo.Node(peer)
+	if rec == nil {
+		return errors.New("peer node not in configuration")
+	}
+	want, err := spiffeid.FromString(rec.GetSpiffeId())
+	if err != nil {
+		return fmt.Errorf("peer spiffe id: %w", err)
+	}
+	if kh := rec.GetSigningKeyHash(); kh != "" && sig.KeyID != kh {
+		return errors.New("signature key is not the node's registered signing key")
+	}
+	id, err := v.Verify(sig, digest, nil, topo.Roots, at)
+	if err != nil {
+		return err
+	}
+	if id != want {
+		return fmt.Errorf("signed by %s, not by %s", id, want)
+	}
+	return nil
+}
+
+// currentTopology returns the configuration in force or a refusal.
+func currentTopology(get func() *topology.Topology, now time.Time, component string) (*topology.Topology, error) {
+	t := get()
+	if t == nil {
+		return nil, rpcerr.New(codes.Unavailable, rpcerr.ReasonUnavailable, component, "no global configuration yet")
+	}
+	if t.Expired(now) {
+		return nil, rpcerr.New(codes.Unavailable, rpcerr.ReasonConfigExpired, component, "global configuration expired")
+	}
+	return t, nil
+}
+
+func signatureInvalid(component, msg string) error {
+	return rpcerr.New(codes.Unauthenticated, rpcerr.ReasonSignatureInvalid, component, msg)
+}
+
+func ledgerUnavailable(component string) error {
+	return rpcerr.New(codes.Unavailable, rpcerr.ReasonLedgerUnavailable, component, "evidence could not be recorded")
+}
+
+// newRecord starts the evidence record of req.
+func newRecord(side ledgerv1.Side, req envelope.Request, peer ident.Node, start time.Time) *ledgerv1.Record {
+	return &ledgerv1.Record{
+		MessageId: req.MessageID, Side: side,
+		Client: req.Client.String(), Target: req.Target.String(),
+		Service: req.Service, Method: req.Method,
+		UserId: req.UserID, Purpose: req.Purpose,
+		StartTime: timestamppb.New(start), PeerNode: peer.String(),
+	}
+}
+
+// finishRecord fills in the outcome of the exchange.
+func finishRecord(rec *ledgerv1.Record, reqDigest, respDigest []byte, reqN, respN uint64, err error, end time.Time) {
+	rec.RequestDigest, rec.ResponseDigest = reqDigest, respDigest
+	rec.RequestCount, rec.ResponseCount = reqN, respN
+	rec.StatusCode = int32(status.Code(err))
+	rec.StatusReason = rpcerr.Reason(err)
+	rec.EndTime = timestamppb.New(end)
+}
+
+// overhead is what the exchange protocol adds to a request message
+// between nodes: the tag, or a whole seal.
+const overhead = 1 + sign.MaxEncodedLen
+
+// callOptions are the options of every forwarded stream.
+func callOptions(recv, send int) []grpc.CallOption {
+	return []grpc.CallOption{
+		grpc.ForceCodecV2(forward.Codec{}),
+		grpc.MaxCallRecvMsgSize(recv),
+		grpc.MaxCallSendMsgSize(send),
+	}
+}
+
+// serverOptions make a grpc.Server send every call to handler.
+func serverOptions(handler grpc.StreamHandler, recv, send int) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.UnknownServiceHandler(handler),
+		grpc.ForceServerCodecV2(forward.Codec{}),
+		grpc.MaxRecvMsgSize(recv),
+		grpc.MaxSendMsgSize(send),
+	}
+}
+
+var plaintext = grpc.WithTransportCredentials(insecure.NewCredentials())
+
+var fullDuplex = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}

@@ -1,0 +1,264 @@
+package exchange
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/node/envelope"
+	"github.com/sildmesh/sild/node/forward"
+	"github.com/sildmesh/sild/node/sign"
+	"github.com/sildmesh/sild/node/topology"
+)
+
+// errAfterSeal refuses request messages after the seal.
+var errAfterSeal = rpcerr.New(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, ComponentProvider, "message after the request seal")
+
+// Provider handles the calls of other nodes on the exchange listener and
+// hands them to this node's backends. It is safe for concurrent use.
+type Provider struct {
+	cfg      Config
+	replay   *envelope.Replay
+	backends map[ident.Subsystem]*grpc.ClientConn
+}
+
+// NewProvider validates cfg (the fields both sides need, Access and
+// Backends) and returns a Provider with a lazily connecting client
+// connection per backend.
+func NewProvider(cfg Config) (*Provider, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("new provider: %w", err)
+	}
+	if err := cfg.validateProvider(); err != nil {
+		return nil, fmt.Errorf("new provider: %w", err)
+	}
+	p := &Provider{cfg: cfg, replay: envelope.NewReplay(cfg.ReplayWindow, cfg.ReplayMax),
+		backends: map[ident.Subsystem]*grpc.ClientConn{}}
+	for sub, addr := range cfg.Backends {
+		opts := append([]grpc.DialOption{plaintext}, cfg.BackendDialOptions...)
+		cc, err := grpc.NewClient(addr, opts...)
+		if err != nil {
+			_ = p.Close()
+			return nil, fmt.Errorf("new provider: backend of %s: %w", sub, err)
+		}
+		p.backends[sub] = cc
+	}
+	return p, nil
+}
+
+// Close closes the backend connections.
+func (p *Provider) Close() error {
+	var errs []error
+	for _, cc := range p.backends {
+		errs = append(errs, cc.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// ServerOptions make a grpc.Server on the exchange listener require mTLS
+// with this node's SVID, accept nodes of the configuration's trust domain
+// and handle every method through p.
+func (p *Provider) ServerOptions() []grpc.ServerOption {
+	authorize := tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
+		if !ident.IsNodeSPIFFEID(id) {
+			return errors.New("not a node")
+		}
+		if t := p.cfg.Topology(); t != nil && id.TrustDomain() != t.TrustDomain {
+			return errors.New("not of this trust domain")
+		}
+		return nil
+	})
+	tc := tlsconfig.MTLSServerConfig(p.cfg.SVID, p.cfg.Bundles, authorize)
+	return append(serverOptions(p.Handle, p.cfg.MaxMessageSize+overhead, p.cfg.MaxMessageSize),
+		grpc.Creds(credentials.NewTLS(tc)))
+}
+
+func refuseP(code codes.Code, reason, msg string) error {
+	return rpcerr.New(code, reason, ComponentProvider, msg)
+}
+
+// callerNode returns the active node whose SVID the caller presented.
+func (p *Provider) callerNode(ctx context.Context, topo *topology.Topology) (ident.Node, error) {
+	unauth := refuseP(codes.Unauthenticated, rpcerr.ReasonUnauthenticated, "caller is not a node of this ecosystem")
+	pr, ok := peer.FromContext(ctx)
+	if !ok {
+		return ident.Node{}, unauth
+	}
+	ti, ok := pr.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return ident.Node{}, unauth
+	}
+	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
+	if err != nil || id.TrustDomain() != topo.TrustDomain || !ident.IsNodeSPIFFEID(id) {
+		return ident.Node{}, unauth
+	}
+	n, err := ident.NodeFromSPIFFEID(id, topo.Instance)
+	if err != nil {
+		return ident.Node{}, unauth
+	}
+	rec := topo.Node(n)
+	if rec == nil || rec.GetState() != registryv1.NodeState_NODE_STATE_ACTIVE || rec.GetSpiffeId() != id.String() {
+		return ident.Node{}, unauth
+	}
+	return n, nil
+}
+
+// providerCall is the state of one call.
+type providerCall struct {
+	mu        sync.Mutex // guards the request side, which may outlive the relay
+	reqChain  *envelope.Chain
+	reqSig    *sign.Signature
+	reqDigest []byte
+	respChain *envelope.Chain // down pump only, then answer
+}
+
+// Handle is the grpc.StreamHandler of the exchange listener.
+func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
+	start := p.cfg.Now()
+	ctx := ss.Context()
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return refuseP(codes.Internal, rpcerr.ReasonInternal, "no method")
+	}
+	topo, err := currentTopology(p.cfg.Topology, start, ComponentProvider)
+	if err != nil {
+		return err
+	}
+	caller, err := p.callerNode(ctx, topo)
+	if err != nil {
+		p.cfg.Logger.Warn("refused caller", "err", err)
+		return err
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if len(md.Get(envelope.HeaderMessageID)) == 0 {
+		return refuseP(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "missing "+envelope.HeaderMessageID)
+	}
+	req, err := envelope.ParseRequest(md, method)
+	if err != nil {
+		return err
+	}
+
+	// From here on every answer is signed and recorded.
+	st := &providerCall{
+		reqChain:  envelope.NewChain(envelope.DirRequest, req),
+		respChain: envelope.NewChain(envelope.DirResponse, req),
+	}
+	answer := func(err error) error {
+		err = normalize(err, ComponentProvider)
+		respDigest := sealDigest(envelope.DirResponse, st.respChain, status.Code(err))
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+		defer cancel()
+		sig, serr := p.cfg.Signer.Sign(sctx, respDigest)
+		if serr != nil {
+			p.cfg.Logger.Error("sign response", "message_id", req.MessageID, "err", serr)
+			return refuseP(codes.Internal, rpcerr.ReasonInternal, "response could not be signed")
+		}
+		tr := metadata.MD{}
+		if serr := sign.SetMetadata(tr, sig); serr != nil {
+			return refuseP(codes.Internal, rpcerr.ReasonInternal, "response could not be signed")
+		}
+		rec := newRecord(ledgerv1.Side_SIDE_PROVIDER, req, caller, start)
+		st.mu.Lock()
+		finishRecord(rec, st.reqDigest, respDigest, st.reqChain.Count(), st.respChain.Count(), err, p.cfg.Now())
+		if st.reqSig != nil {
+			rec.ConsumerSignature = st.reqSig.Proto()
+		}
+		st.mu.Unlock()
+		rec.ProviderSignature = sig.Proto()
+		if rerr := p.cfg.Recorder.Record(sctx, rec); rerr != nil {
+			p.cfg.Logger.Error("record exchange", "message_id", req.MessageID, "err", rerr)
+			// Unsigned: the signature was over the status not given.
+			return ledgerUnavailable(ComponentProvider)
+		}
+		ss.SetTrailer(tr)
+		return err
+	}
+
+	if !topo.Serves(caller, req.Client) {
+		return answer(refuseP(codes.Unauthenticated, rpcerr.ReasonUnknownClient, "calling node is not registered for the client subsystem"))
+	}
+	backend := p.backends[req.Target]
+	if backend == nil || !topo.Serves(p.cfg.Node, req.Target) {
+		return answer(refuseP(codes.NotFound, rpcerr.ReasonUnknownTarget, "target subsystem is not served by this node"))
+	}
+	if !p.replay.Check(req.Client.String(), req.MessageID, start) {
+		return answer(refuseP(codes.AlreadyExists, rpcerr.ReasonReplayed, "message id already seen"))
+	}
+	svc := ident.Service{Subsystem: req.Target, Name: req.Service}
+	if !p.cfg.Access.Allowed(req.Client, topo.Groups(req.Client), svc, req.Method) {
+		return answer(refuseP(codes.PermissionDenied, rpcerr.ReasonAccessDenied, "access denied"))
+	}
+
+	omd, _ := metadata.FromOutgoingContext(forward.CopyIncoming(ctx))
+	delete(omd, sign.MetadataKey)
+	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
+	defer cancel()
+	cs, err := backend.NewStream(upCtx, fullDuplex, method, callOptions(p.cfg.MaxMessageSize, p.cfg.MaxMessageSize)...)
+	if err != nil {
+		if ce, ok := rpcerr.FromContext(ctx.Err()); ok {
+			return answer(ce)
+		}
+		p.cfg.Logger.Warn("backend unavailable", "target", req.Target.String(), "err", err)
+		return answer(refuseP(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "backend unavailable"))
+	}
+	res := relay(ss, cs, cancel, relayHooks{
+		up: func(f *forward.Frame) (bool, bool, error) {
+			tag, rest, ok := stripTag(f)
+			if !ok {
+				f.Free()
+				return false, false, refuseP(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "empty exchange frame")
+			}
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			switch tag {
+			case tagData:
+				st.reqChain.Add(rest)
+				return true, false, nil
+			case tagSeal:
+				d := sealDigest(envelope.DirRequest, st.reqChain, codes.OK)
+				sig, err := sign.Unmarshal(bytes.Clone(rest))
+				f.Free()
+				if err == nil {
+					err = verifyPeer(p.cfg.Verifier, topo, caller, sig, d, p.cfg.Now())
+				}
+				if err != nil {
+					p.cfg.Logger.Warn("consumer signature invalid", "message_id", req.MessageID, "node", caller.String(), "err", err)
+					return false, false, signatureInvalid(ComponentProvider, "the consumer's signature is invalid")
+				}
+				st.reqSig, st.reqDigest = sig, d
+				return false, true, nil
+			}
+			f.Free()
+			return false, false, refuseP(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "unknown exchange frame")
+		},
+		upEOF: func() (*forward.Frame, error) {
+			return nil, signatureInvalid(ComponentProvider, "request ended without the consumer's signature")
+		},
+		down: func(f *forward.Frame) error {
+			st.respChain.Add(frameBytes(f))
+			return nil
+		},
+	})
+	if !res.local {
+		tr := res.trailer.Copy()
+		delete(tr, sign.MetadataKey)
+		ss.SetTrailer(tr)
+	}
+	return answer(res.err)
+}
