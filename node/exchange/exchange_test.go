@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -419,5 +420,93 @@ func (m *mesh) rawCall(t *testing.T, n *testNode, client ident.Subsystem, msgID 
 			return err
 		}
 		f.Free()
+	}
+}
+
+// withHosts gives A a configuration where registry is hosted by the given
+// nodes; node D is registered at an address where nothing listens.
+func (m *mesh) withHosts(t *testing.T, hosts ...ident.Node) ident.Node {
+	t.Helper()
+	dead := listen(t)
+	deadAddr := dead.Addr().String()
+	_ = dead.Close()
+	nodeD := mustNode("EE/COM/70000311/ss2")
+	gc := proto.Clone(m.gc).(*registryv1.GlobalConfig)
+	idD, err := ident.NodeSPIFFEID(td, nodeD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc.Nodes = append(gc.Nodes, &registryv1.Node{Id: nodeD.Proto(), Address: deadAddr,
+		State: registryv1.NodeState_NODE_STATE_ACTIVE, SpiffeId: idD.String()})
+	for _, s := range gc.Subsystems {
+		if s.GetId().GetSubsystemCode() == registry.Code && s.GetId().GetMember().GetMemberCode() == registry.Member.Code {
+			s.Nodes = nil
+			for _, h := range hosts {
+				if h == (ident.Node{}) {
+					h = nodeD
+				}
+				s.Nodes = append(s.Nodes, h.Proto())
+			}
+		}
+	}
+	m.setTopo(t, &m.topoA, gc)
+	return nodeD
+}
+
+func TestFailoverToReachableNode(t *testing.T) {
+	m := newMesh(t)
+	m.withHosts(t, ident.Node{}, nodeB) // D (dead) and B
+	for i := range 4 {
+		if _, err := m.client.UnaryCall(as(ctxT(t), licensing, registry), &testpb.SimpleRequest{}); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if n := m.be.calls.Load(); n != 4 {
+		t.Fatalf("backend called %d times", n)
+	}
+}
+
+func TestNoReachableNode(t *testing.T) {
+	m := newMesh(t)
+	m.withHosts(t, ident.Node{}) // only D (dead)
+	_, err := m.client.UnaryCall(as(ctxT(t), licensing, registry), &testpb.SimpleRequest{})
+	wantRefusal(t, err, codes.Unavailable, rpcerr.ReasonTargetUnavailable, ComponentConsumer)
+}
+
+func TestNoConfiguration(t *testing.T) {
+	m := newMesh(t)
+	m.topoA.Store(nil)
+	_, err := m.client.UnaryCall(as(ctxT(t), licensing, registry), &testpb.SimpleRequest{})
+	wantRefusal(t, err, codes.Unavailable, rpcerr.ReasonUnavailable, ComponentConsumer)
+}
+
+func TestConfigValidate(t *testing.T) {
+	m := newMesh(t)
+	good := DefaultConfig()
+	good.Node, good.Topology = nodeA, m.topoA.Load
+	good.SVID, good.Bundles, good.Signer, good.Verifier = m.a.svid, m.bundles, m.a.signer, sign.NewVerifier(0)
+	good.Recorder, good.Access = m.recA, m.store
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		field string
+		edit  func(*Config)
+	}{
+		{"Node", func(c *Config) { c.Node = ident.Node{} }},
+		{"Topology", func(c *Config) { c.Topology = nil }},
+		{"SVID", func(c *Config) { c.SVID = nil }},
+		{"Signer", func(c *Config) { c.Signer = nil }},
+		{"Recorder", func(c *Config) { c.Recorder = nil }},
+		{"Access", func(c *Config) { c.Access = nil }},
+		{"Clients[0]", func(c *Config) { c.Clients = []ident.Subsystem{{}} }},
+		{"Backends[", func(c *Config) { c.Backends = map[ident.Subsystem]string{registry: ""} }},
+		{"MaxMessageSize", func(c *Config) { c.MaxMessageSize = -1 }},
+	} {
+		c := good
+		tc.edit(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%s: got %v", tc.field, err)
+		}
 	}
 }

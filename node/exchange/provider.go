@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -232,11 +233,8 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 				return true, false, nil
 			case tagSeal:
 				d := sealDigest(envelope.DirRequest, st.reqChain, codes.OK)
-				sig, err := sign.Unmarshal(bytes.Clone(rest))
+				sig, err := openSeal(p.cfg.Verifier, topo, caller, rest, d, p.cfg.Now())
 				f.Free()
-				if err == nil {
-					err = verifyPeer(p.cfg.Verifier, topo, caller, sig, d, p.cfg.Now())
-				}
 				if err != nil {
 					p.cfg.Logger.Warn("consumer signature invalid", "message_id", req.MessageID, "node", caller.String(), "err", err)
 					return false, false, signatureInvalid(ComponentProvider, "the consumer's signature is invalid")
@@ -261,4 +259,17 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 		ss.SetTrailer(tr)
 	}
 	return answer(res.err)
+}
+
+// openSeal decodes the seal b sent by node caller and checks that it signs
+// digest d.
+func openSeal(v *sign.Verifier, topo *topology.Topology, caller ident.Node, b, d []byte, at time.Time) (*sign.Signature, error) {
+	sig, err := sign.Unmarshal(bytes.Clone(b))
+	if err != nil {
+		return nil, err
+	}
+	if err := verifyPeer(v, topo, caller, sig, d, at); err != nil {
+		return nil, err
+	}
+	return sig, nil
 }
