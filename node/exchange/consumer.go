@@ -198,6 +198,9 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 	if !c.clients[req.Client] || !topo.Serves(c.cfg.Node, req.Client) {
 		return c.refuse(codes.PermissionDenied, rpcerr.ReasonUnknownClient, "client subsystem is not served by this node")
 	}
+	if c.cfg.MayCallAs != nil && !c.cfg.MayCallAs(ctx, req.Client) {
+		return c.refuse(codes.PermissionDenied, rpcerr.ReasonUnknownClient, "caller may not speak for the client subsystem")
+	}
 	if e := topo.Service(ident.Service{Subsystem: req.Target, Name: req.Service}); e != nil && !e.GetEnabled() {
 		return c.refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "target service is disabled")
 	}
@@ -211,7 +214,8 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 	delete(omd, sign.MetadataKey)
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
 	defer cancel()
-	cs, peer, release, err := c.open(upCtx, topo, hosts, method)
+	// The canonical path: what was validated and what the chains bind.
+	cs, peer, release, err := c.open(upCtx, topo, hosts, req.FullMethod())
 	if err != nil {
 		return err
 	}

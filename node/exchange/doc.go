@@ -9,11 +9,13 @@
 //
 // Consumer, before anything is sent: the configuration is present and not
 // expired; the request headers parse (envelope.ParseRequest); the client
-// subsystem is one of Config.Clients and the configuration says this node
-// serves it; the target subsystem has an active hosting node; if the
-// catalogue lists the target service it must be enabled (a service the
-// catalogue does not list may still be called: the catalogue carries
-// descriptors, the provider's own access rights decide). It picks the
+// subsystem is one of Config.Clients, the configuration says this node
+// serves it and Config.MayCallAs (if set) lets the caller speak for it; the
+// method path is valid (the canonical path is what is forwarded); the
+// target subsystem has an active hosting node; if the catalogue lists the
+// target service it must be enabled (a service the catalogue does not list
+// may still be called: the catalogue carries descriptors, the provider's own
+// access rights decide). It picks the
 // hosting node with the fewest calls in flight (round robin among equals)
 // and tries the next one if no connection can be made to it.
 //

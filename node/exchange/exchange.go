@@ -76,6 +76,10 @@ type Config struct {
 	// Clients are the client subsystems whose systems may call through this
 	// node (consumer side).
 	Clients []ident.Subsystem
+	// MayCallAs, if set, reports whether the caller of the consumer
+	// listener (e.g. by its TLS client certificate, found in ctx) may speak
+	// for client; nil lets every caller use every one of Clients.
+	MayCallAs func(ctx context.Context, client ident.Subsystem) bool
 
 	// Access holds the rights on the services this node serves (provider side).
 	Access *access.Store

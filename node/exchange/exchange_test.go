@@ -510,3 +510,28 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestMayCallAs(t *testing.T) {
+	m := newMesh(t)
+	ccfg := DefaultConfig()
+	ccfg.Node, ccfg.Topology = nodeA, m.topoA.Load
+	ccfg.SVID, ccfg.Bundles, ccfg.Signer, ccfg.Verifier = m.a.svid, m.bundles, m.a.signer, sign.NewVerifier(0)
+	ccfg.Recorder, ccfg.Clients = m.recA, []ident.Subsystem{licensing, archive}
+	ccfg.MayCallAs = func(ctx context.Context, c ident.Subsystem) bool {
+		md, _ := metadata.FromIncomingContext(ctx)
+		return len(md.Get("x-caller")) == 1 && md.Get("x-caller")[0] == c.Code
+	}
+	cons, err := NewConsumer(ccfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cons.Close() })
+	lis := listen(t)
+	serve(t, lis, grpc.NewServer(cons.ServerOptions()...))
+	c := testpb.NewTestServiceClient(dialPlain(t, lis.Addr().String()))
+	if _, err := c.UnaryCall(as(ctxT(t), licensing, registry, "x-caller", "licensing"), &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.UnaryCall(as(ctxT(t), licensing, registry, "x-caller", "archive"), &testpb.SimpleRequest{})
+	wantRefusal(t, err, codes.PermissionDenied, rpcerr.ReasonUnknownClient, ComponentConsumer)
+}

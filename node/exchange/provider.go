@@ -210,7 +210,7 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 	delete(omd, sign.MetadataKey)
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
 	defer cancel()
-	cs, err := backend.NewStream(upCtx, fullDuplex, method, callOptions(p.cfg.MaxMessageSize, p.cfg.MaxMessageSize)...)
+	cs, err := backend.NewStream(upCtx, fullDuplex, req.FullMethod(), callOptions(p.cfg.MaxMessageSize, p.cfg.MaxMessageSize)...)
 	if err != nil {
 		if ce, ok := rpcerr.FromContext(ctx.Err()); ok {
 			return answer(ce)
