@@ -325,12 +325,25 @@ func (a *adminAPI) RemoveServer(ctx context.Context, r *registryv1.RemoveServerR
 	return &registryv1.RemoveServerResponse{}, nil
 }
 
+// GetGlobalConfig returns this server's published configuration once it
+// includes every change committed before the call.
 func (a *adminAPI) GetGlobalConfig(ctx context.Context, _ *registryv1.GetGlobalConfigRequest) (*registryv1.GetGlobalConfigResponse, error) {
-	p, _ := a.s.current()
-	if p == nil {
-		return nil, unavailable("no configuration published yet")
+	if err := a.s.barrier(ctx, false); err != nil {
+		return nil, err
 	}
-	return &registryv1.GetGlobalConfigResponse{Config: p.config, Signed: p.signed}, nil
+	var version uint64
+	a.s.fsm.Read(func(st *fsm.State, _ uint64) { version = st.ConfigVersion })
+	for {
+		p, changed := a.s.current()
+		if p != nil && p.config.GetVersion() >= version {
+			return &registryv1.GetGlobalConfigResponse{Config: p.config, Signed: p.signed}, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, unavailable("no configuration published yet")
+		}
+	}
 }
 
 func (a *adminAPI) RotateConfigKey(ctx context.Context, _ *registryv1.RotateConfigKeyRequest) (*registryv1.RotateConfigKeyResponse, error) {
@@ -348,4 +361,36 @@ func (a *adminAPI) RotateConfigKey(ctx context.Context, _ *registryv1.RotateConf
 		return nil, err
 	}
 	return &registryv1.RotateConfigKeyResponse{Certificate: kp.GetCertificate()}, nil
+}
+
+func (a *adminAPI) AddFederationLink(ctx context.Context, r *registryv1.AddFederationLinkRequest) (*registryv1.AddFederationLinkResponse, error) {
+	return &registryv1.AddFederationLinkResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_AddLink{AddLink: r}})
+}
+
+func (a *adminAPI) RemoveFederationLink(ctx context.Context, r *registryv1.RemoveFederationLinkRequest) (*registryv1.RemoveFederationLinkResponse, error) {
+	return &registryv1.RemoveFederationLinkResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RemoveLink{RemoveLink: r}})
+}
+
+func (a *adminAPI) SetFederationLinkSuspended(ctx context.Context, r *registryv1.SetFederationLinkSuspendedRequest) (*registryv1.SetFederationLinkSuspendedResponse, error) {
+	return &registryv1.SetFederationLinkSuspendedResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_SuspendLink{SuspendLink: r}})
+}
+
+func (a *adminAPI) ListFederationLinks(ctx context.Context, r *registryv1.ListFederationLinksRequest) (*registryv1.ListFederationLinksResponse, error) {
+	resp := &registryv1.ListFederationLinksResponse{}
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Links = st.Proto().GetLinks() })
+	return resp, err
+}
+
+func (a *adminAPI) AddExport(ctx context.Context, r *registryv1.AddExportRequest) (*registryv1.AddExportResponse, error) {
+	return &registryv1.AddExportResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_AddExport{AddExport: r}})
+}
+
+func (a *adminAPI) RemoveExport(ctx context.Context, r *registryv1.RemoveExportRequest) (*registryv1.RemoveExportResponse, error) {
+	return &registryv1.RemoveExportResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RemoveExport{RemoveExport: r}})
+}
+
+func (a *adminAPI) ListExports(ctx context.Context, r *registryv1.ListExportsRequest) (*registryv1.ListExportsResponse, error) {
+	resp := &registryv1.ListExportsResponse{}
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Exports = st.Proto().GetExports() })
+	return resp, err
 }

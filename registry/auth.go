@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"crypto/x509"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -34,6 +35,8 @@ var roleOf = map[string]registryv1.Role{
 	"RemoveGroupMember": registryv1.Role_ROLE_OPERATOR, "PublishService": registryv1.Role_ROLE_OPERATOR,
 	"SetServiceEnabled": registryv1.Role_ROLE_OPERATOR, "RemoveService": registryv1.Role_ROLE_OPERATOR,
 	"ApproveRequest": registryv1.Role_ROLE_OPERATOR, "RejectRequest": registryv1.Role_ROLE_OPERATOR,
+	"ListFederationLinks": registryv1.Role_ROLE_READER, "ListExports": registryv1.Role_ROLE_READER,
+	"AddExport": registryv1.Role_ROLE_OPERATOR, "RemoveExport": registryv1.Role_ROLE_OPERATOR,
 }
 
 const adminPrefix = "/" + "sild.registry.v1.AdminService/"
@@ -94,9 +97,23 @@ func (s *Server) apiKeyRole(ctx context.Context) (registryv1.Role, error) {
 	if !ok || !ok2 {
 		return 0, unauthenticated("malformed API key")
 	}
-	var stored *registryv1.StoredApiKey
-	s.fsm.Read(func(st *fsm.State, _ uint64) { stored = st.APIKeys[id] })
-	if stored == nil || !apikey.Check(stored.GetSecretHash(), secret) {
+	lookup := func() *registryv1.StoredApiKey {
+		var stored *registryv1.StoredApiKey
+		s.fsm.Read(func(st *fsm.State, _ uint64) { stored = st.APIKeys[id] })
+		if stored == nil || !apikey.Check(stored.GetSecretHash(), secret) {
+			return nil
+		}
+		return stored
+	}
+	stored := lookup()
+	if stored == nil {
+		// A key created a moment ago may not have reached this server
+		// yet: catch up with the leader before refusing.
+		if s.barrier(ctx, false) == nil {
+			stored = lookup()
+		}
+	}
+	if stored == nil {
 		return 0, unauthenticated("unknown or revoked API key")
 	}
 	return stored.GetKey().GetRole(), nil
@@ -105,17 +122,26 @@ func (s *Server) apiKeyRole(ctx context.Context) (registryv1.Role, error) {
 // peerSPIFFEID returns the verified SPIFFE ID of the client certificate of
 // the call, checked against the ecosystem's roots.
 func (s *Server) peerSPIFFEID(ctx context.Context) (spiffeid.ID, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return spiffeid.ID{}, unauthenticated("no peer")
+	certs, err := peerCertificates(ctx)
+	if err != nil {
+		return spiffeid.ID{}, err
 	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.PeerCertificates) == 0 {
-		return spiffeid.ID{}, unauthenticated("this call needs a client certificate (SVID)")
-	}
-	id, _, err := x509svid.Verify(ti.State.PeerCertificates, s.bundle)
+	id, _, err := x509svid.Verify(certs, s.bundle)
 	if err != nil {
 		return spiffeid.ID{}, unauthenticated("client certificate not trusted")
 	}
 	return id, nil
+}
+
+// peerCertificates returns the client certificates of a call (unverified).
+func peerCertificates(ctx context.Context) ([]*x509.Certificate, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, unauthenticated("no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return nil, unauthenticated("this call needs a client certificate (SVID)")
+	}
+	return ti.State.PeerCertificates, nil
 }

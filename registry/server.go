@@ -66,6 +66,15 @@ type Config struct {
 	AdvertiseRaft string
 	AdvertiseHTTP string
 
+	// FederationAddr serves the SPIFFE bundle endpoint and the
+	// FederationService to federated ecosystems (TLS); empty disables
+	// federation. AdvertiseFederation is the host:port peers use.
+	FederationAddr      string
+	AdvertiseFederation string
+	// FederationRefresh is how often the leader re-checks every link
+	// (peer bundle and export directory); also the bundle's refresh hint.
+	FederationRefresh time.Duration
+
 	// Bootstrap creates a new ecosystem with this server as its first voter.
 	Bootstrap bool
 	// Join is the API address of a running server; Token a server token
@@ -106,6 +115,7 @@ func DefaultConfig() Config {
 		HeartbeatTimeout:  500 * time.Millisecond,
 		ElectionTimeout:   1000 * time.Millisecond,
 		SnapshotThreshold: 8192,
+		FederationRefresh: 30 * time.Second,
 	}
 }
 
@@ -143,6 +153,9 @@ func (c *Config) Validate() error {
 	if c.ConfigTTL < time.Second || c.ConfigRefresh <= 0 || c.ConfigRefresh >= c.ConfigTTL {
 		return errors.New("ConfigTTL/ConfigRefresh: need ConfigTTL >= 1s and 0 < ConfigRefresh < ConfigTTL")
 	}
+	if c.FederationAddr != "" && c.FederationRefresh <= 0 {
+		return errors.New("FederationRefresh: must be positive")
+	}
 	if c.HeartbeatTimeout <= 0 || c.ElectionTimeout < c.HeartbeatTimeout {
 		return errors.New("ElectionTimeout: must be at least HeartbeatTimeout (> 0)")
 	}
@@ -163,9 +176,9 @@ type Server struct {
 	trans  *raft.NetworkTransport
 	stream *tlsStream
 
-	apiLn, raftLn, httpLn net.Listener
-	grpc                  *grpc.Server
-	http                  *http.Server
+	apiLn, raftLn, httpLn, fedLn net.Listener
+	grpc                         *grpc.Server
+	http                         *http.Server
 
 	peersMu sync.Mutex
 	peers   map[string]*grpc.ClientConn // API address -> conn (mTLS)
@@ -233,6 +246,15 @@ func New(cfg Config) (*Server, error) {
 		Listener: tls.NewListener(s.raftLn, tlsconfig.MTLSServerConfig(s.svids, s.bundle, authorize)),
 		client:   tlsconfig.MTLSClientConfig(s.svids, s.bundle, authorize),
 	}
+	if cfg.FederationAddr != "" {
+		if s.fedLn, err = net.Listen("tcp", cfg.FederationAddr); err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("federation listener: %w", err)
+		}
+		if s.cfg.AdvertiseFederation == "" {
+			s.cfg.AdvertiseFederation = s.fedLn.Addr().String()
+		}
+	}
 	if s.cfg.AdvertiseAPI == "" {
 		s.cfg.AdvertiseAPI = s.apiLn.Addr().String()
 	}
@@ -253,6 +275,15 @@ func (s *Server) RaftAddr() string { return s.cfg.AdvertiseRaft }
 
 // HTTPAddr returns the HTTP address ("" if disabled).
 func (s *Server) HTTPAddr() string { return s.cfg.AdvertiseHTTP }
+
+// BundleEndpointURL returns the SPIFFE bundle endpoint of this server
+// ("" without federation).
+func (s *Server) BundleEndpointURL() string {
+	if s.cfg.AdvertiseFederation == "" {
+		return ""
+	}
+	return "https://" + s.cfg.AdvertiseFederation + "/"
+}
 
 // ID returns the server id.
 func (s *Server) ID() string { return s.cfg.ServerID }
@@ -308,7 +339,7 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 8)
 	run := func(name string, fn func() error) {
 		wg.Add(1)
 		go func() {
@@ -329,16 +360,34 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	var fedHTTP *http.Server
+	if s.fedLn != nil {
+		h, fedGRPC, err := s.federationHandler()
+		if err != nil {
+			return err
+		}
+		defer fedGRPC.Stop()
+		fedHTTP = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.federationTLS()}
+		run("federation", func() error {
+			if err := fedHTTP.ServeTLS(s.fedLn, "", ""); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		run("federation links", func() error { return s.federationLoop(ctx) })
+	}
 	run("publish", func() error { return s.publishLoop(ctx) })
 	run("maintain", func() error { return s.maintainLoop(ctx, boot) })
 
 	s.log.Info("registry server running", "api", s.APIAddr(), "raft", s.RaftAddr(), "http", s.HTTPAddr())
 	<-ctx.Done()
 	s.grpc.GracefulStop()
-	if s.http != nil {
-		shutdownCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = s.http.Shutdown(shutdownCtx)
-		c()
+	for _, hs := range []*http.Server{s.http, fedHTTP} {
+		if hs != nil {
+			shutdownCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = hs.Shutdown(shutdownCtx)
+			c()
+		}
 	}
 	s.grpc.Stop()
 	wg.Wait()
@@ -356,10 +405,10 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) closeListeners() {
-	s.apiLn.Close()
-	s.raftLn.Close()
-	if s.httpLn != nil {
-		s.httpLn.Close()
+	for _, ln := range []net.Listener{s.apiLn, s.raftLn, s.httpLn, s.fedLn} {
+		if ln != nil {
+			ln.Close()
+		}
 	}
 }
 

@@ -60,6 +60,7 @@ func (s *State) Config(now time.Time, ttl time.Duration, tsaURLs, registryAddrs 
 		TsaUrls:           tsaURLs,
 		RegistryAddresses: registryAddrs,
 		Settings:          s.Settings,
+		Federated:         s.Federated(),
 	}
 	if s.CA != nil {
 		c.TrustBundle = [][]byte{s.CA.GetCertificate()}

@@ -80,6 +80,8 @@ type State struct {
 	NextReq    uint64
 	Auto       map[string]bool
 	Servers    map[string]*registryv1.ServerInfo
+	Links      map[string]*registryv1.FederationLink // by peer instance
+	Exports    map[string]*registryv1.Export         // by subsystem
 }
 
 func newState() *State {
@@ -95,6 +97,8 @@ func newState() *State {
 		NextReq:    1,
 		Auto:       map[string]bool{},
 		Servers:    map[string]*registryv1.ServerInfo{},
+		Links:      map[string]*registryv1.FederationLink{},
+		Exports:    map[string]*registryv1.Export{},
 	}
 }
 
@@ -604,6 +608,12 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 		}
 		delete(s.Servers, op.RemoveServer.GetServerId())
 
+	case *registryv1.Command_AddLink, *registryv1.Command_RemoveLink, *registryv1.Command_SuspendLink,
+		*registryv1.Command_UpdateLink, *registryv1.Command_AddExport, *registryv1.Command_RemoveExport:
+		if err := f.applyFederation(cmd); err != nil {
+			return nil, err
+		}
+
 	default:
 		return nil, invalid("unknown command")
 	}
@@ -783,6 +793,8 @@ func (s *State) wire() *registryv1.State {
 		JoinTokens: sorted(s.Tokens),
 		ApiKeys:    sorted(s.APIKeys),
 		Servers:    sorted(s.Servers),
+		Links:      sorted(s.Links),
+		Exports:    sorted(s.Exports),
 	}
 	for _, id := range sortedKeys(s.Requests) {
 		p.Requests = append(p.Requests, s.Requests[id])
@@ -829,6 +841,12 @@ func FromProto(p *registryv1.State) *State {
 	}
 	for _, sv := range p.GetServers() {
 		s.Servers[sv.GetId()] = sv
+	}
+	for _, l := range p.GetLinks() {
+		s.Links[l.GetInstance()] = l
+	}
+	for _, e := range p.GetExports() {
+		s.Exports[key(e.GetSubsystem())] = e
 	}
 	return s
 }

@@ -241,8 +241,16 @@ var connsMu sync.Mutex
 // Conn dials a server's API as an operator would (TLS, no client cert).
 func (c *Cluster) Conn(m *Member) *grpc.ClientConn {
 	c.t.Helper()
-	td := spiffeid.RequireTrustDomainFromString("ee.sild.test")
-	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, c.Roots), tlsconfig.AuthorizeMemberOf(td))
+	td, err := spiffeid.TrustDomainFromURI(c.Roots[0].URIs[0])
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, c.Roots), tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
+		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
+			return fmt.Errorf("%s is not a registry server", id)
+		}
+		return nil
+	}))
 	conn, err := grpc.NewClient(m.api, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		c.t.Fatal(err)

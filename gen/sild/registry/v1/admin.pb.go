@@ -3358,11 +3358,643 @@ func (x *RotateConfigKeyResponse) GetCertificate() []byte {
 	return nil
 }
 
+type AddFederationLinkRequest struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Instance          string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	TrustDomain       string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	BundleEndpointUrl string                 `protobuf:"bytes,3,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
+	EndpointSpiffeId  string                 `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	RootFingerprint   string                 `protobuf:"bytes,5,opt,name=root_fingerprint,json=rootFingerprint,proto3" json:"root_fingerprint,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AddFederationLinkRequest) Reset() {
+	*x = AddFederationLinkRequest{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddFederationLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddFederationLinkRequest) ProtoMessage() {}
+
+func (x *AddFederationLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddFederationLinkRequest.ProtoReflect.Descriptor instead.
+func (*AddFederationLinkRequest) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *AddFederationLinkRequest) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *AddFederationLinkRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *AddFederationLinkRequest) GetBundleEndpointUrl() string {
+	if x != nil {
+		return x.BundleEndpointUrl
+	}
+	return ""
+}
+
+func (x *AddFederationLinkRequest) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *AddFederationLinkRequest) GetRootFingerprint() string {
+	if x != nil {
+		return x.RootFingerprint
+	}
+	return ""
+}
+
+type AddFederationLinkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddFederationLinkResponse) Reset() {
+	*x = AddFederationLinkResponse{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddFederationLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddFederationLinkResponse) ProtoMessage() {}
+
+func (x *AddFederationLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddFederationLinkResponse.ProtoReflect.Descriptor instead.
+func (*AddFederationLinkResponse) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{71}
+}
+
+type RemoveFederationLinkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Instance      string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveFederationLinkRequest) Reset() {
+	*x = RemoveFederationLinkRequest{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveFederationLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveFederationLinkRequest) ProtoMessage() {}
+
+func (x *RemoveFederationLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveFederationLinkRequest.ProtoReflect.Descriptor instead.
+func (*RemoveFederationLinkRequest) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *RemoveFederationLinkRequest) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+type RemoveFederationLinkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveFederationLinkResponse) Reset() {
+	*x = RemoveFederationLinkResponse{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveFederationLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveFederationLinkResponse) ProtoMessage() {}
+
+func (x *RemoveFederationLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveFederationLinkResponse.ProtoReflect.Descriptor instead.
+func (*RemoveFederationLinkResponse) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{73}
+}
+
+type SetFederationLinkSuspendedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Instance      string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	Suspended     bool                   `protobuf:"varint,2,opt,name=suspended,proto3" json:"suspended,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFederationLinkSuspendedRequest) Reset() {
+	*x = SetFederationLinkSuspendedRequest{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFederationLinkSuspendedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFederationLinkSuspendedRequest) ProtoMessage() {}
+
+func (x *SetFederationLinkSuspendedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFederationLinkSuspendedRequest.ProtoReflect.Descriptor instead.
+func (*SetFederationLinkSuspendedRequest) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *SetFederationLinkSuspendedRequest) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *SetFederationLinkSuspendedRequest) GetSuspended() bool {
+	if x != nil {
+		return x.Suspended
+	}
+	return false
+}
+
+type SetFederationLinkSuspendedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFederationLinkSuspendedResponse) Reset() {
+	*x = SetFederationLinkSuspendedResponse{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFederationLinkSuspendedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFederationLinkSuspendedResponse) ProtoMessage() {}
+
+func (x *SetFederationLinkSuspendedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFederationLinkSuspendedResponse.ProtoReflect.Descriptor instead.
+func (*SetFederationLinkSuspendedResponse) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{75}
+}
+
+type ListFederationLinksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Read          *ReadOptions           `protobuf:"bytes,1,opt,name=read,proto3" json:"read,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationLinksRequest) Reset() {
+	*x = ListFederationLinksRequest{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationLinksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationLinksRequest) ProtoMessage() {}
+
+func (x *ListFederationLinksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationLinksRequest.ProtoReflect.Descriptor instead.
+func (*ListFederationLinksRequest) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *ListFederationLinksRequest) GetRead() *ReadOptions {
+	if x != nil {
+		return x.Read
+	}
+	return nil
+}
+
+type ListFederationLinksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Links         []*FederationLink      `protobuf:"bytes,1,rep,name=links,proto3" json:"links,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationLinksResponse) Reset() {
+	*x = ListFederationLinksResponse{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationLinksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationLinksResponse) ProtoMessage() {}
+
+func (x *ListFederationLinksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationLinksResponse.ProtoReflect.Descriptor instead.
+func (*ListFederationLinksResponse) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *ListFederationLinksResponse) GetLinks() []*FederationLink {
+	if x != nil {
+		return x.Links
+	}
+	return nil
+}
+
+type AddExportRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subsystem     *v1.SubsystemId        `protobuf:"bytes,1,opt,name=subsystem,proto3" json:"subsystem,omitempty"`
+	ToInstance    string                 `protobuf:"bytes,2,opt,name=to_instance,json=toInstance,proto3" json:"to_instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddExportRequest) Reset() {
+	*x = AddExportRequest{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddExportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddExportRequest) ProtoMessage() {}
+
+func (x *AddExportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddExportRequest.ProtoReflect.Descriptor instead.
+func (*AddExportRequest) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *AddExportRequest) GetSubsystem() *v1.SubsystemId {
+	if x != nil {
+		return x.Subsystem
+	}
+	return nil
+}
+
+func (x *AddExportRequest) GetToInstance() string {
+	if x != nil {
+		return x.ToInstance
+	}
+	return ""
+}
+
+type AddExportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddExportResponse) Reset() {
+	*x = AddExportResponse{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddExportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddExportResponse) ProtoMessage() {}
+
+func (x *AddExportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddExportResponse.ProtoReflect.Descriptor instead.
+func (*AddExportResponse) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{79}
+}
+
+type RemoveExportRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subsystem     *v1.SubsystemId        `protobuf:"bytes,1,opt,name=subsystem,proto3" json:"subsystem,omitempty"`
+	ToInstance    string                 `protobuf:"bytes,2,opt,name=to_instance,json=toInstance,proto3" json:"to_instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveExportRequest) Reset() {
+	*x = RemoveExportRequest{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveExportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveExportRequest) ProtoMessage() {}
+
+func (x *RemoveExportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveExportRequest.ProtoReflect.Descriptor instead.
+func (*RemoveExportRequest) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *RemoveExportRequest) GetSubsystem() *v1.SubsystemId {
+	if x != nil {
+		return x.Subsystem
+	}
+	return nil
+}
+
+func (x *RemoveExportRequest) GetToInstance() string {
+	if x != nil {
+		return x.ToInstance
+	}
+	return ""
+}
+
+type RemoveExportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveExportResponse) Reset() {
+	*x = RemoveExportResponse{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveExportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveExportResponse) ProtoMessage() {}
+
+func (x *RemoveExportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveExportResponse.ProtoReflect.Descriptor instead.
+func (*RemoveExportResponse) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{81}
+}
+
+type ListExportsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Read          *ReadOptions           `protobuf:"bytes,1,opt,name=read,proto3" json:"read,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExportsRequest) Reset() {
+	*x = ListExportsRequest{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExportsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExportsRequest) ProtoMessage() {}
+
+func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExportsRequest.ProtoReflect.Descriptor instead.
+func (*ListExportsRequest) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *ListExportsRequest) GetRead() *ReadOptions {
+	if x != nil {
+		return x.Read
+	}
+	return nil
+}
+
+type ListExportsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Exports       []*Export              `protobuf:"bytes,1,rep,name=exports,proto3" json:"exports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExportsResponse) Reset() {
+	*x = ListExportsResponse{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExportsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExportsResponse) ProtoMessage() {}
+
+func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExportsResponse.ProtoReflect.Descriptor instead.
+func (*ListExportsResponse) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *ListExportsResponse) GetExports() []*Export {
+	if x != nil {
+		return x.Exports
+	}
+	return nil
+}
+
 var File_sild_registry_v1_admin_proto protoreflect.FileDescriptor
 
 const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1csild/registry/v1/admin.proto\x12\x10sild.registry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1dsild/registry/v1/config.proto\"#\n" +
+	"\x1csild/registry/v1/admin.proto\x12\x10sild.registry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1dsild/registry/v1/config.proto\x1a!sild/registry/v1/federation.proto\"#\n" +
 	"\vReadOptions\x12\x14\n" +
 	"\x05stale\x18\x01 \x01(\bR\x05stale\"O\n" +
 	"\x10AddMemberRequest\x12'\n" +
@@ -3528,7 +4160,39 @@ const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\x06signed\x18\x02 \x01(\v2\x1e.sild.registry.v1.SignedConfigR\x06signed\"\x18\n" +
 	"\x16RotateConfigKeyRequest\";\n" +
 	"\x17RotateConfigKeyResponse\x12 \n" +
-	"\vcertificate\x18\x01 \x01(\fR\vcertificate*\x80\x01\n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"\xe2\x01\n" +
+	"\x18AddFederationLinkRequest\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
+	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12.\n" +
+	"\x13bundle_endpoint_url\x18\x03 \x01(\tR\x11bundleEndpointUrl\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12)\n" +
+	"\x10root_fingerprint\x18\x05 \x01(\tR\x0frootFingerprint\"\x1b\n" +
+	"\x19AddFederationLinkResponse\"9\n" +
+	"\x1bRemoveFederationLinkRequest\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\"\x1e\n" +
+	"\x1cRemoveFederationLinkResponse\"]\n" +
+	"!SetFederationLinkSuspendedRequest\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\x12\x1c\n" +
+	"\tsuspended\x18\x02 \x01(\bR\tsuspended\"$\n" +
+	"\"SetFederationLinkSuspendedResponse\"O\n" +
+	"\x1aListFederationLinksRequest\x121\n" +
+	"\x04read\x18\x01 \x01(\v2\x1d.sild.registry.v1.ReadOptionsR\x04read\"U\n" +
+	"\x1bListFederationLinksResponse\x126\n" +
+	"\x05links\x18\x01 \x03(\v2 .sild.registry.v1.FederationLinkR\x05links\"m\n" +
+	"\x10AddExportRequest\x128\n" +
+	"\tsubsystem\x18\x01 \x01(\v2\x1a.sild.ident.v1.SubsystemIdR\tsubsystem\x12\x1f\n" +
+	"\vto_instance\x18\x02 \x01(\tR\n" +
+	"toInstance\"\x13\n" +
+	"\x11AddExportResponse\"p\n" +
+	"\x13RemoveExportRequest\x128\n" +
+	"\tsubsystem\x18\x01 \x01(\v2\x1a.sild.ident.v1.SubsystemIdR\tsubsystem\x12\x1f\n" +
+	"\vto_instance\x18\x02 \x01(\tR\n" +
+	"toInstance\"\x16\n" +
+	"\x14RemoveExportResponse\"G\n" +
+	"\x12ListExportsRequest\x121\n" +
+	"\x04read\x18\x01 \x01(\v2\x1d.sild.registry.v1.ReadOptionsR\x04read\"I\n" +
+	"\x13ListExportsResponse\x122\n" +
+	"\aexports\x18\x01 \x03(\v2\x18.sild.registry.v1.ExportR\aexports*\x80\x01\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REQUEST_STATE_PENDING\x10\x01\x12\x1a\n" +
@@ -3539,7 +4203,7 @@ const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\vROLE_READER\x10\x01\x12\x11\n" +
 	"\rROLE_OPERATOR\x10\x02\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x032\x9e\x19\n" +
+	"ROLE_ADMIN\x10\x032\x92\x1f\n" +
 	"\fAdminService\x12T\n" +
 	"\tAddMember\x12\".sild.registry.v1.AddMemberRequest\x1a#.sild.registry.v1.AddMemberResponse\x12]\n" +
 	"\fRemoveMember\x12%.sild.registry.v1.RemoveMemberRequest\x1a&.sild.registry.v1.RemoveMemberResponse\x12Z\n" +
@@ -3574,7 +4238,14 @@ const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"RaftStatus\x12#.sild.registry.v1.RaftStatusRequest\x1a$.sild.registry.v1.RaftStatusResponse\x12l\n" +
 	"\x11CreateServerToken\x12*.sild.registry.v1.CreateServerTokenRequest\x1a+.sild.registry.v1.CreateServerTokenResponse\x12]\n" +
-	"\fRemoveServer\x12%.sild.registry.v1.RemoveServerRequest\x1a&.sild.registry.v1.RemoveServerResponse\x12f\n" +
+	"\fRemoveServer\x12%.sild.registry.v1.RemoveServerRequest\x1a&.sild.registry.v1.RemoveServerResponse\x12l\n" +
+	"\x11AddFederationLink\x12*.sild.registry.v1.AddFederationLinkRequest\x1a+.sild.registry.v1.AddFederationLinkResponse\x12u\n" +
+	"\x14RemoveFederationLink\x12-.sild.registry.v1.RemoveFederationLinkRequest\x1a..sild.registry.v1.RemoveFederationLinkResponse\x12\x87\x01\n" +
+	"\x1aSetFederationLinkSuspended\x123.sild.registry.v1.SetFederationLinkSuspendedRequest\x1a4.sild.registry.v1.SetFederationLinkSuspendedResponse\x12r\n" +
+	"\x13ListFederationLinks\x12,.sild.registry.v1.ListFederationLinksRequest\x1a-.sild.registry.v1.ListFederationLinksResponse\x12T\n" +
+	"\tAddExport\x12\".sild.registry.v1.AddExportRequest\x1a#.sild.registry.v1.AddExportResponse\x12]\n" +
+	"\fRemoveExport\x12%.sild.registry.v1.RemoveExportRequest\x1a&.sild.registry.v1.RemoveExportResponse\x12Z\n" +
+	"\vListExports\x12$.sild.registry.v1.ListExportsRequest\x1a%.sild.registry.v1.ListExportsResponse\x12f\n" +
 	"\x0fGetGlobalConfig\x12(.sild.registry.v1.GetGlobalConfigRequest\x1a).sild.registry.v1.GetGlobalConfigResponse\x12f\n" +
 	"\x0fRotateConfigKey\x12(.sild.registry.v1.RotateConfigKeyRequest\x1a).sild.registry.v1.RotateConfigKeyResponseB\xbe\x01\n" +
 	"\x14com.sild.registry.v1B\n" +
@@ -3593,212 +4264,248 @@ func file_sild_registry_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_sild_registry_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sild_registry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
+var file_sild_registry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
 var file_sild_registry_v1_admin_proto_goTypes = []any{
-	(RequestState)(0),                   // 0: sild.registry.v1.RequestState
-	(Role)(0),                           // 1: sild.registry.v1.Role
-	(*ReadOptions)(nil),                 // 2: sild.registry.v1.ReadOptions
-	(*AddMemberRequest)(nil),            // 3: sild.registry.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),           // 4: sild.registry.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),         // 5: sild.registry.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),        // 6: sild.registry.v1.RemoveMemberResponse
-	(*ListMembersRequest)(nil),          // 7: sild.registry.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),         // 8: sild.registry.v1.ListMembersResponse
-	(*AddSubsystemRequest)(nil),         // 9: sild.registry.v1.AddSubsystemRequest
-	(*AddSubsystemResponse)(nil),        // 10: sild.registry.v1.AddSubsystemResponse
-	(*RemoveSubsystemRequest)(nil),      // 11: sild.registry.v1.RemoveSubsystemRequest
-	(*RemoveSubsystemResponse)(nil),     // 12: sild.registry.v1.RemoveSubsystemResponse
-	(*ListSubsystemsRequest)(nil),       // 13: sild.registry.v1.ListSubsystemsRequest
-	(*ListSubsystemsResponse)(nil),      // 14: sild.registry.v1.ListSubsystemsResponse
-	(*AddNodeRequest)(nil),              // 15: sild.registry.v1.AddNodeRequest
-	(*AddNodeResponse)(nil),             // 16: sild.registry.v1.AddNodeResponse
-	(*CreateJoinTokenRequest)(nil),      // 17: sild.registry.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),     // 18: sild.registry.v1.CreateJoinTokenResponse
-	(*RemoveNodeRequest)(nil),           // 19: sild.registry.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),          // 20: sild.registry.v1.RemoveNodeResponse
-	(*ListNodesRequest)(nil),            // 21: sild.registry.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),           // 22: sild.registry.v1.ListNodesResponse
-	(*RegisterSubsystemRequest)(nil),    // 23: sild.registry.v1.RegisterSubsystemRequest
-	(*RegisterSubsystemResponse)(nil),   // 24: sild.registry.v1.RegisterSubsystemResponse
-	(*UnregisterSubsystemRequest)(nil),  // 25: sild.registry.v1.UnregisterSubsystemRequest
-	(*UnregisterSubsystemResponse)(nil), // 26: sild.registry.v1.UnregisterSubsystemResponse
-	(*AddGroupRequest)(nil),             // 27: sild.registry.v1.AddGroupRequest
-	(*AddGroupResponse)(nil),            // 28: sild.registry.v1.AddGroupResponse
-	(*RemoveGroupRequest)(nil),          // 29: sild.registry.v1.RemoveGroupRequest
-	(*RemoveGroupResponse)(nil),         // 30: sild.registry.v1.RemoveGroupResponse
-	(*AddGroupMemberRequest)(nil),       // 31: sild.registry.v1.AddGroupMemberRequest
-	(*AddGroupMemberResponse)(nil),      // 32: sild.registry.v1.AddGroupMemberResponse
-	(*RemoveGroupMemberRequest)(nil),    // 33: sild.registry.v1.RemoveGroupMemberRequest
-	(*RemoveGroupMemberResponse)(nil),   // 34: sild.registry.v1.RemoveGroupMemberResponse
-	(*ListGroupsRequest)(nil),           // 35: sild.registry.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),          // 36: sild.registry.v1.ListGroupsResponse
-	(*PublishServiceRequest)(nil),       // 37: sild.registry.v1.PublishServiceRequest
-	(*PublishServiceResponse)(nil),      // 38: sild.registry.v1.PublishServiceResponse
-	(*SetServiceEnabledRequest)(nil),    // 39: sild.registry.v1.SetServiceEnabledRequest
-	(*SetServiceEnabledResponse)(nil),   // 40: sild.registry.v1.SetServiceEnabledResponse
-	(*RemoveServiceRequest)(nil),        // 41: sild.registry.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),       // 42: sild.registry.v1.RemoveServiceResponse
-	(*ListServicesRequest)(nil),         // 43: sild.registry.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),        // 44: sild.registry.v1.ListServicesResponse
-	(*ManagementRequest)(nil),           // 45: sild.registry.v1.ManagementRequest
-	(*ListRequestsRequest)(nil),         // 46: sild.registry.v1.ListRequestsRequest
-	(*ListRequestsResponse)(nil),        // 47: sild.registry.v1.ListRequestsResponse
-	(*ApproveRequestRequest)(nil),       // 48: sild.registry.v1.ApproveRequestRequest
-	(*ApproveRequestResponse)(nil),      // 49: sild.registry.v1.ApproveRequestResponse
-	(*RejectRequestRequest)(nil),        // 50: sild.registry.v1.RejectRequestRequest
-	(*RejectRequestResponse)(nil),       // 51: sild.registry.v1.RejectRequestResponse
-	(*SetAutoApproveRequest)(nil),       // 52: sild.registry.v1.SetAutoApproveRequest
-	(*SetAutoApproveResponse)(nil),      // 53: sild.registry.v1.SetAutoApproveResponse
-	(*ApiKey)(nil),                      // 54: sild.registry.v1.ApiKey
-	(*CreateApiKeyRequest)(nil),         // 55: sild.registry.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),        // 56: sild.registry.v1.CreateApiKeyResponse
-	(*RevokeApiKeyRequest)(nil),         // 57: sild.registry.v1.RevokeApiKeyRequest
-	(*RevokeApiKeyResponse)(nil),        // 58: sild.registry.v1.RevokeApiKeyResponse
-	(*ListApiKeysRequest)(nil),          // 59: sild.registry.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),         // 60: sild.registry.v1.ListApiKeysResponse
-	(*RaftServer)(nil),                  // 61: sild.registry.v1.RaftServer
-	(*RaftStatusRequest)(nil),           // 62: sild.registry.v1.RaftStatusRequest
-	(*RaftStatusResponse)(nil),          // 63: sild.registry.v1.RaftStatusResponse
-	(*CreateServerTokenRequest)(nil),    // 64: sild.registry.v1.CreateServerTokenRequest
-	(*CreateServerTokenResponse)(nil),   // 65: sild.registry.v1.CreateServerTokenResponse
-	(*RemoveServerRequest)(nil),         // 66: sild.registry.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),        // 67: sild.registry.v1.RemoveServerResponse
-	(*GetGlobalConfigRequest)(nil),      // 68: sild.registry.v1.GetGlobalConfigRequest
-	(*GetGlobalConfigResponse)(nil),     // 69: sild.registry.v1.GetGlobalConfigResponse
-	(*RotateConfigKeyRequest)(nil),      // 70: sild.registry.v1.RotateConfigKeyRequest
-	(*RotateConfigKeyResponse)(nil),     // 71: sild.registry.v1.RotateConfigKeyResponse
-	(*v1.MemberId)(nil),                 // 72: sild.ident.v1.MemberId
-	(*Member)(nil),                      // 73: sild.registry.v1.Member
-	(*v1.SubsystemId)(nil),              // 74: sild.ident.v1.SubsystemId
-	(*Subsystem)(nil),                   // 75: sild.registry.v1.Subsystem
-	(*v1.NodeId)(nil),                   // 76: sild.ident.v1.NodeId
-	(*durationpb.Duration)(nil),         // 77: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),       // 78: google.protobuf.Timestamp
-	(*Node)(nil),                        // 79: sild.registry.v1.Node
-	(*GlobalGroup)(nil),                 // 80: sild.registry.v1.GlobalGroup
-	(*v1.ServiceId)(nil),                // 81: sild.ident.v1.ServiceId
-	(*CatalogEntry)(nil),                // 82: sild.registry.v1.CatalogEntry
-	(*GlobalConfig)(nil),                // 83: sild.registry.v1.GlobalConfig
-	(*SignedConfig)(nil),                // 84: sild.registry.v1.SignedConfig
+	(RequestState)(0),                          // 0: sild.registry.v1.RequestState
+	(Role)(0),                                  // 1: sild.registry.v1.Role
+	(*ReadOptions)(nil),                        // 2: sild.registry.v1.ReadOptions
+	(*AddMemberRequest)(nil),                   // 3: sild.registry.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),                  // 4: sild.registry.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),                // 5: sild.registry.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),               // 6: sild.registry.v1.RemoveMemberResponse
+	(*ListMembersRequest)(nil),                 // 7: sild.registry.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),                // 8: sild.registry.v1.ListMembersResponse
+	(*AddSubsystemRequest)(nil),                // 9: sild.registry.v1.AddSubsystemRequest
+	(*AddSubsystemResponse)(nil),               // 10: sild.registry.v1.AddSubsystemResponse
+	(*RemoveSubsystemRequest)(nil),             // 11: sild.registry.v1.RemoveSubsystemRequest
+	(*RemoveSubsystemResponse)(nil),            // 12: sild.registry.v1.RemoveSubsystemResponse
+	(*ListSubsystemsRequest)(nil),              // 13: sild.registry.v1.ListSubsystemsRequest
+	(*ListSubsystemsResponse)(nil),             // 14: sild.registry.v1.ListSubsystemsResponse
+	(*AddNodeRequest)(nil),                     // 15: sild.registry.v1.AddNodeRequest
+	(*AddNodeResponse)(nil),                    // 16: sild.registry.v1.AddNodeResponse
+	(*CreateJoinTokenRequest)(nil),             // 17: sild.registry.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),            // 18: sild.registry.v1.CreateJoinTokenResponse
+	(*RemoveNodeRequest)(nil),                  // 19: sild.registry.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),                 // 20: sild.registry.v1.RemoveNodeResponse
+	(*ListNodesRequest)(nil),                   // 21: sild.registry.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),                  // 22: sild.registry.v1.ListNodesResponse
+	(*RegisterSubsystemRequest)(nil),           // 23: sild.registry.v1.RegisterSubsystemRequest
+	(*RegisterSubsystemResponse)(nil),          // 24: sild.registry.v1.RegisterSubsystemResponse
+	(*UnregisterSubsystemRequest)(nil),         // 25: sild.registry.v1.UnregisterSubsystemRequest
+	(*UnregisterSubsystemResponse)(nil),        // 26: sild.registry.v1.UnregisterSubsystemResponse
+	(*AddGroupRequest)(nil),                    // 27: sild.registry.v1.AddGroupRequest
+	(*AddGroupResponse)(nil),                   // 28: sild.registry.v1.AddGroupResponse
+	(*RemoveGroupRequest)(nil),                 // 29: sild.registry.v1.RemoveGroupRequest
+	(*RemoveGroupResponse)(nil),                // 30: sild.registry.v1.RemoveGroupResponse
+	(*AddGroupMemberRequest)(nil),              // 31: sild.registry.v1.AddGroupMemberRequest
+	(*AddGroupMemberResponse)(nil),             // 32: sild.registry.v1.AddGroupMemberResponse
+	(*RemoveGroupMemberRequest)(nil),           // 33: sild.registry.v1.RemoveGroupMemberRequest
+	(*RemoveGroupMemberResponse)(nil),          // 34: sild.registry.v1.RemoveGroupMemberResponse
+	(*ListGroupsRequest)(nil),                  // 35: sild.registry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),                 // 36: sild.registry.v1.ListGroupsResponse
+	(*PublishServiceRequest)(nil),              // 37: sild.registry.v1.PublishServiceRequest
+	(*PublishServiceResponse)(nil),             // 38: sild.registry.v1.PublishServiceResponse
+	(*SetServiceEnabledRequest)(nil),           // 39: sild.registry.v1.SetServiceEnabledRequest
+	(*SetServiceEnabledResponse)(nil),          // 40: sild.registry.v1.SetServiceEnabledResponse
+	(*RemoveServiceRequest)(nil),               // 41: sild.registry.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),              // 42: sild.registry.v1.RemoveServiceResponse
+	(*ListServicesRequest)(nil),                // 43: sild.registry.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),               // 44: sild.registry.v1.ListServicesResponse
+	(*ManagementRequest)(nil),                  // 45: sild.registry.v1.ManagementRequest
+	(*ListRequestsRequest)(nil),                // 46: sild.registry.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),               // 47: sild.registry.v1.ListRequestsResponse
+	(*ApproveRequestRequest)(nil),              // 48: sild.registry.v1.ApproveRequestRequest
+	(*ApproveRequestResponse)(nil),             // 49: sild.registry.v1.ApproveRequestResponse
+	(*RejectRequestRequest)(nil),               // 50: sild.registry.v1.RejectRequestRequest
+	(*RejectRequestResponse)(nil),              // 51: sild.registry.v1.RejectRequestResponse
+	(*SetAutoApproveRequest)(nil),              // 52: sild.registry.v1.SetAutoApproveRequest
+	(*SetAutoApproveResponse)(nil),             // 53: sild.registry.v1.SetAutoApproveResponse
+	(*ApiKey)(nil),                             // 54: sild.registry.v1.ApiKey
+	(*CreateApiKeyRequest)(nil),                // 55: sild.registry.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),               // 56: sild.registry.v1.CreateApiKeyResponse
+	(*RevokeApiKeyRequest)(nil),                // 57: sild.registry.v1.RevokeApiKeyRequest
+	(*RevokeApiKeyResponse)(nil),               // 58: sild.registry.v1.RevokeApiKeyResponse
+	(*ListApiKeysRequest)(nil),                 // 59: sild.registry.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),                // 60: sild.registry.v1.ListApiKeysResponse
+	(*RaftServer)(nil),                         // 61: sild.registry.v1.RaftServer
+	(*RaftStatusRequest)(nil),                  // 62: sild.registry.v1.RaftStatusRequest
+	(*RaftStatusResponse)(nil),                 // 63: sild.registry.v1.RaftStatusResponse
+	(*CreateServerTokenRequest)(nil),           // 64: sild.registry.v1.CreateServerTokenRequest
+	(*CreateServerTokenResponse)(nil),          // 65: sild.registry.v1.CreateServerTokenResponse
+	(*RemoveServerRequest)(nil),                // 66: sild.registry.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),               // 67: sild.registry.v1.RemoveServerResponse
+	(*GetGlobalConfigRequest)(nil),             // 68: sild.registry.v1.GetGlobalConfigRequest
+	(*GetGlobalConfigResponse)(nil),            // 69: sild.registry.v1.GetGlobalConfigResponse
+	(*RotateConfigKeyRequest)(nil),             // 70: sild.registry.v1.RotateConfigKeyRequest
+	(*RotateConfigKeyResponse)(nil),            // 71: sild.registry.v1.RotateConfigKeyResponse
+	(*AddFederationLinkRequest)(nil),           // 72: sild.registry.v1.AddFederationLinkRequest
+	(*AddFederationLinkResponse)(nil),          // 73: sild.registry.v1.AddFederationLinkResponse
+	(*RemoveFederationLinkRequest)(nil),        // 74: sild.registry.v1.RemoveFederationLinkRequest
+	(*RemoveFederationLinkResponse)(nil),       // 75: sild.registry.v1.RemoveFederationLinkResponse
+	(*SetFederationLinkSuspendedRequest)(nil),  // 76: sild.registry.v1.SetFederationLinkSuspendedRequest
+	(*SetFederationLinkSuspendedResponse)(nil), // 77: sild.registry.v1.SetFederationLinkSuspendedResponse
+	(*ListFederationLinksRequest)(nil),         // 78: sild.registry.v1.ListFederationLinksRequest
+	(*ListFederationLinksResponse)(nil),        // 79: sild.registry.v1.ListFederationLinksResponse
+	(*AddExportRequest)(nil),                   // 80: sild.registry.v1.AddExportRequest
+	(*AddExportResponse)(nil),                  // 81: sild.registry.v1.AddExportResponse
+	(*RemoveExportRequest)(nil),                // 82: sild.registry.v1.RemoveExportRequest
+	(*RemoveExportResponse)(nil),               // 83: sild.registry.v1.RemoveExportResponse
+	(*ListExportsRequest)(nil),                 // 84: sild.registry.v1.ListExportsRequest
+	(*ListExportsResponse)(nil),                // 85: sild.registry.v1.ListExportsResponse
+	(*v1.MemberId)(nil),                        // 86: sild.ident.v1.MemberId
+	(*Member)(nil),                             // 87: sild.registry.v1.Member
+	(*v1.SubsystemId)(nil),                     // 88: sild.ident.v1.SubsystemId
+	(*Subsystem)(nil),                          // 89: sild.registry.v1.Subsystem
+	(*v1.NodeId)(nil),                          // 90: sild.ident.v1.NodeId
+	(*durationpb.Duration)(nil),                // 91: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),              // 92: google.protobuf.Timestamp
+	(*Node)(nil),                               // 93: sild.registry.v1.Node
+	(*GlobalGroup)(nil),                        // 94: sild.registry.v1.GlobalGroup
+	(*v1.ServiceId)(nil),                       // 95: sild.ident.v1.ServiceId
+	(*CatalogEntry)(nil),                       // 96: sild.registry.v1.CatalogEntry
+	(*GlobalConfig)(nil),                       // 97: sild.registry.v1.GlobalConfig
+	(*SignedConfig)(nil),                       // 98: sild.registry.v1.SignedConfig
+	(*FederationLink)(nil),                     // 99: sild.registry.v1.FederationLink
+	(*Export)(nil),                             // 100: sild.registry.v1.Export
 }
 var file_sild_registry_v1_admin_proto_depIdxs = []int32{
-	72, // 0: sild.registry.v1.AddMemberRequest.id:type_name -> sild.ident.v1.MemberId
-	72, // 1: sild.registry.v1.RemoveMemberRequest.id:type_name -> sild.ident.v1.MemberId
-	2,  // 2: sild.registry.v1.ListMembersRequest.read:type_name -> sild.registry.v1.ReadOptions
-	73, // 3: sild.registry.v1.ListMembersResponse.members:type_name -> sild.registry.v1.Member
-	74, // 4: sild.registry.v1.AddSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
-	74, // 5: sild.registry.v1.RemoveSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
-	2,  // 6: sild.registry.v1.ListSubsystemsRequest.read:type_name -> sild.registry.v1.ReadOptions
-	75, // 7: sild.registry.v1.ListSubsystemsResponse.subsystems:type_name -> sild.registry.v1.Subsystem
-	76, // 8: sild.registry.v1.AddNodeRequest.id:type_name -> sild.ident.v1.NodeId
-	76, // 9: sild.registry.v1.CreateJoinTokenRequest.node:type_name -> sild.ident.v1.NodeId
-	77, // 10: sild.registry.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	78, // 11: sild.registry.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	76, // 12: sild.registry.v1.RemoveNodeRequest.id:type_name -> sild.ident.v1.NodeId
-	2,  // 13: sild.registry.v1.ListNodesRequest.read:type_name -> sild.registry.v1.ReadOptions
-	79, // 14: sild.registry.v1.ListNodesResponse.nodes:type_name -> sild.registry.v1.Node
-	74, // 15: sild.registry.v1.RegisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	76, // 16: sild.registry.v1.RegisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
-	45, // 17: sild.registry.v1.RegisterSubsystemResponse.request:type_name -> sild.registry.v1.ManagementRequest
-	74, // 18: sild.registry.v1.UnregisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	76, // 19: sild.registry.v1.UnregisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
-	74, // 20: sild.registry.v1.AddGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
-	74, // 21: sild.registry.v1.RemoveGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
-	2,  // 22: sild.registry.v1.ListGroupsRequest.read:type_name -> sild.registry.v1.ReadOptions
-	80, // 23: sild.registry.v1.ListGroupsResponse.groups:type_name -> sild.registry.v1.GlobalGroup
-	81, // 24: sild.registry.v1.PublishServiceRequest.service:type_name -> sild.ident.v1.ServiceId
-	81, // 25: sild.registry.v1.SetServiceEnabledRequest.service:type_name -> sild.ident.v1.ServiceId
-	81, // 26: sild.registry.v1.RemoveServiceRequest.service:type_name -> sild.ident.v1.ServiceId
-	2,  // 27: sild.registry.v1.ListServicesRequest.read:type_name -> sild.registry.v1.ReadOptions
-	82, // 28: sild.registry.v1.ListServicesResponse.services:type_name -> sild.registry.v1.CatalogEntry
-	0,  // 29: sild.registry.v1.ManagementRequest.state:type_name -> sild.registry.v1.RequestState
-	78, // 30: sild.registry.v1.ManagementRequest.created_at:type_name -> google.protobuf.Timestamp
-	78, // 31: sild.registry.v1.ManagementRequest.decided_at:type_name -> google.protobuf.Timestamp
-	2,  // 32: sild.registry.v1.ListRequestsRequest.read:type_name -> sild.registry.v1.ReadOptions
-	0,  // 33: sild.registry.v1.ListRequestsRequest.state:type_name -> sild.registry.v1.RequestState
-	45, // 34: sild.registry.v1.ListRequestsResponse.requests:type_name -> sild.registry.v1.ManagementRequest
-	1,  // 35: sild.registry.v1.ApiKey.role:type_name -> sild.registry.v1.Role
-	78, // 36: sild.registry.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 37: sild.registry.v1.CreateApiKeyRequest.role:type_name -> sild.registry.v1.Role
-	54, // 38: sild.registry.v1.CreateApiKeyResponse.key:type_name -> sild.registry.v1.ApiKey
-	2,  // 39: sild.registry.v1.ListApiKeysRequest.read:type_name -> sild.registry.v1.ReadOptions
-	54, // 40: sild.registry.v1.ListApiKeysResponse.keys:type_name -> sild.registry.v1.ApiKey
-	61, // 41: sild.registry.v1.RaftStatusResponse.servers:type_name -> sild.registry.v1.RaftServer
-	77, // 42: sild.registry.v1.CreateServerTokenRequest.ttl:type_name -> google.protobuf.Duration
-	78, // 43: sild.registry.v1.CreateServerTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	83, // 44: sild.registry.v1.GetGlobalConfigResponse.config:type_name -> sild.registry.v1.GlobalConfig
-	84, // 45: sild.registry.v1.GetGlobalConfigResponse.signed:type_name -> sild.registry.v1.SignedConfig
-	3,  // 46: sild.registry.v1.AdminService.AddMember:input_type -> sild.registry.v1.AddMemberRequest
-	5,  // 47: sild.registry.v1.AdminService.RemoveMember:input_type -> sild.registry.v1.RemoveMemberRequest
-	7,  // 48: sild.registry.v1.AdminService.ListMembers:input_type -> sild.registry.v1.ListMembersRequest
-	9,  // 49: sild.registry.v1.AdminService.AddSubsystem:input_type -> sild.registry.v1.AddSubsystemRequest
-	11, // 50: sild.registry.v1.AdminService.RemoveSubsystem:input_type -> sild.registry.v1.RemoveSubsystemRequest
-	13, // 51: sild.registry.v1.AdminService.ListSubsystems:input_type -> sild.registry.v1.ListSubsystemsRequest
-	15, // 52: sild.registry.v1.AdminService.AddNode:input_type -> sild.registry.v1.AddNodeRequest
-	17, // 53: sild.registry.v1.AdminService.CreateJoinToken:input_type -> sild.registry.v1.CreateJoinTokenRequest
-	19, // 54: sild.registry.v1.AdminService.RemoveNode:input_type -> sild.registry.v1.RemoveNodeRequest
-	21, // 55: sild.registry.v1.AdminService.ListNodes:input_type -> sild.registry.v1.ListNodesRequest
-	23, // 56: sild.registry.v1.AdminService.RegisterSubsystem:input_type -> sild.registry.v1.RegisterSubsystemRequest
-	25, // 57: sild.registry.v1.AdminService.UnregisterSubsystem:input_type -> sild.registry.v1.UnregisterSubsystemRequest
-	27, // 58: sild.registry.v1.AdminService.AddGroup:input_type -> sild.registry.v1.AddGroupRequest
-	29, // 59: sild.registry.v1.AdminService.RemoveGroup:input_type -> sild.registry.v1.RemoveGroupRequest
-	31, // 60: sild.registry.v1.AdminService.AddGroupMember:input_type -> sild.registry.v1.AddGroupMemberRequest
-	33, // 61: sild.registry.v1.AdminService.RemoveGroupMember:input_type -> sild.registry.v1.RemoveGroupMemberRequest
-	35, // 62: sild.registry.v1.AdminService.ListGroups:input_type -> sild.registry.v1.ListGroupsRequest
-	37, // 63: sild.registry.v1.AdminService.PublishService:input_type -> sild.registry.v1.PublishServiceRequest
-	39, // 64: sild.registry.v1.AdminService.SetServiceEnabled:input_type -> sild.registry.v1.SetServiceEnabledRequest
-	41, // 65: sild.registry.v1.AdminService.RemoveService:input_type -> sild.registry.v1.RemoveServiceRequest
-	43, // 66: sild.registry.v1.AdminService.ListServices:input_type -> sild.registry.v1.ListServicesRequest
-	46, // 67: sild.registry.v1.AdminService.ListRequests:input_type -> sild.registry.v1.ListRequestsRequest
-	48, // 68: sild.registry.v1.AdminService.ApproveRequest:input_type -> sild.registry.v1.ApproveRequestRequest
-	50, // 69: sild.registry.v1.AdminService.RejectRequest:input_type -> sild.registry.v1.RejectRequestRequest
-	52, // 70: sild.registry.v1.AdminService.SetAutoApprove:input_type -> sild.registry.v1.SetAutoApproveRequest
-	55, // 71: sild.registry.v1.AdminService.CreateApiKey:input_type -> sild.registry.v1.CreateApiKeyRequest
-	57, // 72: sild.registry.v1.AdminService.RevokeApiKey:input_type -> sild.registry.v1.RevokeApiKeyRequest
-	59, // 73: sild.registry.v1.AdminService.ListApiKeys:input_type -> sild.registry.v1.ListApiKeysRequest
-	62, // 74: sild.registry.v1.AdminService.RaftStatus:input_type -> sild.registry.v1.RaftStatusRequest
-	64, // 75: sild.registry.v1.AdminService.CreateServerToken:input_type -> sild.registry.v1.CreateServerTokenRequest
-	66, // 76: sild.registry.v1.AdminService.RemoveServer:input_type -> sild.registry.v1.RemoveServerRequest
-	68, // 77: sild.registry.v1.AdminService.GetGlobalConfig:input_type -> sild.registry.v1.GetGlobalConfigRequest
-	70, // 78: sild.registry.v1.AdminService.RotateConfigKey:input_type -> sild.registry.v1.RotateConfigKeyRequest
-	4,  // 79: sild.registry.v1.AdminService.AddMember:output_type -> sild.registry.v1.AddMemberResponse
-	6,  // 80: sild.registry.v1.AdminService.RemoveMember:output_type -> sild.registry.v1.RemoveMemberResponse
-	8,  // 81: sild.registry.v1.AdminService.ListMembers:output_type -> sild.registry.v1.ListMembersResponse
-	10, // 82: sild.registry.v1.AdminService.AddSubsystem:output_type -> sild.registry.v1.AddSubsystemResponse
-	12, // 83: sild.registry.v1.AdminService.RemoveSubsystem:output_type -> sild.registry.v1.RemoveSubsystemResponse
-	14, // 84: sild.registry.v1.AdminService.ListSubsystems:output_type -> sild.registry.v1.ListSubsystemsResponse
-	16, // 85: sild.registry.v1.AdminService.AddNode:output_type -> sild.registry.v1.AddNodeResponse
-	18, // 86: sild.registry.v1.AdminService.CreateJoinToken:output_type -> sild.registry.v1.CreateJoinTokenResponse
-	20, // 87: sild.registry.v1.AdminService.RemoveNode:output_type -> sild.registry.v1.RemoveNodeResponse
-	22, // 88: sild.registry.v1.AdminService.ListNodes:output_type -> sild.registry.v1.ListNodesResponse
-	24, // 89: sild.registry.v1.AdminService.RegisterSubsystem:output_type -> sild.registry.v1.RegisterSubsystemResponse
-	26, // 90: sild.registry.v1.AdminService.UnregisterSubsystem:output_type -> sild.registry.v1.UnregisterSubsystemResponse
-	28, // 91: sild.registry.v1.AdminService.AddGroup:output_type -> sild.registry.v1.AddGroupResponse
-	30, // 92: sild.registry.v1.AdminService.RemoveGroup:output_type -> sild.registry.v1.RemoveGroupResponse
-	32, // 93: sild.registry.v1.AdminService.AddGroupMember:output_type -> sild.registry.v1.AddGroupMemberResponse
-	34, // 94: sild.registry.v1.AdminService.RemoveGroupMember:output_type -> sild.registry.v1.RemoveGroupMemberResponse
-	36, // 95: sild.registry.v1.AdminService.ListGroups:output_type -> sild.registry.v1.ListGroupsResponse
-	38, // 96: sild.registry.v1.AdminService.PublishService:output_type -> sild.registry.v1.PublishServiceResponse
-	40, // 97: sild.registry.v1.AdminService.SetServiceEnabled:output_type -> sild.registry.v1.SetServiceEnabledResponse
-	42, // 98: sild.registry.v1.AdminService.RemoveService:output_type -> sild.registry.v1.RemoveServiceResponse
-	44, // 99: sild.registry.v1.AdminService.ListServices:output_type -> sild.registry.v1.ListServicesResponse
-	47, // 100: sild.registry.v1.AdminService.ListRequests:output_type -> sild.registry.v1.ListRequestsResponse
-	49, // 101: sild.registry.v1.AdminService.ApproveRequest:output_type -> sild.registry.v1.ApproveRequestResponse
-	51, // 102: sild.registry.v1.AdminService.RejectRequest:output_type -> sild.registry.v1.RejectRequestResponse
-	53, // 103: sild.registry.v1.AdminService.SetAutoApprove:output_type -> sild.registry.v1.SetAutoApproveResponse
-	56, // 104: sild.registry.v1.AdminService.CreateApiKey:output_type -> sild.registry.v1.CreateApiKeyResponse
-	58, // 105: sild.registry.v1.AdminService.RevokeApiKey:output_type -> sild.registry.v1.RevokeApiKeyResponse
-	60, // 106: sild.registry.v1.AdminService.ListApiKeys:output_type -> sild.registry.v1.ListApiKeysResponse
-	63, // 107: sild.registry.v1.AdminService.RaftStatus:output_type -> sild.registry.v1.RaftStatusResponse
-	65, // 108: sild.registry.v1.AdminService.CreateServerToken:output_type -> sild.registry.v1.CreateServerTokenResponse
-	67, // 109: sild.registry.v1.AdminService.RemoveServer:output_type -> sild.registry.v1.RemoveServerResponse
-	69, // 110: sild.registry.v1.AdminService.GetGlobalConfig:output_type -> sild.registry.v1.GetGlobalConfigResponse
-	71, // 111: sild.registry.v1.AdminService.RotateConfigKey:output_type -> sild.registry.v1.RotateConfigKeyResponse
-	79, // [79:112] is the sub-list for method output_type
-	46, // [46:79] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	86,  // 0: sild.registry.v1.AddMemberRequest.id:type_name -> sild.ident.v1.MemberId
+	86,  // 1: sild.registry.v1.RemoveMemberRequest.id:type_name -> sild.ident.v1.MemberId
+	2,   // 2: sild.registry.v1.ListMembersRequest.read:type_name -> sild.registry.v1.ReadOptions
+	87,  // 3: sild.registry.v1.ListMembersResponse.members:type_name -> sild.registry.v1.Member
+	88,  // 4: sild.registry.v1.AddSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
+	88,  // 5: sild.registry.v1.RemoveSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
+	2,   // 6: sild.registry.v1.ListSubsystemsRequest.read:type_name -> sild.registry.v1.ReadOptions
+	89,  // 7: sild.registry.v1.ListSubsystemsResponse.subsystems:type_name -> sild.registry.v1.Subsystem
+	90,  // 8: sild.registry.v1.AddNodeRequest.id:type_name -> sild.ident.v1.NodeId
+	90,  // 9: sild.registry.v1.CreateJoinTokenRequest.node:type_name -> sild.ident.v1.NodeId
+	91,  // 10: sild.registry.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	92,  // 11: sild.registry.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	90,  // 12: sild.registry.v1.RemoveNodeRequest.id:type_name -> sild.ident.v1.NodeId
+	2,   // 13: sild.registry.v1.ListNodesRequest.read:type_name -> sild.registry.v1.ReadOptions
+	93,  // 14: sild.registry.v1.ListNodesResponse.nodes:type_name -> sild.registry.v1.Node
+	88,  // 15: sild.registry.v1.RegisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	90,  // 16: sild.registry.v1.RegisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
+	45,  // 17: sild.registry.v1.RegisterSubsystemResponse.request:type_name -> sild.registry.v1.ManagementRequest
+	88,  // 18: sild.registry.v1.UnregisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	90,  // 19: sild.registry.v1.UnregisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
+	88,  // 20: sild.registry.v1.AddGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
+	88,  // 21: sild.registry.v1.RemoveGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
+	2,   // 22: sild.registry.v1.ListGroupsRequest.read:type_name -> sild.registry.v1.ReadOptions
+	94,  // 23: sild.registry.v1.ListGroupsResponse.groups:type_name -> sild.registry.v1.GlobalGroup
+	95,  // 24: sild.registry.v1.PublishServiceRequest.service:type_name -> sild.ident.v1.ServiceId
+	95,  // 25: sild.registry.v1.SetServiceEnabledRequest.service:type_name -> sild.ident.v1.ServiceId
+	95,  // 26: sild.registry.v1.RemoveServiceRequest.service:type_name -> sild.ident.v1.ServiceId
+	2,   // 27: sild.registry.v1.ListServicesRequest.read:type_name -> sild.registry.v1.ReadOptions
+	96,  // 28: sild.registry.v1.ListServicesResponse.services:type_name -> sild.registry.v1.CatalogEntry
+	0,   // 29: sild.registry.v1.ManagementRequest.state:type_name -> sild.registry.v1.RequestState
+	92,  // 30: sild.registry.v1.ManagementRequest.created_at:type_name -> google.protobuf.Timestamp
+	92,  // 31: sild.registry.v1.ManagementRequest.decided_at:type_name -> google.protobuf.Timestamp
+	2,   // 32: sild.registry.v1.ListRequestsRequest.read:type_name -> sild.registry.v1.ReadOptions
+	0,   // 33: sild.registry.v1.ListRequestsRequest.state:type_name -> sild.registry.v1.RequestState
+	45,  // 34: sild.registry.v1.ListRequestsResponse.requests:type_name -> sild.registry.v1.ManagementRequest
+	1,   // 35: sild.registry.v1.ApiKey.role:type_name -> sild.registry.v1.Role
+	92,  // 36: sild.registry.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
+	1,   // 37: sild.registry.v1.CreateApiKeyRequest.role:type_name -> sild.registry.v1.Role
+	54,  // 38: sild.registry.v1.CreateApiKeyResponse.key:type_name -> sild.registry.v1.ApiKey
+	2,   // 39: sild.registry.v1.ListApiKeysRequest.read:type_name -> sild.registry.v1.ReadOptions
+	54,  // 40: sild.registry.v1.ListApiKeysResponse.keys:type_name -> sild.registry.v1.ApiKey
+	61,  // 41: sild.registry.v1.RaftStatusResponse.servers:type_name -> sild.registry.v1.RaftServer
+	91,  // 42: sild.registry.v1.CreateServerTokenRequest.ttl:type_name -> google.protobuf.Duration
+	92,  // 43: sild.registry.v1.CreateServerTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	97,  // 44: sild.registry.v1.GetGlobalConfigResponse.config:type_name -> sild.registry.v1.GlobalConfig
+	98,  // 45: sild.registry.v1.GetGlobalConfigResponse.signed:type_name -> sild.registry.v1.SignedConfig
+	2,   // 46: sild.registry.v1.ListFederationLinksRequest.read:type_name -> sild.registry.v1.ReadOptions
+	99,  // 47: sild.registry.v1.ListFederationLinksResponse.links:type_name -> sild.registry.v1.FederationLink
+	88,  // 48: sild.registry.v1.AddExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	88,  // 49: sild.registry.v1.RemoveExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	2,   // 50: sild.registry.v1.ListExportsRequest.read:type_name -> sild.registry.v1.ReadOptions
+	100, // 51: sild.registry.v1.ListExportsResponse.exports:type_name -> sild.registry.v1.Export
+	3,   // 52: sild.registry.v1.AdminService.AddMember:input_type -> sild.registry.v1.AddMemberRequest
+	5,   // 53: sild.registry.v1.AdminService.RemoveMember:input_type -> sild.registry.v1.RemoveMemberRequest
+	7,   // 54: sild.registry.v1.AdminService.ListMembers:input_type -> sild.registry.v1.ListMembersRequest
+	9,   // 55: sild.registry.v1.AdminService.AddSubsystem:input_type -> sild.registry.v1.AddSubsystemRequest
+	11,  // 56: sild.registry.v1.AdminService.RemoveSubsystem:input_type -> sild.registry.v1.RemoveSubsystemRequest
+	13,  // 57: sild.registry.v1.AdminService.ListSubsystems:input_type -> sild.registry.v1.ListSubsystemsRequest
+	15,  // 58: sild.registry.v1.AdminService.AddNode:input_type -> sild.registry.v1.AddNodeRequest
+	17,  // 59: sild.registry.v1.AdminService.CreateJoinToken:input_type -> sild.registry.v1.CreateJoinTokenRequest
+	19,  // 60: sild.registry.v1.AdminService.RemoveNode:input_type -> sild.registry.v1.RemoveNodeRequest
+	21,  // 61: sild.registry.v1.AdminService.ListNodes:input_type -> sild.registry.v1.ListNodesRequest
+	23,  // 62: sild.registry.v1.AdminService.RegisterSubsystem:input_type -> sild.registry.v1.RegisterSubsystemRequest
+	25,  // 63: sild.registry.v1.AdminService.UnregisterSubsystem:input_type -> sild.registry.v1.UnregisterSubsystemRequest
+	27,  // 64: sild.registry.v1.AdminService.AddGroup:input_type -> sild.registry.v1.AddGroupRequest
+	29,  // 65: sild.registry.v1.AdminService.RemoveGroup:input_type -> sild.registry.v1.RemoveGroupRequest
+	31,  // 66: sild.registry.v1.AdminService.AddGroupMember:input_type -> sild.registry.v1.AddGroupMemberRequest
+	33,  // 67: sild.registry.v1.AdminService.RemoveGroupMember:input_type -> sild.registry.v1.RemoveGroupMemberRequest
+	35,  // 68: sild.registry.v1.AdminService.ListGroups:input_type -> sild.registry.v1.ListGroupsRequest
+	37,  // 69: sild.registry.v1.AdminService.PublishService:input_type -> sild.registry.v1.PublishServiceRequest
+	39,  // 70: sild.registry.v1.AdminService.SetServiceEnabled:input_type -> sild.registry.v1.SetServiceEnabledRequest
+	41,  // 71: sild.registry.v1.AdminService.RemoveService:input_type -> sild.registry.v1.RemoveServiceRequest
+	43,  // 72: sild.registry.v1.AdminService.ListServices:input_type -> sild.registry.v1.ListServicesRequest
+	46,  // 73: sild.registry.v1.AdminService.ListRequests:input_type -> sild.registry.v1.ListRequestsRequest
+	48,  // 74: sild.registry.v1.AdminService.ApproveRequest:input_type -> sild.registry.v1.ApproveRequestRequest
+	50,  // 75: sild.registry.v1.AdminService.RejectRequest:input_type -> sild.registry.v1.RejectRequestRequest
+	52,  // 76: sild.registry.v1.AdminService.SetAutoApprove:input_type -> sild.registry.v1.SetAutoApproveRequest
+	55,  // 77: sild.registry.v1.AdminService.CreateApiKey:input_type -> sild.registry.v1.CreateApiKeyRequest
+	57,  // 78: sild.registry.v1.AdminService.RevokeApiKey:input_type -> sild.registry.v1.RevokeApiKeyRequest
+	59,  // 79: sild.registry.v1.AdminService.ListApiKeys:input_type -> sild.registry.v1.ListApiKeysRequest
+	62,  // 80: sild.registry.v1.AdminService.RaftStatus:input_type -> sild.registry.v1.RaftStatusRequest
+	64,  // 81: sild.registry.v1.AdminService.CreateServerToken:input_type -> sild.registry.v1.CreateServerTokenRequest
+	66,  // 82: sild.registry.v1.AdminService.RemoveServer:input_type -> sild.registry.v1.RemoveServerRequest
+	72,  // 83: sild.registry.v1.AdminService.AddFederationLink:input_type -> sild.registry.v1.AddFederationLinkRequest
+	74,  // 84: sild.registry.v1.AdminService.RemoveFederationLink:input_type -> sild.registry.v1.RemoveFederationLinkRequest
+	76,  // 85: sild.registry.v1.AdminService.SetFederationLinkSuspended:input_type -> sild.registry.v1.SetFederationLinkSuspendedRequest
+	78,  // 86: sild.registry.v1.AdminService.ListFederationLinks:input_type -> sild.registry.v1.ListFederationLinksRequest
+	80,  // 87: sild.registry.v1.AdminService.AddExport:input_type -> sild.registry.v1.AddExportRequest
+	82,  // 88: sild.registry.v1.AdminService.RemoveExport:input_type -> sild.registry.v1.RemoveExportRequest
+	84,  // 89: sild.registry.v1.AdminService.ListExports:input_type -> sild.registry.v1.ListExportsRequest
+	68,  // 90: sild.registry.v1.AdminService.GetGlobalConfig:input_type -> sild.registry.v1.GetGlobalConfigRequest
+	70,  // 91: sild.registry.v1.AdminService.RotateConfigKey:input_type -> sild.registry.v1.RotateConfigKeyRequest
+	4,   // 92: sild.registry.v1.AdminService.AddMember:output_type -> sild.registry.v1.AddMemberResponse
+	6,   // 93: sild.registry.v1.AdminService.RemoveMember:output_type -> sild.registry.v1.RemoveMemberResponse
+	8,   // 94: sild.registry.v1.AdminService.ListMembers:output_type -> sild.registry.v1.ListMembersResponse
+	10,  // 95: sild.registry.v1.AdminService.AddSubsystem:output_type -> sild.registry.v1.AddSubsystemResponse
+	12,  // 96: sild.registry.v1.AdminService.RemoveSubsystem:output_type -> sild.registry.v1.RemoveSubsystemResponse
+	14,  // 97: sild.registry.v1.AdminService.ListSubsystems:output_type -> sild.registry.v1.ListSubsystemsResponse
+	16,  // 98: sild.registry.v1.AdminService.AddNode:output_type -> sild.registry.v1.AddNodeResponse
+	18,  // 99: sild.registry.v1.AdminService.CreateJoinToken:output_type -> sild.registry.v1.CreateJoinTokenResponse
+	20,  // 100: sild.registry.v1.AdminService.RemoveNode:output_type -> sild.registry.v1.RemoveNodeResponse
+	22,  // 101: sild.registry.v1.AdminService.ListNodes:output_type -> sild.registry.v1.ListNodesResponse
+	24,  // 102: sild.registry.v1.AdminService.RegisterSubsystem:output_type -> sild.registry.v1.RegisterSubsystemResponse
+	26,  // 103: sild.registry.v1.AdminService.UnregisterSubsystem:output_type -> sild.registry.v1.UnregisterSubsystemResponse
+	28,  // 104: sild.registry.v1.AdminService.AddGroup:output_type -> sild.registry.v1.AddGroupResponse
+	30,  // 105: sild.registry.v1.AdminService.RemoveGroup:output_type -> sild.registry.v1.RemoveGroupResponse
+	32,  // 106: sild.registry.v1.AdminService.AddGroupMember:output_type -> sild.registry.v1.AddGroupMemberResponse
+	34,  // 107: sild.registry.v1.AdminService.RemoveGroupMember:output_type -> sild.registry.v1.RemoveGroupMemberResponse
+	36,  // 108: sild.registry.v1.AdminService.ListGroups:output_type -> sild.registry.v1.ListGroupsResponse
+	38,  // 109: sild.registry.v1.AdminService.PublishService:output_type -> sild.registry.v1.PublishServiceResponse
+	40,  // 110: sild.registry.v1.AdminService.SetServiceEnabled:output_type -> sild.registry.v1.SetServiceEnabledResponse
+	42,  // 111: sild.registry.v1.AdminService.RemoveService:output_type -> sild.registry.v1.RemoveServiceResponse
+	44,  // 112: sild.registry.v1.AdminService.ListServices:output_type -> sild.registry.v1.ListServicesResponse
+	47,  // 113: sild.registry.v1.AdminService.ListRequests:output_type -> sild.registry.v1.ListRequestsResponse
+	49,  // 114: sild.registry.v1.AdminService.ApproveRequest:output_type -> sild.registry.v1.ApproveRequestResponse
+	51,  // 115: sild.registry.v1.AdminService.RejectRequest:output_type -> sild.registry.v1.RejectRequestResponse
+	53,  // 116: sild.registry.v1.AdminService.SetAutoApprove:output_type -> sild.registry.v1.SetAutoApproveResponse
+	56,  // 117: sild.registry.v1.AdminService.CreateApiKey:output_type -> sild.registry.v1.CreateApiKeyResponse
+	58,  // 118: sild.registry.v1.AdminService.RevokeApiKey:output_type -> sild.registry.v1.RevokeApiKeyResponse
+	60,  // 119: sild.registry.v1.AdminService.ListApiKeys:output_type -> sild.registry.v1.ListApiKeysResponse
+	63,  // 120: sild.registry.v1.AdminService.RaftStatus:output_type -> sild.registry.v1.RaftStatusResponse
+	65,  // 121: sild.registry.v1.AdminService.CreateServerToken:output_type -> sild.registry.v1.CreateServerTokenResponse
+	67,  // 122: sild.registry.v1.AdminService.RemoveServer:output_type -> sild.registry.v1.RemoveServerResponse
+	73,  // 123: sild.registry.v1.AdminService.AddFederationLink:output_type -> sild.registry.v1.AddFederationLinkResponse
+	75,  // 124: sild.registry.v1.AdminService.RemoveFederationLink:output_type -> sild.registry.v1.RemoveFederationLinkResponse
+	77,  // 125: sild.registry.v1.AdminService.SetFederationLinkSuspended:output_type -> sild.registry.v1.SetFederationLinkSuspendedResponse
+	79,  // 126: sild.registry.v1.AdminService.ListFederationLinks:output_type -> sild.registry.v1.ListFederationLinksResponse
+	81,  // 127: sild.registry.v1.AdminService.AddExport:output_type -> sild.registry.v1.AddExportResponse
+	83,  // 128: sild.registry.v1.AdminService.RemoveExport:output_type -> sild.registry.v1.RemoveExportResponse
+	85,  // 129: sild.registry.v1.AdminService.ListExports:output_type -> sild.registry.v1.ListExportsResponse
+	69,  // 130: sild.registry.v1.AdminService.GetGlobalConfig:output_type -> sild.registry.v1.GetGlobalConfigResponse
+	71,  // 131: sild.registry.v1.AdminService.RotateConfigKey:output_type -> sild.registry.v1.RotateConfigKeyResponse
+	92,  // [92:132] is the sub-list for method output_type
+	52,  // [52:92] is the sub-list for method input_type
+	52,  // [52:52] is the sub-list for extension type_name
+	52,  // [52:52] is the sub-list for extension extendee
+	0,   // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_sild_registry_v1_admin_proto_init() }
@@ -3807,13 +4514,14 @@ func file_sild_registry_v1_admin_proto_init() {
 		return
 	}
 	file_sild_registry_v1_config_proto_init()
+	file_sild_registry_v1_federation_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sild_registry_v1_admin_proto_rawDesc), len(file_sild_registry_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   70,
+			NumMessages:   84,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

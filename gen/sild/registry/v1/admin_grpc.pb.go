@@ -19,39 +19,46 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_AddMember_FullMethodName           = "/sild.registry.v1.AdminService/AddMember"
-	AdminService_RemoveMember_FullMethodName        = "/sild.registry.v1.AdminService/RemoveMember"
-	AdminService_ListMembers_FullMethodName         = "/sild.registry.v1.AdminService/ListMembers"
-	AdminService_AddSubsystem_FullMethodName        = "/sild.registry.v1.AdminService/AddSubsystem"
-	AdminService_RemoveSubsystem_FullMethodName     = "/sild.registry.v1.AdminService/RemoveSubsystem"
-	AdminService_ListSubsystems_FullMethodName      = "/sild.registry.v1.AdminService/ListSubsystems"
-	AdminService_AddNode_FullMethodName             = "/sild.registry.v1.AdminService/AddNode"
-	AdminService_CreateJoinToken_FullMethodName     = "/sild.registry.v1.AdminService/CreateJoinToken"
-	AdminService_RemoveNode_FullMethodName          = "/sild.registry.v1.AdminService/RemoveNode"
-	AdminService_ListNodes_FullMethodName           = "/sild.registry.v1.AdminService/ListNodes"
-	AdminService_RegisterSubsystem_FullMethodName   = "/sild.registry.v1.AdminService/RegisterSubsystem"
-	AdminService_UnregisterSubsystem_FullMethodName = "/sild.registry.v1.AdminService/UnregisterSubsystem"
-	AdminService_AddGroup_FullMethodName            = "/sild.registry.v1.AdminService/AddGroup"
-	AdminService_RemoveGroup_FullMethodName         = "/sild.registry.v1.AdminService/RemoveGroup"
-	AdminService_AddGroupMember_FullMethodName      = "/sild.registry.v1.AdminService/AddGroupMember"
-	AdminService_RemoveGroupMember_FullMethodName   = "/sild.registry.v1.AdminService/RemoveGroupMember"
-	AdminService_ListGroups_FullMethodName          = "/sild.registry.v1.AdminService/ListGroups"
-	AdminService_PublishService_FullMethodName      = "/sild.registry.v1.AdminService/PublishService"
-	AdminService_SetServiceEnabled_FullMethodName   = "/sild.registry.v1.AdminService/SetServiceEnabled"
-	AdminService_RemoveService_FullMethodName       = "/sild.registry.v1.AdminService/RemoveService"
-	AdminService_ListServices_FullMethodName        = "/sild.registry.v1.AdminService/ListServices"
-	AdminService_ListRequests_FullMethodName        = "/sild.registry.v1.AdminService/ListRequests"
-	AdminService_ApproveRequest_FullMethodName      = "/sild.registry.v1.AdminService/ApproveRequest"
-	AdminService_RejectRequest_FullMethodName       = "/sild.registry.v1.AdminService/RejectRequest"
-	AdminService_SetAutoApprove_FullMethodName      = "/sild.registry.v1.AdminService/SetAutoApprove"
-	AdminService_CreateApiKey_FullMethodName        = "/sild.registry.v1.AdminService/CreateApiKey"
-	AdminService_RevokeApiKey_FullMethodName        = "/sild.registry.v1.AdminService/RevokeApiKey"
-	AdminService_ListApiKeys_FullMethodName         = "/sild.registry.v1.AdminService/ListApiKeys"
-	AdminService_RaftStatus_FullMethodName          = "/sild.registry.v1.AdminService/RaftStatus"
-	AdminService_CreateServerToken_FullMethodName   = "/sild.registry.v1.AdminService/CreateServerToken"
-	AdminService_RemoveServer_FullMethodName        = "/sild.registry.v1.AdminService/RemoveServer"
-	AdminService_GetGlobalConfig_FullMethodName     = "/sild.registry.v1.AdminService/GetGlobalConfig"
-	AdminService_RotateConfigKey_FullMethodName     = "/sild.registry.v1.AdminService/RotateConfigKey"
+	AdminService_AddMember_FullMethodName                  = "/sild.registry.v1.AdminService/AddMember"
+	AdminService_RemoveMember_FullMethodName               = "/sild.registry.v1.AdminService/RemoveMember"
+	AdminService_ListMembers_FullMethodName                = "/sild.registry.v1.AdminService/ListMembers"
+	AdminService_AddSubsystem_FullMethodName               = "/sild.registry.v1.AdminService/AddSubsystem"
+	AdminService_RemoveSubsystem_FullMethodName            = "/sild.registry.v1.AdminService/RemoveSubsystem"
+	AdminService_ListSubsystems_FullMethodName             = "/sild.registry.v1.AdminService/ListSubsystems"
+	AdminService_AddNode_FullMethodName                    = "/sild.registry.v1.AdminService/AddNode"
+	AdminService_CreateJoinToken_FullMethodName            = "/sild.registry.v1.AdminService/CreateJoinToken"
+	AdminService_RemoveNode_FullMethodName                 = "/sild.registry.v1.AdminService/RemoveNode"
+	AdminService_ListNodes_FullMethodName                  = "/sild.registry.v1.AdminService/ListNodes"
+	AdminService_RegisterSubsystem_FullMethodName          = "/sild.registry.v1.AdminService/RegisterSubsystem"
+	AdminService_UnregisterSubsystem_FullMethodName        = "/sild.registry.v1.AdminService/UnregisterSubsystem"
+	AdminService_AddGroup_FullMethodName                   = "/sild.registry.v1.AdminService/AddGroup"
+	AdminService_RemoveGroup_FullMethodName                = "/sild.registry.v1.AdminService/RemoveGroup"
+	AdminService_AddGroupMember_FullMethodName             = "/sild.registry.v1.AdminService/AddGroupMember"
+	AdminService_RemoveGroupMember_FullMethodName          = "/sild.registry.v1.AdminService/RemoveGroupMember"
+	AdminService_ListGroups_FullMethodName                 = "/sild.registry.v1.AdminService/ListGroups"
+	AdminService_PublishService_FullMethodName             = "/sild.registry.v1.AdminService/PublishService"
+	AdminService_SetServiceEnabled_FullMethodName          = "/sild.registry.v1.AdminService/SetServiceEnabled"
+	AdminService_RemoveService_FullMethodName              = "/sild.registry.v1.AdminService/RemoveService"
+	AdminService_ListServices_FullMethodName               = "/sild.registry.v1.AdminService/ListServices"
+	AdminService_ListRequests_FullMethodName               = "/sild.registry.v1.AdminService/ListRequests"
+	AdminService_ApproveRequest_FullMethodName             = "/sild.registry.v1.AdminService/ApproveRequest"
+	AdminService_RejectRequest_FullMethodName              = "/sild.registry.v1.AdminService/RejectRequest"
+	AdminService_SetAutoApprove_FullMethodName             = "/sild.registry.v1.AdminService/SetAutoApprove"
+	AdminService_CreateApiKey_FullMethodName               = "/sild.registry.v1.AdminService/CreateApiKey"
+	AdminService_RevokeApiKey_FullMethodName               = "/sild.registry.v1.AdminService/RevokeApiKey"
+	AdminService_ListApiKeys_FullMethodName                = "/sild.registry.v1.AdminService/ListApiKeys"
+	AdminService_RaftStatus_FullMethodName                 = "/sild.registry.v1.AdminService/RaftStatus"
+	AdminService_CreateServerToken_FullMethodName          = "/sild.registry.v1.AdminService/CreateServerToken"
+	AdminService_RemoveServer_FullMethodName               = "/sild.registry.v1.AdminService/RemoveServer"
+	AdminService_AddFederationLink_FullMethodName          = "/sild.registry.v1.AdminService/AddFederationLink"
+	AdminService_RemoveFederationLink_FullMethodName       = "/sild.registry.v1.AdminService/RemoveFederationLink"
+	AdminService_SetFederationLinkSuspended_FullMethodName = "/sild.registry.v1.AdminService/SetFederationLinkSuspended"
+	AdminService_ListFederationLinks_FullMethodName        = "/sild.registry.v1.AdminService/ListFederationLinks"
+	AdminService_AddExport_FullMethodName                  = "/sild.registry.v1.AdminService/AddExport"
+	AdminService_RemoveExport_FullMethodName               = "/sild.registry.v1.AdminService/RemoveExport"
+	AdminService_ListExports_FullMethodName                = "/sild.registry.v1.AdminService/ListExports"
+	AdminService_GetGlobalConfig_FullMethodName            = "/sild.registry.v1.AdminService/GetGlobalConfig"
+	AdminService_RotateConfigKey_FullMethodName            = "/sild.registry.v1.AdminService/RotateConfigKey"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -104,6 +111,15 @@ type AdminServiceClient interface {
 	// server joins the cluster (`sild registry --join ADDR --token T`).
 	CreateServerToken(ctx context.Context, in *CreateServerTokenRequest, opts ...grpc.CallOption) (*CreateServerTokenResponse, error)
 	RemoveServer(ctx context.Context, in *RemoveServerRequest, opts ...grpc.CallOption) (*RemoveServerResponse, error)
+	// Federation: links to other ecosystems (active once both sides added
+	// them) and the subsystems exported to them.
+	AddFederationLink(ctx context.Context, in *AddFederationLinkRequest, opts ...grpc.CallOption) (*AddFederationLinkResponse, error)
+	RemoveFederationLink(ctx context.Context, in *RemoveFederationLinkRequest, opts ...grpc.CallOption) (*RemoveFederationLinkResponse, error)
+	SetFederationLinkSuspended(ctx context.Context, in *SetFederationLinkSuspendedRequest, opts ...grpc.CallOption) (*SetFederationLinkSuspendedResponse, error)
+	ListFederationLinks(ctx context.Context, in *ListFederationLinksRequest, opts ...grpc.CallOption) (*ListFederationLinksResponse, error)
+	AddExport(ctx context.Context, in *AddExportRequest, opts ...grpc.CallOption) (*AddExportResponse, error)
+	RemoveExport(ctx context.Context, in *RemoveExportRequest, opts ...grpc.CallOption) (*RemoveExportResponse, error)
+	ListExports(ctx context.Context, in *ListExportsRequest, opts ...grpc.CallOption) (*ListExportsResponse, error)
 	GetGlobalConfig(ctx context.Context, in *GetGlobalConfigRequest, opts ...grpc.CallOption) (*GetGlobalConfigResponse, error)
 	RotateConfigKey(ctx context.Context, in *RotateConfigKeyRequest, opts ...grpc.CallOption) (*RotateConfigKeyResponse, error)
 }
@@ -426,6 +442,76 @@ func (c *adminServiceClient) RemoveServer(ctx context.Context, in *RemoveServerR
 	return out, nil
 }
 
+func (c *adminServiceClient) AddFederationLink(ctx context.Context, in *AddFederationLinkRequest, opts ...grpc.CallOption) (*AddFederationLinkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddFederationLinkResponse)
+	err := c.cc.Invoke(ctx, AdminService_AddFederationLink_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RemoveFederationLink(ctx context.Context, in *RemoveFederationLinkRequest, opts ...grpc.CallOption) (*RemoveFederationLinkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveFederationLinkResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveFederationLink_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) SetFederationLinkSuspended(ctx context.Context, in *SetFederationLinkSuspendedRequest, opts ...grpc.CallOption) (*SetFederationLinkSuspendedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetFederationLinkSuspendedResponse)
+	err := c.cc.Invoke(ctx, AdminService_SetFederationLinkSuspended_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListFederationLinks(ctx context.Context, in *ListFederationLinksRequest, opts ...grpc.CallOption) (*ListFederationLinksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederationLinksResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListFederationLinks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) AddExport(ctx context.Context, in *AddExportRequest, opts ...grpc.CallOption) (*AddExportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddExportResponse)
+	err := c.cc.Invoke(ctx, AdminService_AddExport_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RemoveExport(ctx context.Context, in *RemoveExportRequest, opts ...grpc.CallOption) (*RemoveExportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveExportResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveExport_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListExports(ctx context.Context, in *ListExportsRequest, opts ...grpc.CallOption) (*ListExportsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListExportsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListExports_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) GetGlobalConfig(ctx context.Context, in *GetGlobalConfigRequest, opts ...grpc.CallOption) (*GetGlobalConfigResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetGlobalConfigResponse)
@@ -496,6 +582,15 @@ type AdminServiceServer interface {
 	// server joins the cluster (`sild registry --join ADDR --token T`).
 	CreateServerToken(context.Context, *CreateServerTokenRequest) (*CreateServerTokenResponse, error)
 	RemoveServer(context.Context, *RemoveServerRequest) (*RemoveServerResponse, error)
+	// Federation: links to other ecosystems (active once both sides added
+	// them) and the subsystems exported to them.
+	AddFederationLink(context.Context, *AddFederationLinkRequest) (*AddFederationLinkResponse, error)
+	RemoveFederationLink(context.Context, *RemoveFederationLinkRequest) (*RemoveFederationLinkResponse, error)
+	SetFederationLinkSuspended(context.Context, *SetFederationLinkSuspendedRequest) (*SetFederationLinkSuspendedResponse, error)
+	ListFederationLinks(context.Context, *ListFederationLinksRequest) (*ListFederationLinksResponse, error)
+	AddExport(context.Context, *AddExportRequest) (*AddExportResponse, error)
+	RemoveExport(context.Context, *RemoveExportRequest) (*RemoveExportResponse, error)
+	ListExports(context.Context, *ListExportsRequest) (*ListExportsResponse, error)
 	GetGlobalConfig(context.Context, *GetGlobalConfigRequest) (*GetGlobalConfigResponse, error)
 	RotateConfigKey(context.Context, *RotateConfigKeyRequest) (*RotateConfigKeyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
@@ -600,6 +695,27 @@ func (UnimplementedAdminServiceServer) CreateServerToken(context.Context, *Creat
 }
 func (UnimplementedAdminServiceServer) RemoveServer(context.Context, *RemoveServerRequest) (*RemoveServerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveServer not implemented")
+}
+func (UnimplementedAdminServiceServer) AddFederationLink(context.Context, *AddFederationLinkRequest) (*AddFederationLinkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddFederationLink not implemented")
+}
+func (UnimplementedAdminServiceServer) RemoveFederationLink(context.Context, *RemoveFederationLinkRequest) (*RemoveFederationLinkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveFederationLink not implemented")
+}
+func (UnimplementedAdminServiceServer) SetFederationLinkSuspended(context.Context, *SetFederationLinkSuspendedRequest) (*SetFederationLinkSuspendedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetFederationLinkSuspended not implemented")
+}
+func (UnimplementedAdminServiceServer) ListFederationLinks(context.Context, *ListFederationLinksRequest) (*ListFederationLinksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFederationLinks not implemented")
+}
+func (UnimplementedAdminServiceServer) AddExport(context.Context, *AddExportRequest) (*AddExportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddExport not implemented")
+}
+func (UnimplementedAdminServiceServer) RemoveExport(context.Context, *RemoveExportRequest) (*RemoveExportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveExport not implemented")
+}
+func (UnimplementedAdminServiceServer) ListExports(context.Context, *ListExportsRequest) (*ListExportsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListExports not implemented")
 }
 func (UnimplementedAdminServiceServer) GetGlobalConfig(context.Context, *GetGlobalConfigRequest) (*GetGlobalConfigResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetGlobalConfig not implemented")
@@ -1186,6 +1302,132 @@ func _AdminService_RemoveServer_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_AddFederationLink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddFederationLinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AddFederationLink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_AddFederationLink_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AddFederationLink(ctx, req.(*AddFederationLinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RemoveFederationLink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveFederationLinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveFederationLink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveFederationLink_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveFederationLink(ctx, req.(*RemoveFederationLinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_SetFederationLinkSuspended_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetFederationLinkSuspendedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetFederationLinkSuspended(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetFederationLinkSuspended_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetFederationLinkSuspended(ctx, req.(*SetFederationLinkSuspendedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListFederationLinks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederationLinksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListFederationLinks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListFederationLinks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListFederationLinks(ctx, req.(*ListFederationLinksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_AddExport_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddExportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AddExport(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_AddExport_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AddExport(ctx, req.(*AddExportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RemoveExport_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveExportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveExport(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveExport_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveExport(ctx, req.(*RemoveExportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListExports_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListExportsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListExports(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListExports_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListExports(ctx, req.(*ListExportsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_GetGlobalConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetGlobalConfigRequest)
 	if err := dec(in); err != nil {
@@ -1352,6 +1594,34 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveServer",
 			Handler:    _AdminService_RemoveServer_Handler,
+		},
+		{
+			MethodName: "AddFederationLink",
+			Handler:    _AdminService_AddFederationLink_Handler,
+		},
+		{
+			MethodName: "RemoveFederationLink",
+			Handler:    _AdminService_RemoveFederationLink_Handler,
+		},
+		{
+			MethodName: "SetFederationLinkSuspended",
+			Handler:    _AdminService_SetFederationLinkSuspended_Handler,
+		},
+		{
+			MethodName: "ListFederationLinks",
+			Handler:    _AdminService_ListFederationLinks_Handler,
+		},
+		{
+			MethodName: "AddExport",
+			Handler:    _AdminService_AddExport_Handler,
+		},
+		{
+			MethodName: "RemoveExport",
+			Handler:    _AdminService_RemoveExport_Handler,
+		},
+		{
+			MethodName: "ListExports",
+			Handler:    _AdminService_ListExports_Handler,
 		},
 		{
 			MethodName: "GetGlobalConfig",

@@ -49,6 +49,8 @@ type State struct {
 	AutoApprove   []string             `protobuf:"bytes,16,rep,name=auto_approve,json=autoApprove,proto3" json:"auto_approve,omitempty"`
 	Servers       []*ServerInfo        `protobuf:"bytes,17,rep,name=servers,proto3" json:"servers,omitempty"`
 	Settings      *ConfigSettings      `protobuf:"bytes,18,opt,name=settings,proto3" json:"settings,omitempty"`
+	Links         []*FederationLink    `protobuf:"bytes,19,rep,name=links,proto3" json:"links,omitempty"`
+	Exports       []*Export            `protobuf:"bytes,20,rep,name=exports,proto3" json:"exports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -205,6 +207,20 @@ func (x *State) GetServers() []*ServerInfo {
 func (x *State) GetSettings() *ConfigSettings {
 	if x != nil {
 		return x.Settings
+	}
+	return nil
+}
+
+func (x *State) GetLinks() []*FederationLink {
+	if x != nil {
+		return x.Links
+	}
+	return nil
+}
+
+func (x *State) GetExports() []*Export {
+	if x != nil {
+		return x.Exports
 	}
 	return nil
 }
@@ -532,6 +548,12 @@ type Command struct {
 	//	*Command_ServerJoined
 	//	*Command_AnnounceServer
 	//	*Command_RemoveServer
+	//	*Command_AddLink
+	//	*Command_RemoveLink
+	//	*Command_SuspendLink
+	//	*Command_UpdateLink
+	//	*Command_AddExport
+	//	*Command_RemoveExport
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -833,6 +855,60 @@ func (x *Command) GetRemoveServer() *RemoveServerRequest {
 	return nil
 }
 
+func (x *Command) GetAddLink() *AddFederationLinkRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AddLink); ok {
+			return x.AddLink
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRemoveLink() *RemoveFederationLinkRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RemoveLink); ok {
+			return x.RemoveLink
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSuspendLink() *SetFederationLinkSuspendedRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SuspendLink); ok {
+			return x.SuspendLink
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUpdateLink() *LinkUpdate {
+	if x != nil {
+		if x, ok := x.Op.(*Command_UpdateLink); ok {
+			return x.UpdateLink
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAddExport() *AddExportRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AddExport); ok {
+			return x.AddExport
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRemoveExport() *RemoveExportRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RemoveExport); ok {
+			return x.RemoveExport
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -949,6 +1025,30 @@ type Command_RemoveServer struct {
 	RemoveServer *RemoveServerRequest `protobuf:"bytes,29,opt,name=remove_server,json=removeServer,proto3,oneof"`
 }
 
+type Command_AddLink struct {
+	AddLink *AddFederationLinkRequest `protobuf:"bytes,30,opt,name=add_link,json=addLink,proto3,oneof"`
+}
+
+type Command_RemoveLink struct {
+	RemoveLink *RemoveFederationLinkRequest `protobuf:"bytes,31,opt,name=remove_link,json=removeLink,proto3,oneof"`
+}
+
+type Command_SuspendLink struct {
+	SuspendLink *SetFederationLinkSuspendedRequest `protobuf:"bytes,32,opt,name=suspend_link,json=suspendLink,proto3,oneof"`
+}
+
+type Command_UpdateLink struct {
+	UpdateLink *LinkUpdate `protobuf:"bytes,33,opt,name=update_link,json=updateLink,proto3,oneof"`
+}
+
+type Command_AddExport struct {
+	AddExport *AddExportRequest `protobuf:"bytes,34,opt,name=add_export,json=addExport,proto3,oneof"`
+}
+
+type Command_RemoveExport struct {
+	RemoveExport *RemoveExportRequest `protobuf:"bytes,35,opt,name=remove_export,json=removeExport,proto3,oneof"`
+}
+
 func (*Command_Init) isCommand_Op() {}
 
 func (*Command_AddMember) isCommand_Op() {}
@@ -1004,6 +1104,18 @@ func (*Command_ServerJoined) isCommand_Op() {}
 func (*Command_AnnounceServer) isCommand_Op() {}
 
 func (*Command_RemoveServer) isCommand_Op() {}
+
+func (*Command_AddLink) isCommand_Op() {}
+
+func (*Command_RemoveLink) isCommand_Op() {}
+
+func (*Command_SuspendLink) isCommand_Op() {}
+
+func (*Command_UpdateLink) isCommand_Op() {}
+
+func (*Command_AddExport) isCommand_Op() {}
+
+func (*Command_RemoveExport) isCommand_Op() {}
 
 // Init is the first command of a new ecosystem.
 type Init struct {
@@ -1297,11 +1409,89 @@ func (x *ServerJoined) GetServer() *ServerInfo {
 	return nil
 }
 
+// LinkUpdate records what the leader learned about a link: the peer's
+// bundle, its export directory, and the resulting state.
+type LinkUpdate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Instance      string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	State         LinkState              `protobuf:"varint,2,opt,name=state,proto3,enum=sild.registry.v1.LinkState" json:"state,omitempty"`
+	Status        string                 `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	PeerBundle    [][]byte               `protobuf:"bytes,4,rep,name=peer_bundle,json=peerBundle,proto3" json:"peer_bundle,omitempty"`
+	Directory     *ExportDirectory       `protobuf:"bytes,5,opt,name=directory,proto3" json:"directory,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkUpdate) Reset() {
+	*x = LinkUpdate{}
+	mi := &file_sild_registry_v1_state_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkUpdate) ProtoMessage() {}
+
+func (x *LinkUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_state_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkUpdate.ProtoReflect.Descriptor instead.
+func (*LinkUpdate) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_state_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LinkUpdate) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *LinkUpdate) GetState() LinkState {
+	if x != nil {
+		return x.State
+	}
+	return LinkState_LINK_STATE_UNSPECIFIED
+}
+
+func (x *LinkUpdate) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *LinkUpdate) GetPeerBundle() [][]byte {
+	if x != nil {
+		return x.PeerBundle
+	}
+	return nil
+}
+
+func (x *LinkUpdate) GetDirectory() *ExportDirectory {
+	if x != nil {
+		return x.Directory
+	}
+	return nil
+}
+
 var File_sild_registry_v1_state_proto protoreflect.FileDescriptor
 
 const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1csild/registry/v1/state.proto\x12\x10sild.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1csild/registry/v1/admin.proto\x1a\x1dsild/registry/v1/config.proto\"\x92\a\n" +
+	"\x1csild/registry/v1/state.proto\x12\x10sild.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1csild/registry/v1/admin.proto\x1a\x1dsild/registry/v1/config.proto\x1a!sild/registry/v1/federation.proto\"\xfe\a\n" +
 	"\x05State\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12)\n" +
@@ -1324,7 +1514,9 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\x0fnext_request_id\x18\x0f \x01(\x04R\rnextRequestId\x12!\n" +
 	"\fauto_approve\x18\x10 \x03(\tR\vautoApprove\x126\n" +
 	"\aservers\x18\x11 \x03(\v2\x1c.sild.registry.v1.ServerInfoR\aservers\x12<\n" +
-	"\bsettings\x18\x12 \x01(\v2 .sild.registry.v1.ConfigSettingsR\bsettings\"=\n" +
+	"\bsettings\x18\x12 \x01(\v2 .sild.registry.v1.ConfigSettingsR\bsettings\x126\n" +
+	"\x05links\x18\x13 \x03(\v2 .sild.registry.v1.FederationLinkR\x05links\x122\n" +
+	"\aexports\x18\x14 \x03(\v2\x18.sild.registry.v1.ExportR\aexports\"=\n" +
 	"\aKeyPair\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"\xdb\x01\n" +
@@ -1347,7 +1539,7 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
 	"apiAddress\x12!\n" +
-	"\fhttp_address\x18\x04 \x01(\tR\vhttpAddress\"\xab\x11\n" +
+	"\fhttp_address\x18\x04 \x01(\tR\vhttpAddress\"\xf4\x14\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12,\n" +
 	"\x04init\x18\x02 \x01(\v2\x16.sild.registry.v1.InitH\x00R\x04init\x12C\n" +
@@ -1381,7 +1573,16 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\x11rotate_config_key\x18\x1a \x01(\v2\x19.sild.registry.v1.KeyPairH\x00R\x0frotateConfigKey\x12E\n" +
 	"\rserver_joined\x18\x1b \x01(\v2\x1e.sild.registry.v1.ServerJoinedH\x00R\fserverJoined\x12G\n" +
 	"\x0fannounce_server\x18\x1c \x01(\v2\x1c.sild.registry.v1.ServerInfoH\x00R\x0eannounceServer\x12L\n" +
-	"\rremove_server\x18\x1d \x01(\v2%.sild.registry.v1.RemoveServerRequestH\x00R\fremoveServerB\x04\n" +
+	"\rremove_server\x18\x1d \x01(\v2%.sild.registry.v1.RemoveServerRequestH\x00R\fremoveServer\x12G\n" +
+	"\badd_link\x18\x1e \x01(\v2*.sild.registry.v1.AddFederationLinkRequestH\x00R\aaddLink\x12P\n" +
+	"\vremove_link\x18\x1f \x01(\v2-.sild.registry.v1.RemoveFederationLinkRequestH\x00R\n" +
+	"removeLink\x12X\n" +
+	"\fsuspend_link\x18  \x01(\v23.sild.registry.v1.SetFederationLinkSuspendedRequestH\x00R\vsuspendLink\x12?\n" +
+	"\vupdate_link\x18! \x01(\v2\x1c.sild.registry.v1.LinkUpdateH\x00R\n" +
+	"updateLink\x12C\n" +
+	"\n" +
+	"add_export\x18\" \x01(\v2\".sild.registry.v1.AddExportRequestH\x00R\taddExport\x12L\n" +
+	"\rremove_export\x18# \x01(\v2%.sild.registry.v1.RemoveExportRequestH\x00R\fremoveExportB\x04\n" +
 	"\x02op\"\xd8\x02\n" +
 	"\x04Init\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
@@ -1407,7 +1608,15 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\fServerJoined\x12\x1d\n" +
 	"\n" +
 	"token_hash\x18\x01 \x01(\tR\ttokenHash\x124\n" +
-	"\x06server\x18\x02 \x01(\v2\x1c.sild.registry.v1.ServerInfoR\x06serverB\xbe\x01\n" +
+	"\x06server\x18\x02 \x01(\v2\x1c.sild.registry.v1.ServerInfoR\x06server\"\xd5\x01\n" +
+	"\n" +
+	"LinkUpdate\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\x121\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1b.sild.registry.v1.LinkStateR\x05state\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x1f\n" +
+	"\vpeer_bundle\x18\x04 \x03(\fR\n" +
+	"peerBundle\x12?\n" +
+	"\tdirectory\x18\x05 \x01(\v2!.sild.registry.v1.ExportDirectoryR\tdirectoryB\xbe\x01\n" +
 	"\x14com.sild.registry.v1B\n" +
 	"StateProtoP\x01Z8github.com/sildmesh/sild/gen/sild/registry/v1;registryv1\xa2\x02\x03SRX\xaa\x02\x10Sild.Registry.V1\xca\x02\x10Sild\\Registry\\V1\xe2\x02\x1cSild\\Registry\\V1\\GPBMetadata\xea\x02\x12Sild::Registry::V1b\x06proto3"
 
@@ -1423,108 +1632,128 @@ func file_sild_registry_v1_state_proto_rawDescGZIP() []byte {
 	return file_sild_registry_v1_state_proto_rawDescData
 }
 
-var file_sild_registry_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_sild_registry_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_sild_registry_v1_state_proto_goTypes = []any{
-	(*State)(nil),                      // 0: sild.registry.v1.State
-	(*KeyPair)(nil),                    // 1: sild.registry.v1.KeyPair
-	(*JoinToken)(nil),                  // 2: sild.registry.v1.JoinToken
-	(*StoredApiKey)(nil),               // 3: sild.registry.v1.StoredApiKey
-	(*ServerInfo)(nil),                 // 4: sild.registry.v1.ServerInfo
-	(*Command)(nil),                    // 5: sild.registry.v1.Command
-	(*Init)(nil),                       // 6: sild.registry.v1.Init
-	(*NodeJoined)(nil),                 // 7: sild.registry.v1.NodeJoined
-	(*NodeRenewed)(nil),                // 8: sild.registry.v1.NodeRenewed
-	(*ServerJoined)(nil),               // 9: sild.registry.v1.ServerJoined
-	(*Member)(nil),                     // 10: sild.registry.v1.Member
-	(*Subsystem)(nil),                  // 11: sild.registry.v1.Subsystem
-	(*Node)(nil),                       // 12: sild.registry.v1.Node
-	(*GlobalGroup)(nil),                // 13: sild.registry.v1.GlobalGroup
-	(*CatalogEntry)(nil),               // 14: sild.registry.v1.CatalogEntry
-	(*ManagementRequest)(nil),          // 15: sild.registry.v1.ManagementRequest
-	(*ConfigSettings)(nil),             // 16: sild.registry.v1.ConfigSettings
-	(*v1.NodeId)(nil),                  // 17: sild.ident.v1.NodeId
-	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
-	(*ApiKey)(nil),                     // 19: sild.registry.v1.ApiKey
-	(*AddMemberRequest)(nil),           // 20: sild.registry.v1.AddMemberRequest
-	(*RemoveMemberRequest)(nil),        // 21: sild.registry.v1.RemoveMemberRequest
-	(*AddSubsystemRequest)(nil),        // 22: sild.registry.v1.AddSubsystemRequest
-	(*RemoveSubsystemRequest)(nil),     // 23: sild.registry.v1.RemoveSubsystemRequest
-	(*AddNodeRequest)(nil),             // 24: sild.registry.v1.AddNodeRequest
-	(*RemoveNodeRequest)(nil),          // 25: sild.registry.v1.RemoveNodeRequest
-	(*RegisterSubsystemRequest)(nil),   // 26: sild.registry.v1.RegisterSubsystemRequest
-	(*UnregisterSubsystemRequest)(nil), // 27: sild.registry.v1.UnregisterSubsystemRequest
-	(*AddGroupRequest)(nil),            // 28: sild.registry.v1.AddGroupRequest
-	(*RemoveGroupRequest)(nil),         // 29: sild.registry.v1.RemoveGroupRequest
-	(*AddGroupMemberRequest)(nil),      // 30: sild.registry.v1.AddGroupMemberRequest
-	(*RemoveGroupMemberRequest)(nil),   // 31: sild.registry.v1.RemoveGroupMemberRequest
-	(*PublishServiceRequest)(nil),      // 32: sild.registry.v1.PublishServiceRequest
-	(*SetServiceEnabledRequest)(nil),   // 33: sild.registry.v1.SetServiceEnabledRequest
-	(*RemoveServiceRequest)(nil),       // 34: sild.registry.v1.RemoveServiceRequest
-	(*ApproveRequestRequest)(nil),      // 35: sild.registry.v1.ApproveRequestRequest
-	(*RejectRequestRequest)(nil),       // 36: sild.registry.v1.RejectRequestRequest
-	(*SetAutoApproveRequest)(nil),      // 37: sild.registry.v1.SetAutoApproveRequest
-	(*RevokeApiKeyRequest)(nil),        // 38: sild.registry.v1.RevokeApiKeyRequest
-	(*RemoveServerRequest)(nil),        // 39: sild.registry.v1.RemoveServerRequest
+	(*State)(nil),                             // 0: sild.registry.v1.State
+	(*KeyPair)(nil),                           // 1: sild.registry.v1.KeyPair
+	(*JoinToken)(nil),                         // 2: sild.registry.v1.JoinToken
+	(*StoredApiKey)(nil),                      // 3: sild.registry.v1.StoredApiKey
+	(*ServerInfo)(nil),                        // 4: sild.registry.v1.ServerInfo
+	(*Command)(nil),                           // 5: sild.registry.v1.Command
+	(*Init)(nil),                              // 6: sild.registry.v1.Init
+	(*NodeJoined)(nil),                        // 7: sild.registry.v1.NodeJoined
+	(*NodeRenewed)(nil),                       // 8: sild.registry.v1.NodeRenewed
+	(*ServerJoined)(nil),                      // 9: sild.registry.v1.ServerJoined
+	(*LinkUpdate)(nil),                        // 10: sild.registry.v1.LinkUpdate
+	(*Member)(nil),                            // 11: sild.registry.v1.Member
+	(*Subsystem)(nil),                         // 12: sild.registry.v1.Subsystem
+	(*Node)(nil),                              // 13: sild.registry.v1.Node
+	(*GlobalGroup)(nil),                       // 14: sild.registry.v1.GlobalGroup
+	(*CatalogEntry)(nil),                      // 15: sild.registry.v1.CatalogEntry
+	(*ManagementRequest)(nil),                 // 16: sild.registry.v1.ManagementRequest
+	(*ConfigSettings)(nil),                    // 17: sild.registry.v1.ConfigSettings
+	(*FederationLink)(nil),                    // 18: sild.registry.v1.FederationLink
+	(*Export)(nil),                            // 19: sild.registry.v1.Export
+	(*v1.NodeId)(nil),                         // 20: sild.ident.v1.NodeId
+	(*timestamppb.Timestamp)(nil),             // 21: google.protobuf.Timestamp
+	(*ApiKey)(nil),                            // 22: sild.registry.v1.ApiKey
+	(*AddMemberRequest)(nil),                  // 23: sild.registry.v1.AddMemberRequest
+	(*RemoveMemberRequest)(nil),               // 24: sild.registry.v1.RemoveMemberRequest
+	(*AddSubsystemRequest)(nil),               // 25: sild.registry.v1.AddSubsystemRequest
+	(*RemoveSubsystemRequest)(nil),            // 26: sild.registry.v1.RemoveSubsystemRequest
+	(*AddNodeRequest)(nil),                    // 27: sild.registry.v1.AddNodeRequest
+	(*RemoveNodeRequest)(nil),                 // 28: sild.registry.v1.RemoveNodeRequest
+	(*RegisterSubsystemRequest)(nil),          // 29: sild.registry.v1.RegisterSubsystemRequest
+	(*UnregisterSubsystemRequest)(nil),        // 30: sild.registry.v1.UnregisterSubsystemRequest
+	(*AddGroupRequest)(nil),                   // 31: sild.registry.v1.AddGroupRequest
+	(*RemoveGroupRequest)(nil),                // 32: sild.registry.v1.RemoveGroupRequest
+	(*AddGroupMemberRequest)(nil),             // 33: sild.registry.v1.AddGroupMemberRequest
+	(*RemoveGroupMemberRequest)(nil),          // 34: sild.registry.v1.RemoveGroupMemberRequest
+	(*PublishServiceRequest)(nil),             // 35: sild.registry.v1.PublishServiceRequest
+	(*SetServiceEnabledRequest)(nil),          // 36: sild.registry.v1.SetServiceEnabledRequest
+	(*RemoveServiceRequest)(nil),              // 37: sild.registry.v1.RemoveServiceRequest
+	(*ApproveRequestRequest)(nil),             // 38: sild.registry.v1.ApproveRequestRequest
+	(*RejectRequestRequest)(nil),              // 39: sild.registry.v1.RejectRequestRequest
+	(*SetAutoApproveRequest)(nil),             // 40: sild.registry.v1.SetAutoApproveRequest
+	(*RevokeApiKeyRequest)(nil),               // 41: sild.registry.v1.RevokeApiKeyRequest
+	(*RemoveServerRequest)(nil),               // 42: sild.registry.v1.RemoveServerRequest
+	(*AddFederationLinkRequest)(nil),          // 43: sild.registry.v1.AddFederationLinkRequest
+	(*RemoveFederationLinkRequest)(nil),       // 44: sild.registry.v1.RemoveFederationLinkRequest
+	(*SetFederationLinkSuspendedRequest)(nil), // 45: sild.registry.v1.SetFederationLinkSuspendedRequest
+	(*AddExportRequest)(nil),                  // 46: sild.registry.v1.AddExportRequest
+	(*RemoveExportRequest)(nil),               // 47: sild.registry.v1.RemoveExportRequest
+	(LinkState)(0),                            // 48: sild.registry.v1.LinkState
+	(*ExportDirectory)(nil),                   // 49: sild.registry.v1.ExportDirectory
 }
 var file_sild_registry_v1_state_proto_depIdxs = []int32{
 	1,  // 0: sild.registry.v1.State.ca:type_name -> sild.registry.v1.KeyPair
 	1,  // 1: sild.registry.v1.State.config_signer:type_name -> sild.registry.v1.KeyPair
 	1,  // 2: sild.registry.v1.State.tsa:type_name -> sild.registry.v1.KeyPair
-	10, // 3: sild.registry.v1.State.members:type_name -> sild.registry.v1.Member
-	11, // 4: sild.registry.v1.State.subsystems:type_name -> sild.registry.v1.Subsystem
-	12, // 5: sild.registry.v1.State.nodes:type_name -> sild.registry.v1.Node
-	13, // 6: sild.registry.v1.State.groups:type_name -> sild.registry.v1.GlobalGroup
-	14, // 7: sild.registry.v1.State.services:type_name -> sild.registry.v1.CatalogEntry
+	11, // 3: sild.registry.v1.State.members:type_name -> sild.registry.v1.Member
+	12, // 4: sild.registry.v1.State.subsystems:type_name -> sild.registry.v1.Subsystem
+	13, // 5: sild.registry.v1.State.nodes:type_name -> sild.registry.v1.Node
+	14, // 6: sild.registry.v1.State.groups:type_name -> sild.registry.v1.GlobalGroup
+	15, // 7: sild.registry.v1.State.services:type_name -> sild.registry.v1.CatalogEntry
 	2,  // 8: sild.registry.v1.State.join_tokens:type_name -> sild.registry.v1.JoinToken
 	3,  // 9: sild.registry.v1.State.api_keys:type_name -> sild.registry.v1.StoredApiKey
-	15, // 10: sild.registry.v1.State.requests:type_name -> sild.registry.v1.ManagementRequest
+	16, // 10: sild.registry.v1.State.requests:type_name -> sild.registry.v1.ManagementRequest
 	4,  // 11: sild.registry.v1.State.servers:type_name -> sild.registry.v1.ServerInfo
-	16, // 12: sild.registry.v1.State.settings:type_name -> sild.registry.v1.ConfigSettings
-	17, // 13: sild.registry.v1.JoinToken.node:type_name -> sild.ident.v1.NodeId
-	18, // 14: sild.registry.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 15: sild.registry.v1.StoredApiKey.key:type_name -> sild.registry.v1.ApiKey
-	18, // 16: sild.registry.v1.Command.time:type_name -> google.protobuf.Timestamp
-	6,  // 17: sild.registry.v1.Command.init:type_name -> sild.registry.v1.Init
-	20, // 18: sild.registry.v1.Command.add_member:type_name -> sild.registry.v1.AddMemberRequest
-	21, // 19: sild.registry.v1.Command.remove_member:type_name -> sild.registry.v1.RemoveMemberRequest
-	22, // 20: sild.registry.v1.Command.add_subsystem:type_name -> sild.registry.v1.AddSubsystemRequest
-	23, // 21: sild.registry.v1.Command.remove_subsystem:type_name -> sild.registry.v1.RemoveSubsystemRequest
-	24, // 22: sild.registry.v1.Command.add_node:type_name -> sild.registry.v1.AddNodeRequest
-	25, // 23: sild.registry.v1.Command.remove_node:type_name -> sild.registry.v1.RemoveNodeRequest
-	2,  // 24: sild.registry.v1.Command.add_join_token:type_name -> sild.registry.v1.JoinToken
-	7,  // 25: sild.registry.v1.Command.node_joined:type_name -> sild.registry.v1.NodeJoined
-	8,  // 26: sild.registry.v1.Command.node_renewed:type_name -> sild.registry.v1.NodeRenewed
-	26, // 27: sild.registry.v1.Command.register_subsystem:type_name -> sild.registry.v1.RegisterSubsystemRequest
-	27, // 28: sild.registry.v1.Command.unregister_subsystem:type_name -> sild.registry.v1.UnregisterSubsystemRequest
-	28, // 29: sild.registry.v1.Command.add_group:type_name -> sild.registry.v1.AddGroupRequest
-	29, // 30: sild.registry.v1.Command.remove_group:type_name -> sild.registry.v1.RemoveGroupRequest
-	30, // 31: sild.registry.v1.Command.add_group_member:type_name -> sild.registry.v1.AddGroupMemberRequest
-	31, // 32: sild.registry.v1.Command.remove_group_member:type_name -> sild.registry.v1.RemoveGroupMemberRequest
-	32, // 33: sild.registry.v1.Command.publish_service:type_name -> sild.registry.v1.PublishServiceRequest
-	33, // 34: sild.registry.v1.Command.set_service_enabled:type_name -> sild.registry.v1.SetServiceEnabledRequest
-	34, // 35: sild.registry.v1.Command.remove_service:type_name -> sild.registry.v1.RemoveServiceRequest
-	35, // 36: sild.registry.v1.Command.approve_request:type_name -> sild.registry.v1.ApproveRequestRequest
-	36, // 37: sild.registry.v1.Command.reject_request:type_name -> sild.registry.v1.RejectRequestRequest
-	37, // 38: sild.registry.v1.Command.set_auto_approve:type_name -> sild.registry.v1.SetAutoApproveRequest
-	3,  // 39: sild.registry.v1.Command.add_api_key:type_name -> sild.registry.v1.StoredApiKey
-	38, // 40: sild.registry.v1.Command.revoke_api_key:type_name -> sild.registry.v1.RevokeApiKeyRequest
-	1,  // 41: sild.registry.v1.Command.rotate_config_key:type_name -> sild.registry.v1.KeyPair
-	9,  // 42: sild.registry.v1.Command.server_joined:type_name -> sild.registry.v1.ServerJoined
-	4,  // 43: sild.registry.v1.Command.announce_server:type_name -> sild.registry.v1.ServerInfo
-	39, // 44: sild.registry.v1.Command.remove_server:type_name -> sild.registry.v1.RemoveServerRequest
-	1,  // 45: sild.registry.v1.Init.ca:type_name -> sild.registry.v1.KeyPair
-	1,  // 46: sild.registry.v1.Init.config_signer:type_name -> sild.registry.v1.KeyPair
-	1,  // 47: sild.registry.v1.Init.tsa:type_name -> sild.registry.v1.KeyPair
-	3,  // 48: sild.registry.v1.Init.admin_key:type_name -> sild.registry.v1.StoredApiKey
-	16, // 49: sild.registry.v1.Init.settings:type_name -> sild.registry.v1.ConfigSettings
-	17, // 50: sild.registry.v1.NodeJoined.node:type_name -> sild.ident.v1.NodeId
-	17, // 51: sild.registry.v1.NodeRenewed.node:type_name -> sild.ident.v1.NodeId
-	4,  // 52: sild.registry.v1.ServerJoined.server:type_name -> sild.registry.v1.ServerInfo
-	53, // [53:53] is the sub-list for method output_type
-	53, // [53:53] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	17, // 12: sild.registry.v1.State.settings:type_name -> sild.registry.v1.ConfigSettings
+	18, // 13: sild.registry.v1.State.links:type_name -> sild.registry.v1.FederationLink
+	19, // 14: sild.registry.v1.State.exports:type_name -> sild.registry.v1.Export
+	20, // 15: sild.registry.v1.JoinToken.node:type_name -> sild.ident.v1.NodeId
+	21, // 16: sild.registry.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 17: sild.registry.v1.StoredApiKey.key:type_name -> sild.registry.v1.ApiKey
+	21, // 18: sild.registry.v1.Command.time:type_name -> google.protobuf.Timestamp
+	6,  // 19: sild.registry.v1.Command.init:type_name -> sild.registry.v1.Init
+	23, // 20: sild.registry.v1.Command.add_member:type_name -> sild.registry.v1.AddMemberRequest
+	24, // 21: sild.registry.v1.Command.remove_member:type_name -> sild.registry.v1.RemoveMemberRequest
+	25, // 22: sild.registry.v1.Command.add_subsystem:type_name -> sild.registry.v1.AddSubsystemRequest
+	26, // 23: sild.registry.v1.Command.remove_subsystem:type_name -> sild.registry.v1.RemoveSubsystemRequest
+	27, // 24: sild.registry.v1.Command.add_node:type_name -> sild.registry.v1.AddNodeRequest
+	28, // 25: sild.registry.v1.Command.remove_node:type_name -> sild.registry.v1.RemoveNodeRequest
+	2,  // 26: sild.registry.v1.Command.add_join_token:type_name -> sild.registry.v1.JoinToken
+	7,  // 27: sild.registry.v1.Command.node_joined:type_name -> sild.registry.v1.NodeJoined
+	8,  // 28: sild.registry.v1.Command.node_renewed:type_name -> sild.registry.v1.NodeRenewed
+	29, // 29: sild.registry.v1.Command.register_subsystem:type_name -> sild.registry.v1.RegisterSubsystemRequest
+	30, // 30: sild.registry.v1.Command.unregister_subsystem:type_name -> sild.registry.v1.UnregisterSubsystemRequest
+	31, // 31: sild.registry.v1.Command.add_group:type_name -> sild.registry.v1.AddGroupRequest
+	32, // 32: sild.registry.v1.Command.remove_group:type_name -> sild.registry.v1.RemoveGroupRequest
+	33, // 33: sild.registry.v1.Command.add_group_member:type_name -> sild.registry.v1.AddGroupMemberRequest
+	34, // 34: sild.registry.v1.Command.remove_group_member:type_name -> sild.registry.v1.RemoveGroupMemberRequest
+	35, // 35: sild.registry.v1.Command.publish_service:type_name -> sild.registry.v1.PublishServiceRequest
+	36, // 36: sild.registry.v1.Command.set_service_enabled:type_name -> sild.registry.v1.SetServiceEnabledRequest
+	37, // 37: sild.registry.v1.Command.remove_service:type_name -> sild.registry.v1.RemoveServiceRequest
+	38, // 38: sild.registry.v1.Command.approve_request:type_name -> sild.registry.v1.ApproveRequestRequest
+	39, // 39: sild.registry.v1.Command.reject_request:type_name -> sild.registry.v1.RejectRequestRequest
+	40, // 40: sild.registry.v1.Command.set_auto_approve:type_name -> sild.registry.v1.SetAutoApproveRequest
+	3,  // 41: sild.registry.v1.Command.add_api_key:type_name -> sild.registry.v1.StoredApiKey
+	41, // 42: sild.registry.v1.Command.revoke_api_key:type_name -> sild.registry.v1.RevokeApiKeyRequest
+	1,  // 43: sild.registry.v1.Command.rotate_config_key:type_name -> sild.registry.v1.KeyPair
+	9,  // 44: sild.registry.v1.Command.server_joined:type_name -> sild.registry.v1.ServerJoined
+	4,  // 45: sild.registry.v1.Command.announce_server:type_name -> sild.registry.v1.ServerInfo
+	42, // 46: sild.registry.v1.Command.remove_server:type_name -> sild.registry.v1.RemoveServerRequest
+	43, // 47: sild.registry.v1.Command.add_link:type_name -> sild.registry.v1.AddFederationLinkRequest
+	44, // 48: sild.registry.v1.Command.remove_link:type_name -> sild.registry.v1.RemoveFederationLinkRequest
+	45, // 49: sild.registry.v1.Command.suspend_link:type_name -> sild.registry.v1.SetFederationLinkSuspendedRequest
+	10, // 50: sild.registry.v1.Command.update_link:type_name -> sild.registry.v1.LinkUpdate
+	46, // 51: sild.registry.v1.Command.add_export:type_name -> sild.registry.v1.AddExportRequest
+	47, // 52: sild.registry.v1.Command.remove_export:type_name -> sild.registry.v1.RemoveExportRequest
+	1,  // 53: sild.registry.v1.Init.ca:type_name -> sild.registry.v1.KeyPair
+	1,  // 54: sild.registry.v1.Init.config_signer:type_name -> sild.registry.v1.KeyPair
+	1,  // 55: sild.registry.v1.Init.tsa:type_name -> sild.registry.v1.KeyPair
+	3,  // 56: sild.registry.v1.Init.admin_key:type_name -> sild.registry.v1.StoredApiKey
+	17, // 57: sild.registry.v1.Init.settings:type_name -> sild.registry.v1.ConfigSettings
+	20, // 58: sild.registry.v1.NodeJoined.node:type_name -> sild.ident.v1.NodeId
+	20, // 59: sild.registry.v1.NodeRenewed.node:type_name -> sild.ident.v1.NodeId
+	4,  // 60: sild.registry.v1.ServerJoined.server:type_name -> sild.registry.v1.ServerInfo
+	48, // 61: sild.registry.v1.LinkUpdate.state:type_name -> sild.registry.v1.LinkState
+	49, // 62: sild.registry.v1.LinkUpdate.directory:type_name -> sild.registry.v1.ExportDirectory
+	63, // [63:63] is the sub-list for method output_type
+	63, // [63:63] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_sild_registry_v1_state_proto_init() }
@@ -1534,6 +1763,7 @@ func file_sild_registry_v1_state_proto_init() {
 	}
 	file_sild_registry_v1_admin_proto_init()
 	file_sild_registry_v1_config_proto_init()
+	file_sild_registry_v1_federation_proto_init()
 	file_sild_registry_v1_state_proto_msgTypes[2].OneofWrappers = []any{
 		(*JoinToken_Node)(nil),
 		(*JoinToken_ServerId)(nil),
@@ -1567,6 +1797,12 @@ func file_sild_registry_v1_state_proto_init() {
 		(*Command_ServerJoined)(nil),
 		(*Command_AnnounceServer)(nil),
 		(*Command_RemoveServer)(nil),
+		(*Command_AddLink)(nil),
+		(*Command_RemoveLink)(nil),
+		(*Command_SuspendLink)(nil),
+		(*Command_UpdateLink)(nil),
+		(*Command_AddExport)(nil),
+		(*Command_RemoveExport)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1574,7 +1810,7 @@ func file_sild_registry_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sild_registry_v1_state_proto_rawDesc), len(file_sild_registry_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
