@@ -12,8 +12,8 @@ import (
 // consumer node A and provider node B (mTLS between them, both signing and
 // verifying, records kept in memory), so the ratio is measured in one run.
 
-func benchUnary(b *testing.B, mesh bool, parallel bool) {
-	m := newMesh(b)
+func benchUnary(b *testing.B, mesh bool, parallel bool, ledgers ...bool) {
+	m := newMeshWith(b, len(ledgers) > 0)
 	c, ctx := m.direct, context.Background()
 	if mesh {
 		c, ctx = m.client, as(ctx, licensing, registry)
@@ -83,3 +83,8 @@ func BenchmarkUnary1KiBDirectParallel(b *testing.B) { benchUnary(b, false, true)
 func BenchmarkUnary1KiBMeshParallel(b *testing.B)   { benchUnary(b, true, true) }
 func BenchmarkBidi1KiBDirect(b *testing.B)          { benchStream(b, false) }
 func BenchmarkBidi1KiBMesh(b *testing.B)            { benchStream(b, true) }
+
+// With real ledgers (Badger, synced group commit, time-stamped checkpoints)
+// on both nodes.
+func BenchmarkUnary1KiBMeshLedgers(b *testing.B)         { benchUnary(b, true, false, true) }
+func BenchmarkUnary1KiBMeshLedgersParallel(b *testing.B) { benchUnary(b, true, true, true) }

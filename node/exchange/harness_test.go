@@ -29,6 +29,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/node/access"
 	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/node/sign"
@@ -244,6 +245,7 @@ type mesh struct {
 	beAddr       string
 	bAddr        string
 	recA, recB   *memRecorder
+	ledA, ledB   *ledger.Ledger
 	store        *access.Store
 	aConn        *grpc.ClientConn
 	client       testpb.TestServiceClient // through A
@@ -282,7 +284,11 @@ func nodeRecord(n *testNode, addr string) *registryv1.Node {
 		State: registryv1.NodeState_NODE_STATE_ACTIVE, SpiffeId: n.spiffe.String()}
 }
 
-func newMesh(t testing.TB) *mesh {
+func newMesh(t testing.TB) *mesh { t.Helper(); return newMeshWith(t, false) }
+
+// newMeshWith builds the mesh; with realLedgers both nodes record into real
+// ledgers (ledA, ledB) instead of recA and recB.
+func newMeshWith(t testing.TB, realLedgers bool) *mesh {
 	t.Helper()
 	now := time.Now()
 	ca, err := pki.NewCA(td, "EE test root", 24*time.Hour, now.Add(-time.Minute))
@@ -295,6 +301,11 @@ func newMesh(t testing.TB) *mesh {
 	m.a = newTestNode(t, ca, nodeA, now.Add(-time.Minute))
 	m.b = newTestNode(t, ca, nodeB, now.Add(-time.Minute))
 	m.c = newTestNode(t, ca, nodeC, now.Add(-time.Minute))
+	var recorderA, recorderB Recorder = m.recA, m.recB
+	if realLedgers {
+		m.ledA, recorderA = startLedger(t, ca, m.a)
+		m.ledB, recorderB = startLedger(t, ca, m.b)
+	}
 
 	beLis := listen(t)
 	m.beAddr = beLis.Addr().String()
@@ -341,7 +352,7 @@ func newMesh(t testing.TB) *mesh {
 	pcfg := DefaultConfig()
 	pcfg.Node, pcfg.Topology = nodeB, m.topoB.Load
 	pcfg.SVID, pcfg.Bundles, pcfg.Signer, pcfg.Verifier = m.b.svid, m.bundles, m.b.signer, sign.NewVerifier(0)
-	pcfg.Recorder, pcfg.Access = m.recB, store
+	pcfg.Recorder, pcfg.Access = recorderB, store
 	pcfg.Backends = map[ident.Subsystem]string{registry: m.beAddr}
 	prov, err := NewProvider(pcfg)
 	if err != nil {
@@ -353,7 +364,7 @@ func newMesh(t testing.TB) *mesh {
 	ccfg := DefaultConfig()
 	ccfg.Node, ccfg.Topology = nodeA, m.topoA.Load
 	ccfg.SVID, ccfg.Bundles, ccfg.Signer, ccfg.Verifier = m.a.svid, m.bundles, m.a.signer, sign.NewVerifier(0)
-	ccfg.Recorder = m.recA
+	ccfg.Recorder = recorderA
 	ccfg.Clients = []ident.Subsystem{licensing, archive}
 	cons, err := NewConsumer(ccfg)
 	if err != nil {
