@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
@@ -33,6 +34,9 @@ type Topology struct {
 	hosts    map[ident.Subsystem][]ident.Node // active nodes only, sorted
 	groups   map[ident.Subsystem][]string
 	services map[ident.Service]*registryv1.CatalogEntry
+	// Federation: trust domain -> instance and roots, own included.
+	instances map[spiffeid.TrustDomain]string
+	roots     map[string][]*x509.Certificate // by instance
 }
 
 // New indexes cfg, which must have been verified (gconf.Verify).
@@ -49,43 +53,110 @@ func New(cfg *registryv1.GlobalConfig) (*Topology, error) {
 		services: map[ident.Service]*registryv1.CatalogEntry{},
 		groups:   access.MemberGroups(cfg),
 	}
-	for _, der := range cfg.GetTrustBundle() {
+	t.instances = map[spiffeid.TrustDomain]string{td: t.Instance}
+	t.roots = map[string][]*x509.Certificate{}
+	if t.Roots, err = parseRoots(cfg.GetTrustBundle()); err != nil {
+		return nil, err
+	}
+	t.roots[t.Instance] = t.Roots
+	if err := t.indexEntries(cfg.GetNodes(), cfg.GetSubsystems(), cfg.GetServices(), t.Instance); err != nil {
+		return nil, err
+	}
+	// Federated instances: only entries of their own instance count, so a
+	// peer cannot speak for a third ecosystem.
+	for _, f := range cfg.GetFederated() {
+		if !f.GetActive() || f.GetInstance() == t.Instance {
+			continue
+		}
+		ftd, err := spiffeid.TrustDomainFromString(f.GetTrustDomain())
+		if err != nil || ftd == td {
+			return nil, fmt.Errorf("topology: federated %s: bad trust domain %q", f.GetInstance(), f.GetTrustDomain())
+		}
+		roots, err := parseRoots(f.GetTrustBundle())
+		if err != nil {
+			return nil, fmt.Errorf("topology: federated %s: %w", f.GetInstance(), err)
+		}
+		t.instances[ftd] = f.GetInstance()
+		t.roots[f.GetInstance()] = roots
+		if err := t.indexEntries(f.GetNodes(), f.GetSubsystems(), f.GetServices(), f.GetInstance()); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+func parseRoots(ders [][]byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for _, der := range ders {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
 			return nil, fmt.Errorf("topology: trust bundle: %w", err)
 		}
-		t.Roots = append(t.Roots, c)
+		out = append(out, c)
 	}
-	for _, n := range cfg.GetNodes() {
+	return out, nil
+}
+
+// indexEntries adds the nodes, subsystems and services of one instance;
+// entries naming another instance are skipped.
+func (t *Topology) indexEntries(nodes []*registryv1.Node, subs []*registryv1.Subsystem, services []*registryv1.CatalogEntry, instance string) error {
+	for _, n := range nodes {
 		id, err := ident.NodeFromProto(n.GetId())
 		if err != nil {
-			return nil, fmt.Errorf("topology: node: %w", err)
+			return fmt.Errorf("topology: node: %w", err)
 		}
-		t.nodes[id] = n
+		if id.Member.Instance == instance {
+			t.nodes[id] = n
+		}
 	}
-	for _, s := range cfg.GetSubsystems() {
+	for _, s := range subs {
 		sub, err := ident.SubsystemFromProto(s.GetId())
 		if err != nil {
-			return nil, fmt.Errorf("topology: subsystem: %w", err)
+			return fmt.Errorf("topology: subsystem: %w", err)
+		}
+		if sub.Member.Instance != instance {
+			continue
 		}
 		for _, np := range s.GetNodes() {
 			n, err := ident.NodeFromProto(np)
 			if err != nil {
-				return nil, fmt.Errorf("topology: subsystem %s: %w", sub, err)
+				return fmt.Errorf("topology: subsystem %s: %w", sub, err)
 			}
 			if rec := t.nodes[n]; rec != nil && rec.GetState() == registryv1.NodeState_NODE_STATE_ACTIVE {
 				t.hosts[sub] = append(t.hosts[sub], n)
 			}
 		}
 	}
-	for _, e := range cfg.GetServices() {
+	for _, e := range services {
 		svc, err := ident.ServiceFromProto(e.GetService())
 		if err != nil {
-			return nil, fmt.Errorf("topology: service: %w", err)
+			return fmt.Errorf("topology: service: %w", err)
 		}
-		t.services[svc] = e
+		if svc.Subsystem.Member.Instance == instance {
+			t.services[svc] = e
+		}
 	}
-	return t, nil
+	return nil
+}
+
+// InstanceOf returns the instance whose trust domain is td: this
+// ecosystem's or an active federated one's; ok is false otherwise.
+func (t *Topology) InstanceOf(td spiffeid.TrustDomain) (instance string, ok bool) {
+	instance, ok = t.instances[td]
+	return instance, ok
+}
+
+// RootsOf returns the root certificates of instance (own or federated).
+func (t *Topology) RootsOf(instance string) []*x509.Certificate { return t.roots[instance] }
+
+// Bundles returns the trust bundles of this ecosystem and every active
+// federated one, for mTLS across trust domains.
+func (t *Topology) Bundles() []*x509bundle.Bundle {
+	var out []*x509bundle.Bundle
+	for td, inst := range t.instances {
+		out = append(out, x509bundle.FromX509Authorities(td, t.roots[inst]))
+	}
+	return out
 }
 
 // Expired reports whether the configuration is no longer valid at now.
@@ -113,5 +184,6 @@ func (t *Topology) Groups(sub ident.Subsystem) []string { return t.groups[sub] }
 // Service returns the catalogue entry of svc, or nil.
 func (t *Topology) Service(svc ident.Service) *registryv1.CatalogEntry { return t.services[svc] }
 
-// Services returns every catalogue entry.
+// Services returns every catalogue entry of this ecosystem (federated
+// services are found with Service).
 func (t *Topology) Services() []*registryv1.CatalogEntry { return t.Config.GetServices() }

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
@@ -59,3 +60,46 @@ func TestIndex(t *testing.T) {
 		t.Fatal("bad trust domain accepted")
 	}
 }
+
+func TestFederatedInstances(t *testing.T) {
+	fiNode := must(ident.ParseNode("FI/GOV/0245437-2/ss1"))
+	fiSub := must(ident.ParseSubsystem("FI/GOV/0245437-2/population"))
+	lvSub := must(ident.ParseSubsystem("LV/GOV/1/x"))
+	fiSvc := must(ident.ParseService("FI/GOV/0245437-2/population/pop.v1.Register"))
+	now := time.Now()
+	cfg := &registryv1.GlobalConfig{
+		Instance: "EE", TrustDomain: "ee.sild.test", ExpiresAt: timestamppb.New(now.Add(time.Hour)),
+		Federated: []*registryv1.FederatedInstance{{
+			Instance: "FI", TrustDomain: "fi.sild.test", Active: true,
+			Nodes:      []*registryv1.Node{{Id: fiNode.Proto(), State: registryv1.NodeState_NODE_STATE_ACTIVE}},
+			Subsystems: []*registryv1.Subsystem{{Id: fiSub.Proto(), Nodes: []*identv1.NodeId{fiNode.Proto()}}, {Id: lvSub.Proto(), Nodes: []*identv1.NodeId{fiNode.Proto()}}},
+			Services:   []*registryv1.CatalogEntry{{Service: fiSvc.Proto(), Enabled: true}},
+		}},
+	}
+	top, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !top.Serves(fiNode, fiSub) || top.Service(fiSvc) == nil {
+		t.Fatal("federated entries missing")
+	}
+	if top.Serves(fiNode, lvSub) || len(top.Hosts(lvSub)) != 0 {
+		t.Fatal("a federated peer spoke for a third ecosystem")
+	}
+	if inst, ok := top.InstanceOf(spiffeidTD("fi.sild.test")); !ok || inst != "FI" {
+		t.Fatalf("InstanceOf: %q %v", inst, ok)
+	}
+	if _, ok := top.InstanceOf(spiffeidTD("lv.sild.test")); ok {
+		t.Fatal("unknown trust domain mapped")
+	}
+	if len(top.Bundles()) != 2 {
+		t.Fatalf("bundles %d", len(top.Bundles()))
+	}
+	cfg.Federated[0].Active = false
+	top, _ = New(cfg)
+	if top.Serves(fiNode, fiSub) {
+		t.Fatal("inactive federation still served")
+	}
+}
+
+func spiffeidTD(s string) spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString(s) }
