@@ -72,6 +72,11 @@ func (n *Node) acceptConfig(sc *signedConfig) error {
 }
 
 func (n *Node) setTopology(top *topology.Topology) {
+	// New handshakes trust this ecosystem's roots and those of every
+	// active federated one; a removed federation is distrusted at once.
+	if len(top.Roots) > 0 {
+		n.bundles.Set(top.Bundles()...)
+	}
 	n.topMu.Lock()
 	n.top.Store(top)
 	close(n.topCh)
