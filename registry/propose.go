@@ -158,7 +158,7 @@ func (s *Server) peerConn(addr string) (*grpc.ClientConn, error) {
 // leader it confirms leadership with a quorum first.
 func (s *Server) readIndex(ctx context.Context) (uint64, error) {
 	if s.raft.State() == raft.Leader {
-		idx := s.raft.LastIndex()
+		idx := s.lastFSMIndex(s.raft.LastIndex())
 		if err := s.raft.VerifyLeader().Error(); err != nil {
 			return 0, errNoLeader
 		}
@@ -176,6 +176,23 @@ func (s *Server) readIndex(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	return resp.GetIndex(), nil
+}
+
+// lastFSMIndex returns the last index at or below idx whose entry reaches
+// the FSM: raft keeps no-op and barrier entries to itself (a new leader
+// starts its term with a no-op), so waiting for those would never end. A
+// compacted index is covered by the snapshot the FSM was restored from.
+func (s *Server) lastFSMIndex(idx uint64) uint64 {
+	var l raft.Log
+	for ; idx > 0; idx-- {
+		if err := s.store.GetLog(idx, &l); err != nil {
+			return idx
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return idx
+		}
+	}
+	return 0
 }
 
 // barrier makes the local state current for a linearizable read, unless

@@ -105,6 +105,8 @@ Output is a table for people, or JSON (protobuf JSON mapping) with -o json.`,
 		newCtlRaftCmd(opts),
 		newCtlServerCmd(opts),
 		newCtlConfigCmd(opts),
+		newCtlFederationCmd(opts),
+		newCtlExportCmd(opts),
 	)
 	return cmd
 }

@@ -37,6 +37,7 @@ var registryFlags = []struct{ field, flag string }{
 	{"ConfigRefresh", "--config-refresh"},
 	{"HeartbeatTimeout", "--heartbeat-timeout"},
 	{"ElectionTimeout", "--election-timeout"},
+	{"FederationRefresh", "--federation-refresh"},
 }
 
 // flagHint appends the flags named by a registry.Config error.
@@ -126,6 +127,9 @@ The server runs until SIGINT or SIGTERM.`,
 	f.StringVar(&c.AdvertiseAPI, "advertise-api", "", "API address others use (default: --api-listen, which must then not be a wildcard)")
 	f.StringVar(&c.AdvertiseRaft, "advertise-raft", "", "Raft address others use (default: --raft-listen)")
 	f.StringVar(&c.AdvertiseHTTP, "advertise-http", "", "HTTP address others use (default: --http-listen)")
+	f.StringVar(&c.FederationAddr, "federation-listen", "", "listen address of the SPIFFE bundle endpoint and the federation API for linked ecosystems (TLS; empty disables federation)")
+	f.StringVar(&c.AdvertiseFederation, "advertise-federation", "", "federation address peers use (default: --federation-listen)")
+	f.DurationVar(&c.FederationRefresh, "federation-refresh", c.FederationRefresh, "how often the leader re-checks every federation link")
 	f.BoolVar(&c.Bootstrap, "bootstrap", false, "create a new ecosystem with this server as its first voter")
 	f.StringVar(&c.Join, "join", "", "API address of a running server to join through")
 	f.StringVar(&c.Token, "token", "", "one-time server token for --join (sild ctl server token)")
@@ -187,6 +191,7 @@ func (o *registryOptions) config(logOut io.Writer) (registry.Config, error) {
 		{cfg.APIAddr, cfg.AdvertiseAPI, "--api-listen", "--advertise-api"},
 		{cfg.RaftAddr, cfg.AdvertiseRaft, "--raft-listen", "--advertise-raft"},
 		{cfg.HTTPAddr, cfg.AdvertiseHTTP, "--http-listen", "--advertise-http"},
+		{cfg.FederationAddr, cfg.AdvertiseFederation, "--federation-listen", "--advertise-federation"},
 	} {
 		if a.listen == "" || a.advertise != "" {
 			continue

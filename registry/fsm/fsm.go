@@ -118,7 +118,8 @@ func (f *FSM) Read(fn func(s *State, index uint64)) {
 	fn(f.s, f.index)
 }
 
-// Index returns the index of the last applied log entry.
+// Index returns the index of the last applied command or configuration
+// entry (raft's no-op and barrier entries never reach the FSM).
 func (f *FSM) Index() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -154,6 +155,17 @@ func (f *FSM) Apply(l *raft.Log) any {
 	v, err := f.apply(&cmd, l.Index)
 	return &Result{Err: err, Value: v}
 }
+
+// StoreConfiguration is called by raft for every configuration entry (raft's
+// ConfigurationStore): the FSM only counts it, so that Index covers every
+// entry that is not a no-op.
+func (f *FSM) StoreConfiguration(index uint64, _ raft.Configuration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.bump(index)
+}
+
+var _ raft.ConfigurationStore = (*FSM)(nil)
 
 // Encode serializes a command for the log.
 func Encode(cmd *registryv1.Command) ([]byte, error) {
@@ -734,7 +746,9 @@ func sortSubsystems(l []*identv1.SubsystemId) {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(f.s.wire())
+	w := f.s.wire()
+	w.AppliedIndex = f.index
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(w)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -756,6 +770,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.s = s
+	f.index = p.GetAppliedIndex()
 	close(f.changed)
 	f.changed = make(chan struct{})
 	return nil

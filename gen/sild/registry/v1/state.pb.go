@@ -51,6 +51,9 @@ type State struct {
 	Settings      *ConfigSettings      `protobuf:"bytes,18,opt,name=settings,proto3" json:"settings,omitempty"`
 	Links         []*FederationLink    `protobuf:"bytes,19,rep,name=links,proto3" json:"links,omitempty"`
 	Exports       []*Export            `protobuf:"bytes,20,rep,name=exports,proto3" json:"exports,omitempty"`
+	// applied_index is the Raft index the state reflects (set in snapshots
+	// only, so that a restored server knows where it stands).
+	AppliedIndex  uint64 `protobuf:"varint,21,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -223,6 +226,13 @@ func (x *State) GetExports() []*Export {
 		return x.Exports
 	}
 	return nil
+}
+
+func (x *State) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
 }
 
 type KeyPair struct {
@@ -1491,7 +1501,7 @@ var File_sild_registry_v1_state_proto protoreflect.FileDescriptor
 
 const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1csild/registry/v1/state.proto\x12\x10sild.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1csild/registry/v1/admin.proto\x1a\x1dsild/registry/v1/config.proto\x1a!sild/registry/v1/federation.proto\"\xfe\a\n" +
+	"\x1csild/registry/v1/state.proto\x12\x10sild.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1csild/registry/v1/admin.proto\x1a\x1dsild/registry/v1/config.proto\x1a!sild/registry/v1/federation.proto\"\xa3\b\n" +
 	"\x05State\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12)\n" +
@@ -1516,7 +1526,8 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\aservers\x18\x11 \x03(\v2\x1c.sild.registry.v1.ServerInfoR\aservers\x12<\n" +
 	"\bsettings\x18\x12 \x01(\v2 .sild.registry.v1.ConfigSettingsR\bsettings\x126\n" +
 	"\x05links\x18\x13 \x03(\v2 .sild.registry.v1.FederationLinkR\x05links\x122\n" +
-	"\aexports\x18\x14 \x03(\v2\x18.sild.registry.v1.ExportR\aexports\"=\n" +
+	"\aexports\x18\x14 \x03(\v2\x18.sild.registry.v1.ExportR\aexports\x12#\n" +
+	"\rapplied_index\x18\x15 \x01(\x04R\fappliedIndex\"=\n" +
 	"\aKeyPair\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"\xdb\x01\n" +
