@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/sildmesh/sild/gateway"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/node/access"
@@ -277,6 +278,12 @@ func (n *Node) serveAdmin(ctx context.Context) error {
 		w.Write([]byte("ready\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{}))
+	// gateway: admin REST + GET /openapi.json on gs (same API-key checks).
+	gw, err := gateway.NewNodeAdmin(ctx, gs, n.log.With("component", "gateway"))
+	if err != nil {
+		return err
+	}
+	mux.Handle("/", gw)
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)

@@ -2,19 +2,28 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 
 	"github.com/hashicorp/raft"
 
+	"github.com/sildmesh/sild/gateway"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/registry/fsm"
 	"github.com/sildmesh/sild/tsa"
 )
 
-// httpHandler serves the registry's plain HTTP side: health checks (and the
-// time-stamping authority, mounted at /tsa).
-func (s *Server) httpHandler() http.Handler {
+// httpHandler serves the registry's plain HTTP side: health checks, the
+// time-stamping authority (mounted at /tsa) and the admin REST gateway with
+// its OpenAPI document (every other path; see package gateway).
+func (s *Server) httpHandler(ctx context.Context) http.Handler {
 	mux := http.NewServeMux()
+	// gateway: admin REST on the API's own gRPC server (same API-key checks).
+	if gw, err := gateway.NewRegistryAdmin(ctx, s.grpc, s.log.With("component", "gateway")); err != nil {
+		s.log.Error("admin REST gateway", "err", err)
+	} else {
+		mux.Handle("/", gw)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

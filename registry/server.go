@@ -352,7 +352,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	run("api", func() error { return s.grpc.Serve(s.apiLn) })
 	if s.httpLn != nil {
-		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		s.http = &http.Server{Handler: s.httpHandler(ctx), ReadHeaderTimeout: 10 * time.Second}
 		run("http", func() error {
 			if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
 				return err
