@@ -57,6 +57,15 @@ type Config struct {
 	// MaxMessageSize bounds one message in either direction (default 16 MiB).
 	MaxMessageSize int `yaml:"max_message_size"`
 
+	// CheckpointInterval is how often the ledger signs a checkpoint (default
+	// 1 s); MaxUnstamped how long records may wait for a time-stamp before
+	// exchanges are refused with LEDGER_UNAVAILABLE (default 10 min).
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	MaxUnstamped       time.Duration `yaml:"max_unstamped"`
+	// LedgerKeyFile holds the AES-256 key (64 hex digits) that encrypts
+	// message bodies kept in the ledger (subsystems with body: full).
+	LedgerKeyFile string `yaml:"ledger_key_file"`
+
 	Logger *slog.Logger `yaml:"-"`
 }
 
@@ -72,6 +81,9 @@ type SubsystemConfig struct {
 	// Backend is the provider backend's gRPC address (host:port); empty
 	// for a subsystem that only consumes.
 	Backend string `yaml:"backend"`
+	// Body is what the ledger keeps of its exchanges' content: off
+	// (default), metadata or full (both encrypted with ledger_key_file).
+	Body string `yaml:"body"`
 }
 
 // DefaultConfig returns the defaults: consumer on 127.0.0.1:8443, exchange
@@ -132,6 +144,15 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("subsystems[%d].backend: %w", i, err)
 			}
 		}
+		switch s.Body {
+		case "", "off":
+		case "metadata", "full":
+			if c.LedgerKeyFile == "" {
+				return fmt.Errorf("subsystems[%d].body: %s needs ledger_key_file (bodies are encrypted at rest)", i, s.Body)
+			}
+		default:
+			return fmt.Errorf("subsystems[%d].body: want off, metadata or full", i)
+		}
 	}
 	for i, k := range c.AdminKeys {
 		if !apikey.ValidHash(k.Hash) {
@@ -143,6 +164,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxMessageSize < 4<<20 {
 		return errors.New("max_message_size: at least 4 MiB")
+	}
+	if c.CheckpointInterval < 0 || c.MaxUnstamped < 0 {
+		return errors.New("checkpoint_interval, max_unstamped: must not be negative")
 	}
 	if c.RenewBefore < 0 {
 		return errors.New("renew_before: must not be negative")

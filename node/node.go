@@ -37,13 +37,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/sildmesh/sild/gateway"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/node/access"
 	"github.com/sildmesh/sild/node/sign"
 	"github.com/sildmesh/sild/node/topology"
@@ -67,6 +66,7 @@ type Node struct {
 	topMu  sync.Mutex
 	signer *sign.Signer
 	access *access.Store
+	ledgerP atomic.Pointer[ledger.Ledger]
 
 	regMu   sync.Mutex
 	regAddr string
@@ -217,10 +217,17 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	led, err := n.openLedger(id)
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+	n.ledgerP.Store(led)
 	run("watch", n.watchLoop)
 	run("renew", n.renewLoop)
 	run("admin", n.serveAdmin)
-	run("exchange", n.serveExchange)
+	run("ledger", led.Run)
+	run("mesh", func(ctx context.Context) error { return n.serveMesh(ctx, led) })
 	n.log.Info("node running", "consumer", n.ConsumerAddr(), "exchange", n.ExchangeAddr(), "admin", n.AdminAddr())
 	<-ctx.Done()
 	wg.Wait()
@@ -342,9 +349,5 @@ func (n *Node) servesProvider(sub ident.Subsystem) bool {
 	return false
 }
 
-// serveExchange serves the mTLS listener for other nodes.
-func (n *Node) serveExchange(ctx context.Context) error {
-	creds := credentials.NewTLS(tlsconfig.MTLSServerConfig(n.svids, n.bundles, tlsconfig.AuthorizeAny()))
-	gs := grpc.NewServer(grpc.Creds(creds))
-	return serveGRPC(ctx, gs, n.exchangeLn)
-}
+// Ledger returns the node's evidence log (nil before Run opened it).
+func (n *Node) Ledger() *ledger.Ledger { return n.ledgerP.Load() }

@@ -1,0 +1,170 @@
+package node_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/node"
+	"github.com/sildmesh/sild/registry/registrytest"
+)
+
+// echo is a provider backend.
+type echo struct {
+	testpb.UnimplementedTestServiceServer
+}
+
+func (echo) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	return &testpb.SimpleResponse{Payload: req.GetPayload(), Username: "business-registry"}, nil
+}
+
+func (echo) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s testpb.TestService_StreamingOutputCallServer) error {
+	for range req.GetResponseParameters() {
+		if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func startBackend(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	testpb.RegisterTestServiceServer(s, echo{})
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	return ln.Addr().String()
+}
+
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func TestExchangeThroughTwoNodes(t *testing.T) {
+	c := registrytest.Start(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	adm := c.AdminClient(c.Servers[0])
+	nodeA, _ := ident.ParseNode("EE/GOV/70000311/ss1")
+	nodeB, _ := ident.ParseNode("EE/GOV/70000310/ss1")
+	licensing, _ := ident.ParseSubsystem("EE/GOV/70000311/licensing")
+	bizreg, _ := ident.ParseSubsystem("EE/GOV/70000310/business-registry")
+	tokA, tokB := c.NodeToken(ctx, nodeA), c.NodeToken(ctx, nodeB)
+	for _, r := range []struct {
+		sub ident.Subsystem
+		n   ident.Node
+	}{{licensing, nodeA}, {bizreg, nodeB}} {
+		if _, err := adm.AddSubsystem(c.Ctx(ctx), &registryv1.AddSubsystemRequest{Id: r.sub.Proto()}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := adm.RegisterSubsystem(c.Ctx(ctx), &registryv1.RegisterSubsystemRequest{Subsystem: r.sub.Proto(), Node: r.n.Proto()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	adminKey, _ := apikey.Generate()
+	cfgA := nodeConfig(c, nodeA.String(), t.TempDir(), tokA)
+	cfgA.Subsystems = []node.SubsystemConfig{{ID: licensing.String()}}
+	cfgB := nodeConfig(c, nodeB.String(), t.TempDir(), tokB)
+	cfgB.Subsystems = []node.SubsystemConfig{{ID: bizreg.String(), Backend: startBackend(t)}}
+	cfgB.AdminKeys = []node.AdminKey{{Hash: apikey.Hash(adminKey), Role: "admin"}}
+	a, b := startNode(t, cfgA), startNode(t, cfgB)
+	for _, r := range []*running{a, b} {
+		registrytest.WaitFor(t, 30*time.Second, "node ready", func() bool {
+			code, _ := readyz(r.n)
+			top := r.n.Topology()
+			return code == 200 && top != nil && len(top.Hosts(licensing)) == 1 && len(top.Hosts(bizreg)) == 1
+		})
+	}
+
+	client := testpb.NewTestServiceClient(dial(t, a.n.ConsumerAddr()))
+	call := func(msgID string) (*testpb.SimpleResponse, error) {
+		md := metadata.Pairs("sild-client", licensing.String(), "sild-target", bizreg.String(), "sild-user-id", "EE38001085718", "sild-purpose", "licence-check")
+		if msgID != "" {
+			md.Set("sild-message-id", msgID)
+		}
+		return client.UnaryCall(metadata.NewOutgoingContext(ctx, md), &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("70000310")}})
+	}
+	// No access right yet: the provider refuses.
+	_, err := call("")
+	if status.Code(err) != codes.PermissionDenied || rpcerr.Reason(err) != rpcerr.ReasonAccessDenied {
+		t.Fatalf("call without access right: %v (reason %q)", err, rpcerr.Reason(err))
+	}
+	// B's operator grants licensing the service over B's admin API.
+	admConn := dial(t, b.n.AdminAddr())
+	admCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+adminKey)
+	_, err = nodev1.NewAdminServiceClient(admConn).GrantAccess(admCtx, &nodev1.GrantAccessRequest{Right: &nodev1.AccessRight{
+		Client:  &nodev1.AccessClient{Kind: &nodev1.AccessClient_Subsystem{Subsystem: licensing.Proto()}},
+		Service: ident.Service{Subsystem: bizreg, Name: "grpc.testing.TestService"}.Proto(),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := call("msg-1")
+	if err != nil {
+		t.Fatalf("call through two nodes: %v", err)
+	}
+	if string(resp.GetPayload().GetBody()) != "70000310" || resp.GetUsername() != "business-registry" {
+		t.Fatalf("answer %v", resp)
+	}
+	// The same message id again is a replay.
+	if _, err := call("msg-1"); rpcerr.Reason(err) != rpcerr.ReasonReplayed {
+		t.Fatalf("replayed message id: %v", err)
+	}
+	// Server streaming works through the mesh too.
+	md := metadata.Pairs("sild-client", licensing.String(), "sild-target", bizreg.String())
+	stream, err := client.StreamingOutputCall(metadata.NewOutgoingContext(ctx, md), &testpb.StreamingOutputCallRequest{
+		ResponseParameters: make([]*testpb.ResponseParameters, 3), Payload: &testpb.Payload{Body: []byte("x")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		if _, err := stream.Recv(); err != nil {
+			if !strings.Contains(err.Error(), "EOF") && status.Code(err) != codes.OK {
+				t.Fatalf("stream: %v", err)
+			}
+			break
+		}
+		n++
+	}
+	if n != 3 {
+		t.Fatalf("%d stream messages, want 3", n)
+	}
+	// Both ledgers hold the exchange, with both signatures.
+	for name, r := range map[string]*running{"consumer": a, "provider": b} {
+		recs, err := r.n.Ledger().ByMessageID("msg-1")
+		if err != nil || len(recs) != 2 { // the exchange and the refused replay
+			t.Fatalf("%s ledger: %d records, %v", name, len(recs), err)
+		}
+		rec := recs[0].Record
+		if rec.GetStatusCode() != 0 || recs[1].Record.GetStatusReason() != rpcerr.ReasonReplayed {
+			t.Fatalf("%s records: %v / %v", name, rec, recs[1].Record)
+		}
+		if rec.GetUserId() != "EE38001085718" || rec.GetPurpose() != "licence-check" || rec.GetConsumerSignature() == nil || rec.GetProviderSignature() == nil {
+			t.Fatalf("%s record: %v", name, rec)
+		}
+	}
+}

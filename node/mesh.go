@@ -1,0 +1,132 @@
+package node
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+
+	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/ledger"
+	"github.com/sildmesh/sild/node/exchange"
+	"github.com/sildmesh/sild/node/sign"
+	"github.com/sildmesh/sild/tsa"
+)
+
+// openLedger opens the node's evidence log. Checkpoints are signed with the
+// node's signing key and time-stamped by the ecosystem's TSA (the URLs of
+// the configuration in use).
+func (n *Node) openLedger(id *identity) (*ledger.Ledger, error) {
+	cfg := ledger.DefaultConfig()
+	cfg.Dir = filepath.Join(n.cfg.DataDir, dirLedger)
+	cfg.Origin = n.self.String()
+	cfg.Signer, cfg.SignerChain = id.signKey, id.signChain
+	cfg.Stamp = n.stamp
+	cfg.Logger = n.log.With("component", "ledger")
+	if n.cfg.CheckpointInterval > 0 {
+		cfg.CheckpointInterval = n.cfg.CheckpointInterval
+	}
+	if n.cfg.MaxUnstamped > 0 {
+		cfg.MaxUnstamped = n.cfg.MaxUnstamped
+	}
+	cfg.BodyModes = map[string]ledger.BodyMode{}
+	for _, s := range n.cfg.Subsystems {
+		if s.Body == "" {
+			continue
+		}
+		m, err := ledger.ParseBodyMode(s.Body)
+		if err != nil {
+			return nil, fmt.Errorf("subsystems %s: body: %w", s.ID, err)
+		}
+		cfg.BodyModes[s.ID] = m
+	}
+	if n.cfg.LedgerKeyFile != "" {
+		raw, err := os.ReadFile(n.cfg.LedgerKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("ledger_key_file: %w", err)
+		}
+		key, err := hex.DecodeString(strings.TrimSpace(string(raw)))
+		if err != nil || len(key) != 32 {
+			return nil, errors.New("ledger_key_file: want 64 hex digits (an AES-256 key)")
+		}
+		cfg.BodyKey = key
+	}
+	return ledger.New(cfg)
+}
+
+// stamp asks the time-stamping authorities of the configuration in turn.
+func (n *Node) stamp(ctx context.Context, digest []byte) ([]byte, error) {
+	top := n.Topology()
+	if top == nil || len(top.Config.GetTsaUrls()) == 0 {
+		return nil, errors.New("no time-stamping authority in the configuration")
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	var errs []error
+	for _, url := range top.Config.GetTsaUrls() {
+		token, err := tsa.Request(ctx, client, url, digest)
+		if err == nil {
+			return token, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", url, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// exchangeConfig is what the consumer and provider sides share.
+func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
+	cfg := exchange.DefaultConfig()
+	cfg.Node = n.self
+	cfg.Topology = n.Topology
+	cfg.SVID, cfg.Bundles = n.svids, n.bundles
+	cfg.Signer, cfg.Verifier = n.signer, sign.NewVerifier(0)
+	cfg.Access = n.access
+	cfg.Logger = n.log
+	cfg.MaxMessageSize = n.cfg.MaxMessageSize
+	cfg.Recorder = exchange.RecorderFunc(func(ctx context.Context, r *ledgerv1.Record) error {
+		_, err := led.Append(ctx, r, nil).Wait(ctx)
+		return err
+	})
+	cfg.Backends = map[ident.Subsystem]string{}
+	for _, s := range n.cfg.Subsystems {
+		sub, _ := ident.ParseSubsystem(s.ID) // validated
+		cfg.Clients = append(cfg.Clients, sub)
+		if s.Backend != "" {
+			cfg.Backends[sub] = s.Backend
+		}
+	}
+	return cfg
+}
+
+// serveMesh serves the consumer listener (member systems) and the exchange
+// listener (other nodes, mTLS) until ctx ends.
+func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
+	cfg := n.exchangeConfig(led)
+	consumer, err := exchange.NewConsumer(cfg)
+	if err != nil {
+		return err
+	}
+	defer consumer.Close()
+	provider, err := exchange.NewProvider(cfg)
+	if err != nil {
+		return err
+	}
+	defer provider.Close()
+	cs := grpc.NewServer(consumer.ServerOptions()...)
+	ps := grpc.NewServer(provider.ServerOptions()...)
+	errc := make(chan error, 2)
+	go func() { errc <- serveGRPC(ctx, cs, n.consumerLn) }()
+	go func() { errc <- serveGRPC(ctx, ps, n.exchangeLn) }()
+	err = <-errc
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
+}
