@@ -61,11 +61,11 @@ type Node struct {
 	idMu sync.Mutex
 	id   *identity
 
-	top    atomic.Pointer[topology.Topology]
-	topCh  chan struct{} // closed when top changes
-	topMu  sync.Mutex
-	signer *sign.Signer
-	access *access.Store
+	top     atomic.Pointer[topology.Topology]
+	topCh   chan struct{} // closed when top changes
+	topMu   sync.Mutex
+	signer  *sign.Signer
+	access  *access.Store
 	ledgerP atomic.Pointer[ledger.Ledger]
 
 	regMu   sync.Mutex
