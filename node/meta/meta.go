@@ -1,0 +1,289 @@
+// Package meta serves the mesh's metaservices (sild.meta.v1.MetaService) and
+// gRPC server reflection on a node's consumer listener, both driven by the
+// global configuration: member systems can ask which subsystems exist, which
+// methods a target publishes, which of them they may call, and get a
+// service's descriptors; grpcurl can `list` and `describe` through the node:
+//
+//	grpcurl -plaintext -H 'sild-target: EE/GOV/70000310/business-registry' localhost:8443 list
+//
+// With a sild-target header, reflection shows that subsystem's published
+// services (plus the MetaService); without one, every published service.
+//
+// AllowedMethods is answered by the target's node, which holds the access
+// rights: the consumer side forwards it over mTLS (Config.Dial) to the
+// Provider side, which is registered on the node's exchange listener.
+package meta
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
+
+	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
+	metav1 "github.com/sildmesh/sild/gen/sild/meta/v1"
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/node/access"
+	"github.com/sildmesh/sild/node/topology"
+)
+
+const component = "node.meta"
+
+// Config configures both sides.
+type Config struct {
+	// Self is this node.
+	Self ident.Node
+	// Topology returns the configuration in use (nil if none yet).
+	Topology func() *topology.Topology
+	// Clients are the client subsystems of this node's member systems.
+	Clients []ident.Subsystem
+	// Dial connects to another node's exchange listener over mTLS
+	// (consumer side, for AllowedMethods). The caller closes the conn.
+	Dial func(ctx context.Context, n ident.Node) (*grpc.ClientConn, error)
+	// Access and Backends answer AllowedMethods on the provider side;
+	// CallerNode identifies the calling node from its SVID.
+	Access     *access.Store
+	Backends   map[ident.Subsystem]string
+	CallerNode func(ctx context.Context, top *topology.Topology) (ident.Node, error)
+}
+
+func refuse(code codes.Code, reason, msg string) error {
+	return rpcerr.New(code, reason, component, msg)
+}
+
+// current returns the topology or a refusal.
+func current(get func() *topology.Topology) (*topology.Topology, error) {
+	top := get()
+	if top == nil {
+		return nil, refuse(codes.Unavailable, rpcerr.ReasonUnavailable, "no global configuration yet")
+	}
+	return top, nil
+}
+
+// Consumer is the MetaService on the consumer listener.
+type Consumer struct {
+	metav1.UnimplementedMetaServiceServer
+	cfg Config
+}
+
+// NewConsumer returns the consumer-side MetaService.
+func NewConsumer(cfg Config) *Consumer { return &Consumer{cfg: cfg} }
+
+// Register registers the MetaService and reflection on s.
+func (c *Consumer) Register(s grpc.ServiceRegistrar) {
+	metav1.RegisterMetaServiceServer(s, c)
+	registerReflection(s, c.cfg.Topology)
+}
+
+// allServices returns every catalogue entry: own and federated.
+func allServices(top *topology.Topology) []*registryv1.CatalogEntry {
+	out := append([]*registryv1.CatalogEntry(nil), top.Config.GetServices()...)
+	for _, f := range top.Config.GetFederated() {
+		if f.GetActive() {
+			out = append(out, f.GetServices()...)
+		}
+	}
+	return out
+}
+
+func (c *Consumer) ListClients(_ context.Context, r *metav1.ListClientsRequest) (*metav1.ListClientsResponse, error) {
+	top, err := current(c.cfg.Topology)
+	if err != nil {
+		return nil, err
+	}
+	subs := top.Config.GetSubsystems()
+	for _, f := range top.Config.GetFederated() {
+		if f.GetActive() {
+			subs = append(subs, f.GetSubsystems()...)
+		}
+	}
+	resp := &metav1.ListClientsResponse{}
+	for _, s := range subs {
+		if r.GetInstance() == "" || s.GetId().GetMember().GetInstance() == r.GetInstance() {
+			resp.Subsystems = append(resp.Subsystems, s.GetId())
+		}
+	}
+	return resp, nil
+}
+
+// methodsOf lists the methods of the catalogued services of target.
+func methodsOf(top *topology.Topology, target ident.Subsystem) []*identv1.MethodId {
+	var out []*identv1.MethodId
+	for _, e := range allServices(top) {
+		svc, err := ident.ServiceFromProto(e.GetService())
+		if err != nil || svc.Subsystem != target || !e.GetEnabled() {
+			continue
+		}
+		sd := serviceDescriptor(e)
+		if sd == nil {
+			continue
+		}
+		for i := 0; i < sd.Methods().Len(); i++ {
+			out = append(out, ident.Method{Service: svc, Name: string(sd.Methods().Get(i).Name())}.Proto())
+		}
+	}
+	return out
+}
+
+// serviceDescriptor parses an entry's descriptors and finds its service.
+func serviceDescriptor(e *registryv1.CatalogEntry) protoreflect.ServiceDescriptor {
+	files, err := parseSet(e.GetFileDescriptorSet())
+	if err != nil {
+		return nil
+	}
+	d, err := files.FindDescriptorByName(protoreflect.FullName(e.GetService().GetServiceName()))
+	if err != nil {
+		return nil
+	}
+	sd, _ := d.(protoreflect.ServiceDescriptor)
+	return sd
+}
+
+func parseSet(raw []byte) (*protoregistry.Files, error) {
+	var set descriptorpb.FileDescriptorSet
+	if err := proto.Unmarshal(raw, &set); err != nil {
+		return nil, err
+	}
+	return protodesc.NewFiles(&set)
+}
+
+func (c *Consumer) ListMethods(_ context.Context, r *metav1.ListMethodsRequest) (*metav1.ListMethodsResponse, error) {
+	top, err := current(c.cfg.Topology)
+	if err != nil {
+		return nil, err
+	}
+	target, err := ident.SubsystemFromProto(r.GetTarget())
+	if err != nil {
+		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "target: "+err.Error())
+	}
+	return &metav1.ListMethodsResponse{Methods: methodsOf(top, target)}, nil
+}
+
+func (c *Consumer) GetServiceDescriptor(_ context.Context, r *metav1.GetServiceDescriptorRequest) (*metav1.GetServiceDescriptorResponse, error) {
+	top, err := current(c.cfg.Topology)
+	if err != nil {
+		return nil, err
+	}
+	svc, err := ident.ServiceFromProto(r.GetService())
+	if err != nil {
+		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "service: "+err.Error())
+	}
+	e := top.Service(svc)
+	if e == nil {
+		return nil, refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "service "+svc.String()+" is not in the catalogue")
+	}
+	return &metav1.GetServiceDescriptorResponse{FileDescriptorSet: e.GetFileDescriptorSet()}, nil
+}
+
+// AllowedMethods asks a node hosting the target.
+func (c *Consumer) AllowedMethods(ctx context.Context, r *metav1.AllowedMethodsRequest) (*metav1.AllowedMethodsResponse, error) {
+	top, err := current(c.cfg.Topology)
+	if err != nil {
+		return nil, err
+	}
+	client, err := ident.SubsystemFromProto(r.GetClient())
+	if err != nil {
+		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "client: "+err.Error())
+	}
+	target, err := ident.SubsystemFromProto(r.GetTarget())
+	if err != nil {
+		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "target: "+err.Error())
+	}
+	served := false
+	for _, s := range c.cfg.Clients {
+		served = served || s == client
+	}
+	if !served || !top.Serves(c.cfg.Self, client) {
+		return nil, refuse(codes.PermissionDenied, rpcerr.ReasonUnknownClient, "client "+client.String()+" is not served by this node")
+	}
+	hosts := top.Hosts(target)
+	if len(hosts) == 0 {
+		return nil, refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "no active node serves "+target.String())
+	}
+	var last error
+	for _, h := range hosts {
+		conn, err := c.cfg.Dial(ctx, h)
+		if err != nil {
+			last = err
+			continue
+		}
+		resp, err := metav1.NewMetaServiceClient(conn).AllowedMethods(ctx, r)
+		conn.Close()
+		if err == nil || rpcerr.Reason(err) != "" {
+			return resp, err
+		}
+		last = err
+	}
+	return nil, refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "no node of "+target.String()+" answered: "+errText(last))
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "no error"
+	}
+	return err.Error()
+}
+
+// Provider answers AllowedMethods on the exchange listener.
+type Provider struct {
+	metav1.UnimplementedMetaServiceServer
+	cfg Config
+}
+
+// NewProvider returns the provider side; register it on the exchange
+// listener's server.
+func NewProvider(cfg Config) *Provider { return &Provider{cfg: cfg} }
+
+// Register registers the provider side on s.
+func (p *Provider) Register(s grpc.ServiceRegistrar) { metav1.RegisterMetaServiceServer(s, p) }
+
+func (p *Provider) AllowedMethods(ctx context.Context, r *metav1.AllowedMethodsRequest) (*metav1.AllowedMethodsResponse, error) {
+	top, err := current(p.cfg.Topology)
+	if err != nil {
+		return nil, err
+	}
+	caller, err := p.cfg.CallerNode(ctx, top)
+	if err != nil {
+		return nil, err
+	}
+	client, err := ident.SubsystemFromProto(r.GetClient())
+	if err != nil {
+		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "client: "+err.Error())
+	}
+	target, err := ident.SubsystemFromProto(r.GetTarget())
+	if err != nil {
+		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "target: "+err.Error())
+	}
+	if !top.Serves(caller, client) {
+		return nil, refuse(codes.Unauthenticated, rpcerr.ReasonUnknownClient, "node "+caller.String()+" is not registered for "+client.String())
+	}
+	if _, ok := p.cfg.Backends[target]; !ok {
+		return nil, refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, target.String()+" is not served by this node")
+	}
+	groups := top.Groups(client)
+	resp := &metav1.AllowedMethodsResponse{}
+	for _, m := range methodsOf(top, target) {
+		svc := ident.Service{Subsystem: target, Name: m.GetService().GetServiceName()}
+		all, methods := p.cfg.Access.AllowedMethods(client, groups, svc)
+		if all || containsString(methods, m.GetMethodName()) {
+			resp.Methods = append(resp.Methods, m)
+		}
+	}
+	return resp, nil
+}
+
+func containsString(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
