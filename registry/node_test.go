@@ -336,3 +336,34 @@ func TestTimeStampingAuthority(t *testing.T) {
 		t.Fatal("token verified for another digest")
 	}
 }
+
+func TestConfigKeyRotation(t *testing.T) {
+	c := registrytest.Start(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	node := joinTestNode(t, c, ctx)
+	nodes := registryv1.NewNodeServiceClient(nodeConn(t, c, c.Servers[2], node.key, node.chain))
+	before, err := nodes.GetConfig(ctx, &registryv1.GetConfigRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot, err := c.AdminClient(c.Servers[1]).RotateConfigKey(c.Ctx(ctx), &registryv1.RotateConfigKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(rot.GetCertificate()) == string(before.GetConfig().GetSignerChain()[0]) {
+		t.Fatal("rotation returned the old certificate")
+	}
+	// Every server signs with the new key; the node still verifies.
+	for _, m := range c.Servers {
+		conn := registryv1.NewNodeServiceClient(nodeConn(t, c, m, node.key, node.chain))
+		registrytest.WaitFor(t, 10*time.Second, m.ID+" signs with the new key", func() bool {
+			got, err := conn.GetConfig(ctx, &registryv1.GetConfigRequest{})
+			return err == nil && string(got.GetConfig().GetSignerChain()[0]) == string(rot.GetCertificate())
+		})
+		got, _ := conn.GetConfig(ctx, &registryv1.GetConfigRequest{})
+		if _, err := gconf.Verify(got.GetConfig(), c.Roots, time.Now()); err != nil {
+			t.Fatalf("%s: config signed with the rotated key: %v", m.ID, err)
+		}
+	}
+}
