@@ -92,6 +92,7 @@ func errorHandler(_ context.Context, _ *runtime.ServeMux, m runtime.Marshaler, w
 		httpStatus = runtime.HTTPStatusFromCode(st.Code())
 	}
 	pb := st.Proto()
+	pb.Message = strings.ToValidUTF8(pb.Message, "\uFFFD") // it may quote the request
 	body, merr := m.Marshal(pb)
 	if merr != nil {
 		httpStatus, body = http.StatusInternalServerError, []byte(`{"code":13,"message":"failed to marshal error"}`)
