@@ -20,6 +20,7 @@ import (
 	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node"
+	"github.com/sildmesh/sild/registry"
 	"github.com/sildmesh/sild/registry/registrytest"
 )
 
@@ -62,10 +63,18 @@ func dial(t *testing.T, addr string) *grpc.ClientConn {
 	return conn
 }
 
-func TestExchangeThroughTwoNodes(t *testing.T) {
-	c := registrytest.Start(t, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
+// twoNodes is a registry, a consumer node A serving licensing and a
+// provider node B serving the business registry with an echo backend.
+type twoNodes struct {
+	c                 *registrytest.Cluster
+	a, b              *running
+	licensing, bizreg ident.Subsystem
+	adminKey          string // B's admin API key
+}
+
+func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Config)) *twoNodes {
+	t.Helper()
+	c := registrytest.StartWith(t, 1, adjust)
 	adm := c.AdminClient(c.Servers[0])
 	nodeA, _ := ident.ParseNode("EE/GOV/70000311/ss1")
 	nodeB, _ := ident.ParseNode("EE/GOV/70000310/ss1")
@@ -97,30 +106,46 @@ func TestExchangeThroughTwoNodes(t *testing.T) {
 			return code == 200 && top != nil && len(top.Hosts(licensing)) == 1 && len(top.Hosts(bizreg)) == 1
 		})
 	}
+	return &twoNodes{c: c, a: a, b: b, licensing: licensing, bizreg: bizreg, adminKey: adminKey}
+}
 
-	client := testpb.NewTestServiceClient(dial(t, a.n.ConsumerAddr()))
-	call := func(msgID string) (*testpb.SimpleResponse, error) {
-		md := metadata.Pairs("sild-client", licensing.String(), "sild-target", bizreg.String(), "sild-user-id", "EE38001085718", "sild-purpose", "licence-check")
-		if msgID != "" {
-			md.Set("sild-message-id", msgID)
-		}
-		return client.UnaryCall(metadata.NewOutgoingContext(ctx, md), &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("70000310")}})
+// grant gives licensing the whole echo service on B.
+func (m *twoNodes) grant(t *testing.T, ctx context.Context) {
+	t.Helper()
+	admCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+m.adminKey)
+	_, err := nodev1.NewAdminServiceClient(dial(t, m.b.n.AdminAddr())).GrantAccess(admCtx, &nodev1.GrantAccessRequest{Right: &nodev1.AccessRight{
+		Client:  &nodev1.AccessClient{Kind: &nodev1.AccessClient_Subsystem{Subsystem: m.licensing.Proto()}},
+		Service: ident.Service{Subsystem: m.bizreg, Name: "grpc.testing.TestService"}.Proto(),
+	}})
+	if err != nil {
+		t.Fatal(err)
 	}
+}
+
+// call makes a unary call from licensing to the business registry via A.
+func (m *twoNodes) call(t *testing.T, ctx context.Context, msgID string) (*testpb.SimpleResponse, error) {
+	md := metadata.Pairs("sild-client", m.licensing.String(), "sild-target", m.bizreg.String(), "sild-user-id", "EE38001085718", "sild-purpose", "licence-check")
+	if msgID != "" {
+		md.Set("sild-message-id", msgID)
+	}
+	client := testpb.NewTestServiceClient(dial(t, m.a.n.ConsumerAddr()))
+	return client.UnaryCall(metadata.NewOutgoingContext(ctx, md), &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("70000310")}})
+}
+
+func TestExchangeThroughTwoNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	m := startTwoNodes(t, ctx, nil)
+	a, b, licensing, bizreg := m.a, m.b, m.licensing, m.bizreg
+	client := testpb.NewTestServiceClient(dial(t, a.n.ConsumerAddr()))
+	call := func(msgID string) (*testpb.SimpleResponse, error) { return m.call(t, ctx, msgID) }
 	// No access right yet: the provider refuses.
 	_, err := call("")
 	if status.Code(err) != codes.PermissionDenied || rpcerr.Reason(err) != rpcerr.ReasonAccessDenied {
 		t.Fatalf("call without access right: %v (reason %q)", err, rpcerr.Reason(err))
 	}
 	// B's operator grants licensing the service over B's admin API.
-	admConn := dial(t, b.n.AdminAddr())
-	admCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+adminKey)
-	_, err = nodev1.NewAdminServiceClient(admConn).GrantAccess(admCtx, &nodev1.GrantAccessRequest{Right: &nodev1.AccessRight{
-		Client:  &nodev1.AccessClient{Kind: &nodev1.AccessClient_Subsystem{Subsystem: licensing.Proto()}},
-		Service: ident.Service{Subsystem: bizreg, Name: "grpc.testing.TestService"}.Proto(),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m.grant(t, ctx)
 	resp, err := call("msg-1")
 	if err != nil {
 		t.Fatalf("call through two nodes: %v", err)
@@ -167,4 +192,24 @@ func TestExchangeThroughTwoNodes(t *testing.T) {
 			t.Fatalf("%s record: %v", name, rec)
 		}
 	}
+}
+
+func TestRegistryDownUntilConfigExpires(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	m := startTwoNodes(t, ctx, func(c *registry.Config) { c.ConfigTTL, c.ConfigRefresh = 5*time.Second, time.Second })
+	m.grant(t, ctx)
+	registrytest.WaitFor(t, 10*time.Second, "grant in effect", func() bool { _, err := m.call(t, ctx, ""); return err == nil })
+	for _, s := range m.c.Live() {
+		m.c.Stop(s)
+	}
+	// The cached configuration carries on.
+	if _, err := m.call(t, ctx, ""); err != nil {
+		t.Fatalf("call with the registry down: %v", err)
+	}
+	// Until it expires: then a clear refusal.
+	registrytest.WaitFor(t, 20*time.Second, "CONFIG_EXPIRED", func() bool {
+		_, err := m.call(t, ctx, "")
+		return rpcerr.Reason(err) == rpcerr.ReasonConfigExpired
+	})
 }

@@ -201,6 +201,8 @@ func (n *nodeAPI) WatchConfig(r *registryv1.WatchConfigRequest, stream registryv
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-n.s.stopping:
+			return unavailable("registry server shutting down")
 		case <-ch:
 		}
 	}

@@ -187,7 +187,8 @@ type Server struct {
 	pubCh     chan struct{} // closed when published changes
 	pubMu     sync.Mutex
 
-	ready atomic.Bool
+	ready    atomic.Bool
+	stopping chan struct{} // closed when Run is shutting down
 
 	tsaMu   sync.Mutex
 	tsa     *tsa.Authority
@@ -214,6 +215,8 @@ func New(cfg Config) (*Server, error) {
 		bundle: pki.NewBundleSource(),
 		peers:  map[string]*grpc.ClientConn{},
 		pubCh:  make(chan struct{}),
+
+		stopping: make(chan struct{}),
 	}
 	var err error
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
@@ -381,6 +384,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	s.log.Info("registry server running", "api", s.APIAddr(), "raft", s.RaftAddr(), "http", s.HTTPAddr())
 	<-ctx.Done()
+	close(s.stopping) // ends the WatchConfig streams, which never end by themselves
 	s.grpc.GracefulStop()
 	for _, hs := range []*http.Server{s.http, fedHTTP} {
 		if hs != nil {
