@@ -46,7 +46,7 @@ func (a answer) reason() (reason, component string) {
 	return "", ""
 }
 
-func call(t *testing.T, method, url, key, body string) answer {
+func call(t testing.TB, method, url, key, body string) answer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -83,7 +83,7 @@ func call(t *testing.T, method, url, key, body string) answer {
 }
 
 // want checks the HTTP status and, for errors, the sild reason and component.
-func want(t *testing.T, what string, a answer, code int, reason, component string) {
+func want(t testing.TB, what string, a answer, code int, reason, component string) {
 	t.Helper()
 	if a.code != code {
 		t.Fatalf("%s: HTTP %d, want %d: %s", what, a.code, code, a.raw)

@@ -187,7 +187,7 @@ func echoTopology(t testing.TB, withEchoDescriptors bool) *topology.Topology {
 	return top
 }
 
-func restPost(t *testing.T, url string, header map[string]string, body string) answer {
+func restPost(t testing.TB, url string, header map[string]string, body string) answer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
