@@ -13,7 +13,12 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 
+	metav1 "github.com/sildmesh/sild/gen/sild/meta/v1"
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
@@ -92,6 +97,13 @@ func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Conf
 			t.Fatal(err)
 		}
 	}
+	// The provider publishes its service with its descriptors.
+	if _, err := adm.PublishService(c.Ctx(ctx), &registryv1.PublishServiceRequest{
+		Service: ident.Service{Subsystem: bizreg, Name: "grpc.testing.TestService"}.Proto(), Enabled: true,
+		FileDescriptorSet: descriptorSet(testpb.File_grpc_testing_test_proto),
+	}); err != nil {
+		t.Fatal(err)
+	}
 	adminKey, _ := apikey.Generate()
 	cfgA := nodeConfig(c, nodeA.String(), t.TempDir(), tokA)
 	cfgA.Subsystems = []node.SubsystemConfig{{ID: licensing.String()}}
@@ -132,6 +144,26 @@ func (m *twoNodes) call(t *testing.T, ctx context.Context, msgID string) (*testp
 	return client.UnaryCall(metadata.NewOutgoingContext(ctx, md), &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("70000310")}})
 }
 
+// descriptorSet returns the serialized FileDescriptorSet of fd and its imports.
+func descriptorSet(fd protoreflect.FileDescriptor) []byte {
+	set := &descriptorpb.FileDescriptorSet{}
+	seen := map[string]bool{}
+	var add func(protoreflect.FileDescriptor)
+	add = func(f protoreflect.FileDescriptor) {
+		if seen[f.Path()] {
+			return
+		}
+		seen[f.Path()] = true
+		for i := 0; i < f.Imports().Len(); i++ {
+			add(f.Imports().Get(i).FileDescriptor)
+		}
+		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
+	}
+	add(fd)
+	b, _ := proto.Marshal(set)
+	return b
+}
+
 func TestExchangeThroughTwoNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
@@ -146,6 +178,11 @@ func TestExchangeThroughTwoNodes(t *testing.T) {
 	}
 	// B's operator grants licensing the service over B's admin API.
 	m.grant(t, ctx)
+	// The metaservice on A asks B which methods licensing may call.
+	allowed, err := metav1.NewMetaServiceClient(dial(t, a.n.ConsumerAddr())).AllowedMethods(ctx, &metav1.AllowedMethodsRequest{Client: licensing.Proto(), Target: bizreg.Proto()})
+	if err != nil || len(allowed.GetMethods()) == 0 {
+		t.Fatalf("allowed methods: %v %v", allowed, err)
+	}
 	resp, err := call("msg-1")
 	if err != nil {
 		t.Fatalf("call through two nodes: %v", err)

@@ -11,12 +11,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/node/exchange"
+	"github.com/sildmesh/sild/node/meta"
 	"github.com/sildmesh/sild/node/sign"
 	"github.com/sildmesh/sild/tsa"
 )
@@ -85,6 +89,7 @@ func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
 	cfg := exchange.DefaultConfig()
 	cfg.Node = n.self
 	cfg.Topology = n.Topology
+	cfg.Changed = n.TopologyChanged
 	cfg.SVID, cfg.Bundles = n.svids, n.bundles
 	cfg.Signer, cfg.Verifier = n.signer, sign.NewVerifier(0)
 	cfg.Access = n.access
@@ -121,6 +126,12 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	defer provider.Close()
 	cs := grpc.NewServer(consumer.ServerOptions()...)
 	ps := grpc.NewServer(provider.ServerOptions()...)
+	mcfg := meta.Config{
+		Self: n.self, Topology: n.Topology, Clients: cfg.Clients, Dial: n.dialNode,
+		Access: n.access, Backends: cfg.Backends, CallerNode: exchange.CallerNode,
+	}
+	meta.NewConsumer(mcfg).Register(cs)
+	meta.NewProvider(mcfg).Register(ps)
 	errc := make(chan error, 2)
 	go func() { errc <- serveGRPC(ctx, cs, n.consumerLn) }()
 	go func() { errc <- serveGRPC(ctx, ps, n.exchangeLn) }()
@@ -129,4 +140,23 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 		err = err2
 	}
 	return err
+}
+
+// dialNode connects to another node's exchange listener over mTLS,
+// accepting exactly that node's registered SPIFFE ID.
+func (n *Node) dialNode(_ context.Context, peer ident.Node) (*grpc.ClientConn, error) {
+	top := n.Topology()
+	if top == nil {
+		return nil, errors.New("no configuration")
+	}
+	rec := top.Node(peer)
+	if rec == nil {
+		return nil, fmt.Errorf("node %s not in the configuration", peer)
+	}
+	id, err := spiffeid.FromString(rec.GetSpiffeId())
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", peer, err)
+	}
+	tc := tlsconfig.MTLSClientConfig(n.svids, n.bundles, tlsconfig.AuthorizeID(id))
+	return grpc.NewClient(rec.GetAddress(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 }

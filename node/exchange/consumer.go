@@ -204,6 +204,9 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 	if e := topo.Service(ident.Service{Subsystem: req.Target, Name: req.Service}); e != nil && !e.GetEnabled() {
 		return c.refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "target service is disabled")
 	}
+	if !federated(topo, req.Target.Member.Instance) {
+		return federationInactive(ComponentConsumer, req.Target.Member.Instance)
+	}
 	hosts := topo.Hosts(req.Target)
 	if len(hosts) == 0 {
 		return c.refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "no node serves the target subsystem")
@@ -220,6 +223,12 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 		return err
 	}
 	defer release()
+	var fedCut func() bool
+	if peer.Member.Instance != topo.Instance {
+		var stop func()
+		fedCut, stop = watchFederation(&c.cfg, peer.Member.Instance, cancel)
+		defer stop()
+	}
 
 	st := &consumerCall{
 		reqChain:  envelope.NewChain(envelope.DirRequest, req),
@@ -258,6 +267,9 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 	})
 
 	err = res.err
+	if fedCut != nil && fedCut() {
+		err = federationInactive(ComponentConsumer, peer.Member.Instance)
+	}
 	var provSig *sign.Signature
 	respDigest := sealDigest(envelope.DirResponse, st.respChain, status.Code(normalize(err, ComponentConsumer)))
 	if !res.local {

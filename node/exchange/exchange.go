@@ -2,6 +2,7 @@ package exchange
 
 import (
 	"context"
+	"sync/atomic"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -76,6 +77,10 @@ type Config struct {
 	// Clients are the client subsystems whose systems may call through this
 	// node (consumer side).
 	Clients []ident.Subsystem
+	// Changed, if set, returns a channel closed when the configuration
+	// changes: calls with a node of another ecosystem are then cut with
+	// FEDERATION_INACTIVE if that federation is no longer active.
+	Changed func() <-chan struct{}
 	// MayCallAs, if set, reports whether the caller of the consumer
 	// listener (e.g. by its TLS client certificate, found in ctx) may speak
 	// for client; nil lets every caller use every one of Clients.
@@ -222,7 +227,7 @@ func verifyPeer(v *sign.Verifier, topo *topology.Topology, peer ident.Node, sig 
 	if kh := rec.GetSigningKeyHash(); kh != "" && sig.KeyID != kh {
 		return errors.New("signature key is not the node's registered signing key")
 	}
-	id, err := v.Verify(sig, digest, nil, topo.Roots, at)
+	id, err := v.Verify(sig, digest, nil, topo.RootsOf(peer.Member.Instance), at)
 	if err != nil {
 		return err
 	}
@@ -230,6 +235,44 @@ func verifyPeer(v *sign.Verifier, topo *topology.Topology, peer ident.Node, sig 
 		return fmt.Errorf("signed by %s, not by %s", id, want)
 	}
 	return nil
+}
+
+// federated reports whether instance is this ecosystem's or an active
+// federated one's in topo.
+func federated(topo *topology.Topology, instance string) bool {
+	return instance == topo.Instance || len(topo.RootsOf(instance)) > 0
+}
+
+func federationInactive(component, instance string) error {
+	return rpcerr.New(codes.PermissionDenied, rpcerr.ReasonFederationInactive, component,
+		"no active federation with instance "+instance)
+}
+
+// watchFederation cancels a call with a node of instance once the
+// configuration no longer federates with it; cut reports whether it did.
+// The returned stop ends the watch.
+func watchFederation(cfg *Config, instance string, cancel context.CancelFunc) (cut func() bool, stop func()) {
+	var done atomic.Bool
+	if cfg.Changed == nil || instance == "" {
+		return done.Load, func() {}
+	}
+	quit := make(chan struct{})
+	go func() {
+		for {
+			ch := cfg.Changed()
+			if t := cfg.Topology(); t == nil || !federated(t, instance) {
+				done.Store(true)
+				cancel()
+				return
+			}
+			select {
+			case <-quit:
+				return
+			case <-ch:
+			}
+		}
+	}()
+	return done.Load, func() { close(quit) }
 }
 
 // currentTopology returns the configuration in force or a refusal.

@@ -80,8 +80,10 @@ func (p *Provider) ServerOptions() []grpc.ServerOption {
 		if !ident.IsNodeSPIFFEID(id) {
 			return errors.New("not a node")
 		}
-		if t := p.cfg.Topology(); t != nil && id.TrustDomain() != t.TrustDomain {
-			return errors.New("not of this trust domain")
+		if t := p.cfg.Topology(); t != nil {
+			if _, ok := t.InstanceOf(id.TrustDomain()); !ok {
+				return errors.New("not of this or a federated trust domain")
+			}
 		}
 		return nil
 	})
@@ -94,8 +96,14 @@ func refuseP(code codes.Code, reason, msg string) error {
 	return rpcerr.New(code, reason, ComponentProvider, msg)
 }
 
-// callerNode returns the active node whose SVID the caller presented.
 func (p *Provider) callerNode(ctx context.Context, topo *topology.Topology) (ident.Node, error) {
+	return CallerNode(ctx, topo)
+}
+
+// CallerNode returns the active node whose SVID the caller of an mTLS
+// listener presented: a node of this ecosystem or of an active federated
+// one, registered with that SPIFFE ID.
+func CallerNode(ctx context.Context, topo *topology.Topology) (ident.Node, error) {
 	unauth := refuseP(codes.Unauthenticated, rpcerr.ReasonUnauthenticated, "caller is not a node of this ecosystem")
 	pr, ok := peer.FromContext(ctx)
 	if !ok {
@@ -106,10 +114,15 @@ func (p *Provider) callerNode(ctx context.Context, topo *topology.Topology) (ide
 		return ident.Node{}, unauth
 	}
 	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
-	if err != nil || id.TrustDomain() != topo.TrustDomain || !ident.IsNodeSPIFFEID(id) {
+	if err != nil || !ident.IsNodeSPIFFEID(id) {
 		return ident.Node{}, unauth
 	}
-	n, err := ident.NodeFromSPIFFEID(id, topo.Instance)
+	instance, ok := topo.InstanceOf(id.TrustDomain())
+	if !ok {
+		return ident.Node{}, rpcerr.New(codes.PermissionDenied, rpcerr.ReasonFederationInactive, ComponentProvider,
+			"caller's ecosystem is not federated with this one")
+	}
+	n, err := ident.NodeFromSPIFFEID(id, instance)
 	if err != nil {
 		return ident.Node{}, unauth
 	}
@@ -210,6 +223,12 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 	delete(omd, sign.MetadataKey)
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
 	defer cancel()
+	fedCut := func() bool { return false }
+	if caller.Member.Instance != topo.Instance {
+		var stop func()
+		fedCut, stop = watchFederation(&p.cfg, caller.Member.Instance, cancel)
+		defer stop()
+	}
 	cs, err := backend.NewStream(upCtx, fullDuplex, req.FullMethod(), callOptions(p.cfg.MaxMessageSize, p.cfg.MaxMessageSize)...)
 	if err != nil {
 		if ce, ok := rpcerr.FromContext(ctx.Err()); ok {
@@ -257,6 +276,9 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 		tr := res.trailer.Copy()
 		delete(tr, sign.MetadataKey)
 		ss.SetTrailer(tr)
+	}
+	if fedCut() {
+		return answer(federationInactive(ComponentProvider, caller.Member.Instance))
 	}
 	return answer(res.err)
 }

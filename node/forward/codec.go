@@ -1,8 +1,8 @@
 package forward
 
 import (
-	"fmt"
-
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 )
 
@@ -27,8 +27,12 @@ func (f *Frame) Free() {
 
 // Codec is an encoding.CodecV2 named "proto" that passes frames through
 // without decoding them. It is meant for grpc.ForceServerCodecV2 and
-// grpc.ForceCodecV2 only; it is never registered globally.
+// grpc.ForceCodecV2 only; it is never registered globally. Messages that
+// are not frames (services a proxying server also serves itself, such as
+// reflection) go through the standard proto codec.
 type Codec struct{}
+
+var protoCodec = encoding.GetCodecV2(proto.Name)
 
 // Name reports "proto" so peers see the ordinary content-type.
 func (Codec) Name() string { return "proto" }
@@ -37,7 +41,7 @@ func (Codec) Name() string { return "proto" }
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	f, ok := v.(*Frame)
 	if !ok {
-		return nil, fmt.Errorf("forward codec: cannot marshal %T", v)
+		return protoCodec.Marshal(v)
 	}
 	d := f.Data
 	f.Data = nil
@@ -48,7 +52,7 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	f, ok := v.(*Frame)
 	if !ok {
-		return fmt.Errorf("forward codec: cannot unmarshal into %T", v)
+		return protoCodec.Unmarshal(data, v)
 	}
 	data.Ref()
 	f.Data = data
