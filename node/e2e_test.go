@@ -47,6 +47,18 @@ func (echo) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s testpb
 	return nil
 }
 
+func (echo) FullDuplexCall(s testpb.TestService_FullDuplexCallServer) error {
+	for {
+		req, err := s.Recv()
+		if err != nil {
+			return nil // io.EOF or the call was cut
+		}
+		if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
+			return err
+		}
+	}
+}
+
 func startBackend(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

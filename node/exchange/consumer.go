@@ -207,6 +207,11 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 	if !federated(topo, req.Target.Member.Instance) {
 		return federationInactive(ComponentConsumer, req.Target.Member.Instance)
 	}
+	// Another ecosystem's subsystems are reachable only through the
+	// services it exported to this one (its directory lists those alone).
+	if req.Target.Member.Instance != topo.Instance && topo.Service(ident.Service{Subsystem: req.Target, Name: req.Service}) == nil {
+		return c.refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "the target's ecosystem does not export this service to this one")
+	}
 	hosts := topo.Hosts(req.Target)
 	if len(hosts) == 0 {
 		return c.refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "no node serves the target subsystem")
