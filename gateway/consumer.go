@@ -2,17 +2,21 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -297,5 +301,38 @@ func (c *Consumer) handle(w http.ResponseWriter, r *http.Request, p map[string]s
 	if !started {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		w.WriteHeader(http.StatusOK)
+	}
+}
+
+// ServeConsumer serves the legacy REST consumer on ln (for instance the
+// HTTP side of SplitListener on the node's consumer listener) until ctx
+// ends. Calls go to target, the node's consumer listener (plaintext gRPC),
+// with top as ConsumerConfig.Topology.
+func ServeConsumer(ctx context.Context, ln net.Listener, target string, top func() *topology.Topology, log *slog.Logger) error {
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsg)))
+	if err != nil {
+		return fmt.Errorf("rest consumer: %w", err)
+	}
+	defer conn.Close()
+	c, err := NewConsumer(ConsumerConfig{Conn: conn, Topology: top, Logger: log})
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+		<-errc
+		return nil
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		return fmt.Errorf("rest consumer: %w", err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -24,7 +23,6 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 
-	"github.com/sildmesh/sild/gateway"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
@@ -82,7 +80,7 @@ func dialInsecure(t testing.TB, addr string) *grpc.ClientConn {
 
 // mesh is a registry, consumer node A serving licensing, provider node B
 // serving the business registry (a TestService backend, published in the
-// catalogue, licensing granted), and the REST consumer of A.
+// catalogue, licensing granted); REST calls go to A's consumer port.
 type mesh struct {
 	a, b              *node.Node
 	licensing, bizreg ident.Subsystem
@@ -174,13 +172,8 @@ func startMesh(t testing.TB) *mesh {
 		t.Fatalf("grant over REST: %d %s", a.code, a.raw)
 	}
 	conn := dialInsecure(t, a.ConsumerAddr())
-	rc, err := gateway.NewConsumer(gateway.ConsumerConfig{Conn: conn, Topology: a.Topology})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(rc)
-	t.Cleanup(hs.Close)
-	return &mesh{a: a, b: b, licensing: licensing, bizreg: bizreg, rest: hs.URL + "/r1/EE/GOV/70000310/business-registry/grpc.testing.TestService/", grpcConn: conn}
+	// The REST consumer is the node's own: HTTP/1.1 on its consumer port.
+	return &mesh{a: a, b: b, licensing: licensing, bizreg: bizreg, rest: "http://" + a.ConsumerAddr() + "/r1/EE/GOV/70000310/business-registry/grpc.testing.TestService/", grpcConn: conn}
 }
 
 // TestConsumerThroughTwoNodes: a REST consumer calls a gRPC provider through

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/sildmesh/sild/gateway"
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/ledger"
@@ -132,14 +133,14 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	}
 	meta.NewConsumer(mcfg).Register(cs)
 	meta.NewProvider(mcfg).Register(ps)
-	errc := make(chan error, 2)
-	go func() { errc <- serveGRPC(ctx, cs, n.consumerLn) }()
+	// gateway: the legacy REST consumer shares the consumer port (HTTP/1.x;
+	// gRPC is told apart by the HTTP/2 preface) and calls it over gRPC.
+	grpcLn, restLn := gateway.SplitListener(n.consumerLn)
+	errc := make(chan error, 3)
+	go func() { errc <- serveGRPC(ctx, cs, grpcLn) }()
 	go func() { errc <- serveGRPC(ctx, ps, n.exchangeLn) }()
-	err = <-errc
-	if err2 := <-errc; err == nil {
-		err = err2
-	}
-	return err
+	go func() { errc <- gateway.ServeConsumer(ctx, restLn, n.ConsumerAddr(), n.Topology, n.log) }()
+	return errors.Join(<-errc, <-errc, <-errc)
 }
 
 // dialNode connects to another node's exchange listener over mTLS,
