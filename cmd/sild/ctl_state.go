@@ -9,15 +9,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/descset"
 )
 
 // Identifier arguments are parsed before anything is sent, so that a typo
@@ -421,47 +420,48 @@ func readDescriptorSet(file, service string) ([]byte, error) {
 // checkDescriptorSet checks that data is a serialized FileDescriptorSet
 // whose files link (imports included) and define the service.
 func checkDescriptorSet(data []byte, service string) error {
-	var set descriptorpb.FileDescriptorSet
-	if err := proto.Unmarshal(data, &set); err != nil {
-		return fmt.Errorf("not a binary FileDescriptorSet: %w", err)
-	}
-	files, err := protodesc.NewFiles(&set)
-	if err != nil {
-		return fmt.Errorf("%w (build it with its imports, e.g. buf build --as-file-descriptor-set -o FILE)", err)
-	}
-	d, err := files.FindDescriptorByName(protoreflect.FullName(service))
-	if err != nil {
-		return fmt.Errorf("does not define service %s", service)
-	}
-	if _, ok := d.(protoreflect.ServiceDescriptor); !ok {
-		return fmt.Errorf("%s is not a service", service)
-	}
-	return nil
+	_, err := descset.Service(data, service)
+	return err
 }
 
 func newCtlServiceCmd(opts *ctlOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "service", Short: "Manage the service catalogue: publish, enable, disable, remove, list"}
-	var descFile string
+	var descFile, fromBackend string
 	var enabled bool
 	publish := &cobra.Command{
-		Use:   "publish SERVICE --descriptor-set FILE",
+		Use:   "publish SERVICE (--descriptor-set FILE | --from-backend ADDR)",
 		Short: "Publish a subsystem's gRPC service with its protobuf descriptors",
 		Long: `Publish a gRPC service of a subsystem, e.g.
 EE/GOV/70000310/licensing/licensing.v1.Licenses, with the FileDescriptorSet
 that defines it and everything it imports (buf build --as-file-descriptor-set
--o FILE). Published services start disabled unless --enabled is given.`,
+-o FILE), or fetched from the running backend by gRPC server reflection
+(--from-backend host:port, plaintext). Published services start disabled
+unless --enabled is given.`,
 		Args: cobra.ExactArgs(1),
 		RunE: ctlRun(opts, func(ctx context.Context, c *ctl, args []string) error {
 			id, err := argService(args[0])
 			if err != nil {
 				return err
 			}
-			if descFile == "" {
-				return fmt.Errorf("--descriptor-set FILE is required")
-			}
-			set, err := readDescriptorSet(descFile, id.GetServiceName())
-			if err != nil {
-				return err
+			var set []byte
+			switch {
+			case descFile != "" && fromBackend != "":
+				return fmt.Errorf("--descriptor-set and --from-backend: give one")
+			case descFile != "":
+				if set, err = readDescriptorSet(descFile, id.GetServiceName()); err != nil {
+					return err
+				}
+			case fromBackend != "":
+				conn, err := grpc.NewClient(fromBackend, grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if err != nil {
+					return fmt.Errorf("--from-backend: %w", err)
+				}
+				defer conn.Close()
+				if set, err = descset.FromReflection(ctx, conn, id.GetServiceName()); err != nil {
+					return fmt.Errorf("--from-backend %s: %w", fromBackend, err)
+				}
+			default:
+				return fmt.Errorf("--descriptor-set FILE or --from-backend ADDR is required")
 			}
 			resp, err := c.client.PublishService(ctx, &registryv1.PublishServiceRequest{Service: id, FileDescriptorSet: set, Enabled: enabled})
 			if err != nil {
@@ -474,7 +474,8 @@ that defines it and everything it imports (buf build --as-file-descriptor-set
 			return c.done(resp, "service %s published (%s)", args[0], state)
 		}),
 	}
-	publish.Flags().StringVar(&descFile, "descriptor-set", "", "binary FileDescriptorSet defining the service (required)")
+	publish.Flags().StringVar(&descFile, "descriptor-set", "", "binary FileDescriptorSet defining the service")
+	publish.Flags().StringVar(&fromBackend, "from-backend", "", "fetch the descriptors from this backend's gRPC server reflection (host:port)")
 	publish.Flags().BoolVar(&enabled, "enabled", false, "enable the service at once")
 	setEnabled := func(use, short string, on bool) *cobra.Command {
 		return &cobra.Command{

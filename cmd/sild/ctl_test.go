@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -10,7 +11,10 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -315,6 +319,18 @@ func TestCtlAgainstCluster(t *testing.T) {
 			t.Fatalf("publish of undefined service: %v", err)
 		}
 		mustCtl(t, follower, "service", "publish", svc, "--descriptor-set", set)
+		// Or straight from a running backend by reflection.
+		backend := grpc.NewServer()
+		testpb.RegisterTestServiceServer(backend, testpb.UnimplementedTestServiceServer{})
+		reflection.Register(backend)
+		bl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go backend.Serve(bl)
+		defer backend.Stop()
+		mustCtl(t, follower, "service", "publish", "EE/GOV/70000310/licensing/grpc.testing.TestService", "--from-backend", bl.Addr().String())
+		mustCtl(t, follower, "service", "remove", "EE/GOV/70000310/licensing/grpc.testing.TestService")
 		var list registryv1.ListServicesResponse
 		fromJSON(t, mustCtl(t, leader, "service", "list", "-o", "json"), &list)
 		if len(list.GetServices()) != 1 || list.GetServices()[0].GetEnabled() || len(list.GetServices()[0].GetFileDescriptorSet()) == 0 {

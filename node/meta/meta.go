@@ -19,16 +19,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
-	"google.golang.org/protobuf/types/descriptorpb"
 
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	metav1 "github.com/sildmesh/sild/gen/sild/meta/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/access"
 	"github.com/sildmesh/sild/node/topology"
@@ -134,24 +131,11 @@ func methodsOf(top *topology.Topology, target ident.Subsystem) []*identv1.Method
 
 // serviceDescriptor parses an entry's descriptors and finds its service.
 func serviceDescriptor(e *registryv1.CatalogEntry) protoreflect.ServiceDescriptor {
-	files, err := parseSet(e.GetFileDescriptorSet())
+	sd, err := descset.Service(e.GetFileDescriptorSet(), e.GetService().GetServiceName())
 	if err != nil {
 		return nil
 	}
-	d, err := files.FindDescriptorByName(protoreflect.FullName(e.GetService().GetServiceName()))
-	if err != nil {
-		return nil
-	}
-	sd, _ := d.(protoreflect.ServiceDescriptor)
 	return sd
-}
-
-func parseSet(raw []byte) (*protoregistry.Files, error) {
-	var set descriptorpb.FileDescriptorSet
-	if err := proto.Unmarshal(raw, &set); err != nil {
-		return nil, err
-	}
-	return protodesc.NewFiles(&set)
 }
 
 func (c *Consumer) ListMethods(_ context.Context, r *metav1.ListMethodsRequest) (*metav1.ListMethodsResponse, error) {

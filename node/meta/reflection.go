@@ -16,6 +16,7 @@ import (
 
 	metav1 "github.com/sildmesh/sild/gen/sild/meta/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/node/topology"
 )
 
@@ -113,7 +114,7 @@ func build(top *topology.Topology, target string) *catalogue {
 				if err != nil || !e.GetEnabled() || (target != "" && svc.Subsystem != sub) {
 					continue
 				}
-				files, err := parseSet(e.GetFileDescriptorSet())
+				files, err := descset.Parse(e.GetFileDescriptorSet())
 				if err != nil {
 					continue
 				}

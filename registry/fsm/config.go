@@ -5,12 +5,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/rpcerr"
 )
 
@@ -21,23 +19,8 @@ const ReasonBadDescriptors = "BAD_DESCRIPTORS"
 // CheckDescriptors checks that fds is a serialized FileDescriptorSet whose
 // files link (every import present) and define the gRPC service named.
 func CheckDescriptors(fds []byte, service string) error {
-	bad := func(msg string) error {
-		return rpcerr.New(codes.InvalidArgument, ReasonBadDescriptors, component, "file descriptor set: "+msg)
-	}
-	var set descriptorpb.FileDescriptorSet
-	if err := proto.Unmarshal(fds, &set); err != nil {
-		return bad("does not parse: " + err.Error())
-	}
-	files, err := protodesc.NewFiles(&set)
-	if err != nil {
-		return bad(err.Error())
-	}
-	d, err := files.FindDescriptorByName(protoreflect.FullName(service))
-	if err != nil {
-		return bad("does not define service " + quote(service))
-	}
-	if _, ok := d.(protoreflect.ServiceDescriptor); !ok {
-		return bad(quote(service) + " is not a service")
+	if _, err := descset.Service(fds, service); err != nil {
+		return rpcerr.New(codes.InvalidArgument, ReasonBadDescriptors, component, "file descriptor set: "+err.Error())
 	}
 	return nil
 }

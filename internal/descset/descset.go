@@ -1,0 +1,132 @@
+// Package descset handles the serialized FileDescriptorSets that providers
+// publish in the service catalogue: parsing them into a registry of files,
+// checking that one defines a given gRPC service, and fetching one from a
+// running backend over gRPC server reflection.
+package descset
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
+)
+
+// Parse decodes a FileDescriptorSet and links its files (every import must
+// be in the set).
+func Parse(raw []byte) (*protoregistry.Files, error) {
+	var set descriptorpb.FileDescriptorSet
+	if err := proto.Unmarshal(raw, &set); err != nil {
+		return nil, fmt.Errorf("not a binary FileDescriptorSet: %w", err)
+	}
+	files, err := protodesc.NewFiles(&set)
+	if err != nil {
+		return nil, fmt.Errorf("%w (include every import, e.g. buf build --as-file-descriptor-set -o FILE)", err)
+	}
+	return files, nil
+}
+
+// Service parses raw and returns the descriptor of the gRPC service named.
+func Service(raw []byte, service string) (protoreflect.ServiceDescriptor, error) {
+	files, err := Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	d, err := files.FindDescriptorByName(protoreflect.FullName(service))
+	if err != nil {
+		return nil, fmt.Errorf("does not define service %s", service)
+	}
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	if !ok {
+		return nil, fmt.Errorf("%s is not a service", service)
+	}
+	return sd, nil
+}
+
+// maxFiles bounds what FromReflection follows.
+const maxFiles = 1000
+
+// FromReflection asks a backend's gRPC server reflection (v1) for the file
+// defining service and, transitively, the files it imports, and returns
+// them as a serialized FileDescriptorSet, imports first.
+func FromReflection(ctx context.Context, conn grpc.ClientConnInterface, service string) ([]byte, error) {
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reflection: %w", err)
+	}
+	defer stream.CloseSend()
+	ask := func(req *reflectionpb.ServerReflectionRequest) ([]*descriptorpb.FileDescriptorProto, error) {
+		if err := stream.Send(req); err != nil {
+			return nil, fmt.Errorf("reflection: %w", err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			return nil, fmt.Errorf("reflection: %w", err)
+		}
+		if e := resp.GetErrorResponse(); e != nil {
+			return nil, fmt.Errorf("reflection: %s", e.GetErrorMessage())
+		}
+		var out []*descriptorpb.FileDescriptorProto
+		for _, b := range resp.GetFileDescriptorResponse().GetFileDescriptorProto() {
+			fd := &descriptorpb.FileDescriptorProto{}
+			if err := proto.Unmarshal(b, fd); err != nil {
+				return nil, fmt.Errorf("reflection: bad descriptor: %w", err)
+			}
+			out = append(out, fd)
+		}
+		return out, nil
+	}
+	have := map[string]*descriptorpb.FileDescriptorProto{}
+	var order []string
+	var visit func(fds []*descriptorpb.FileDescriptorProto) error
+	visit = func(fds []*descriptorpb.FileDescriptorProto) error {
+		for _, fd := range fds {
+			if have[fd.GetName()] != nil {
+				continue
+			}
+			if len(have) >= maxFiles {
+				return errors.New("reflection: too many files")
+			}
+			have[fd.GetName()] = fd
+			for _, dep := range fd.GetDependency() {
+				if have[dep] != nil {
+					continue
+				}
+				more, err := ask(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_FileByFilename{FileByFilename: dep}})
+				if err != nil {
+					return err
+				}
+				if err := visit(more); err != nil {
+					return err
+				}
+			}
+			order = append(order, fd.GetName())
+		}
+		return nil
+	}
+	first, err := ask(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: service}})
+	if err != nil {
+		return nil, err
+	}
+	if err := visit(first); err != nil {
+		return nil, err
+	}
+	set := &descriptorpb.FileDescriptorSet{}
+	for _, name := range order {
+		set.File = append(set.File, have[name])
+	}
+	raw, err := proto.Marshal(set)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := Service(raw, service); err != nil {
+		return nil, fmt.Errorf("reflected descriptors: %w", err)
+	}
+	return raw, nil
+}
