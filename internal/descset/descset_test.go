@@ -12,7 +12,9 @@ import (
 	"google.golang.org/grpc/reflection"
 )
 
-type backend struct{ testpb.UnimplementedTestServiceServer }
+type backend struct {
+	testpb.UnimplementedTestServiceServer
+}
 
 func TestFromReflection(t *testing.T) {
 	s := grpc.NewServer()
