@@ -1,0 +1,265 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/dynamicpb"
+
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/node/envelope"
+	"github.com/sildmesh/sild/node/topology"
+)
+
+// ComponentProvider is the ErrorInfo component of the REST provider's
+// refusals.
+const ComponentProvider = "gateway.provider"
+
+// ReasonBackendError: the JSON backend answered with an HTTP error.
+const ReasonBackendError = "BACKEND_ERROR"
+
+// DefaultMaxAnswer bounds a JSON backend's answer body.
+const DefaultMaxAnswer = 4 << 20
+
+// ProviderConfig configures a legacy REST provider: a gRPC backend that
+// turns each call into an HTTP request to a JSON backend.
+type ProviderConfig struct {
+	// Subsystem is the provider subsystem whose services are served; their
+	// descriptors come from the catalogue. Required.
+	Subsystem ident.Subsystem
+	// BaseURL of the JSON backend: a call of method M is POST {BaseURL}/M
+	// with the request as JSON. Required, http or https.
+	BaseURL string
+	// Topology returns the node's current configuration. Required.
+	Topology func() *topology.Topology
+	// Client makes the HTTP requests; nil means one with a 60 s timeout.
+	Client *http.Client
+	// MaxAnswer bounds an answer body; 0 means DefaultMaxAnswer.
+	MaxAnswer int64
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Validate names the first missing or wrong field.
+func (c ProviderConfig) Validate() error {
+	if c.Subsystem == (ident.Subsystem{}) {
+		return errors.New("missing Subsystem")
+	}
+	u, err := url.Parse(c.BaseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("BaseURL %q: want an http or https URL", c.BaseURL)
+	}
+	if c.Topology == nil {
+		return errors.New("missing Topology")
+	}
+	if c.MaxAnswer < 0 {
+		return errors.New("negative MaxAnswer")
+	}
+	return nil
+}
+
+// Provider is the legacy REST provider. Serve it as the gRPC backend of its
+// subsystem (ServerOptions): for a call of /svc/M it decodes the request
+// with the catalogue's descriptors of svc, POSTs it as JSON to
+// {BaseURL}/M with the headers Sild-Client, Sild-Message-Id, Sild-User-Id
+// and Sild-Purpose, and returns the JSON answer as protobuf (fields the
+// descriptors do not know are ignored). A server-streaming method expects
+// newline-delimited JSON, one message per line. An HTTP error becomes the
+// gRPC code of its status (404 NOT_FOUND, 403 PERMISSION_DENIED, ...) with
+// reason BACKEND_ERROR and no text of the backend's. A gRPC consumer cannot
+// tell it from a gRPC backend.
+type Provider struct {
+	cfg  ProviderConfig
+	base string
+	cat  catalog
+}
+
+// NewProvider returns the REST provider of cfg.
+func NewProvider(cfg ProviderConfig) (*Provider, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("gateway provider config: %w", err)
+	}
+	if cfg.Client == nil {
+		cfg.Client = &http.Client{Timeout: 60 * time.Second}
+	}
+	if cfg.MaxAnswer == 0 {
+		cfg.MaxAnswer = DefaultMaxAnswer
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Provider{cfg: cfg, base: strings.TrimRight(cfg.BaseURL, "/")}, nil
+}
+
+// ServerOptions make a grpc.Server handle every method through p.
+func (p *Provider) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.UnknownServiceHandler(p.handle)}
+}
+
+func refuseP(code codes.Code, reason, msg string) error {
+	return rpcerr.New(code, reason, ComponentProvider, msg)
+}
+
+// codeOfHTTP maps a backend's HTTP error status to a gRPC code.
+func codeOfHTTP(s int) codes.Code {
+	switch s {
+	case http.StatusBadRequest, http.StatusUnprocessableEntity:
+		return codes.InvalidArgument
+	case http.StatusUnauthorized:
+		return codes.Unauthenticated
+	case http.StatusForbidden:
+		return codes.PermissionDenied
+	case http.StatusNotFound:
+		return codes.NotFound
+	case http.StatusConflict:
+		return codes.AlreadyExists
+	case http.StatusTooManyRequests:
+		return codes.ResourceExhausted
+	case http.StatusNotImplemented:
+		return codes.Unimplemented
+	case http.StatusServiceUnavailable, http.StatusBadGateway:
+		return codes.Unavailable
+	case http.StatusGatewayTimeout:
+		return codes.DeadlineExceeded
+	}
+	return codes.Unknown
+}
+
+func (p *Provider) handle(_ any, ss grpc.ServerStream) error {
+	ctx := ss.Context()
+	full, _ := grpc.MethodFromServerStream(ss)
+	svcName, method, ok := strings.Cut(strings.TrimPrefix(full, "/"), "/")
+	if !ok {
+		return refuseP(codes.Unimplemented, ReasonUnknownMethod, "malformed method path")
+	}
+	top := p.cfg.Topology()
+	if top == nil {
+		return refuseP(codes.Unavailable, rpcerr.ReasonUnavailable, "no global configuration yet")
+	}
+	si, err := p.cat.lookup(top, ident.Service{Subsystem: p.cfg.Subsystem, Name: svcName})
+	if errors.Is(err, errUnknownService) {
+		return refuseP(codes.Unimplemented, ReasonUnknownService, "service "+svcName+" is not published")
+	} else if err != nil {
+		p.cfg.Logger.Warn("published descriptors unusable", "service", svcName, "err", err)
+		return refuseP(codes.Internal, ReasonDescriptorsInvalid, "the published descriptors are unusable")
+	}
+	m := si.svc.Methods().ByName(protoreflectName(method))
+	if m == nil {
+		return refuseP(codes.Unimplemented, ReasonUnknownMethod, "service "+svcName+" has no method "+method)
+	}
+	if m.IsStreamingClient() {
+		return refuseP(codes.Unimplemented, ReasonUnsupportedMethod, "client-streaming methods cannot have a JSON backend")
+	}
+	in := dynamicpb.NewMessage(m.Input())
+	if err := ss.RecvMsg(in); err != nil {
+		return err
+	}
+	body, err := (protojson.MarshalOptions{Resolver: si.types}).Marshal(in)
+	if err != nil {
+		return refuseP(codes.Internal, rpcerr.ReasonInternal, "request cannot be written as JSON")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.base+"/"+url.PathEscape(method), bytes.NewReader(body))
+	if err != nil {
+		return refuseP(codes.Internal, rpcerr.ReasonInternal, "request cannot be made")
+	}
+	req.Header.Set("Content-Type", "application/json")
+	md, _ := metadata.FromIncomingContext(ctx)
+	for h, key := range map[string]string{HeaderClient: envelope.HeaderClient, HeaderMessageID: envelope.HeaderMessageID,
+		HeaderUserID: envelope.HeaderUserID, HeaderPurpose: envelope.HeaderPurpose} {
+		if v := md.Get(key); len(v) == 1 {
+			req.Header.Set(h, v[0])
+		}
+	}
+	resp, err := p.cfg.Client.Do(req)
+	if err != nil {
+		if e, ok := rpcerr.FromContext(ctx.Err()); ok {
+			return e
+		}
+		p.cfg.Logger.Warn("JSON backend unreachable", "url", req.URL.String(), "err", err)
+		return refuseP(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "backend unreachable")
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return refuseP(codeOfHTTP(resp.StatusCode), ReasonBackendError, fmt.Sprintf("backend answered HTTP %d", resp.StatusCode))
+	}
+	dec := protojson.UnmarshalOptions{Resolver: si.types, DiscardUnknown: true}
+	r := io.LimitReader(resp.Body, p.cfg.MaxAnswer+1)
+	if !m.IsStreamingServer() {
+		raw, err := io.ReadAll(r)
+		if err != nil {
+			return refuseP(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "backend answer cut short")
+		}
+		if int64(len(raw)) > p.cfg.MaxAnswer {
+			return refuseP(codes.ResourceExhausted, ReasonBodyTooLarge, "backend answer too large")
+		}
+		out := dynamicpb.NewMessage(m.Output())
+		if len(bytes.TrimSpace(raw)) > 0 {
+			if err := dec.Unmarshal(raw, out); err != nil {
+				return refuseP(codes.Internal, ReasonBackendError, "backend answer does not match the method's response type")
+			}
+		}
+		return ss.SendMsg(out)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), int(p.cfg.MaxAnswer))
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		out := dynamicpb.NewMessage(m.Output())
+		if err := dec.Unmarshal(line, out); err != nil {
+			return refuseP(codes.Internal, ReasonBackendError, "backend answer does not match the method's response type")
+		}
+		if err := ss.SendMsg(out); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		if e, ok := rpcerr.FromContext(ctx.Err()); ok {
+			return e
+		}
+		return refuseP(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "backend answer cut short")
+	}
+	return nil
+}
+
+// ServeProvider serves a REST provider on ln until ctx ends.
+func ServeProvider(ctx context.Context, ln net.Listener, cfg ProviderConfig) error {
+	p, err := NewProvider(cfg)
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer(p.ServerOptions()...)
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		stopped := make(chan struct{})
+		go func() { gs.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			gs.Stop()
+		}
+		<-errc
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("rest provider: %w", err)
+	}
+}

@@ -1,0 +1,135 @@
+package gateway_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+
+	"github.com/sildmesh/sild/gateway"
+	"github.com/sildmesh/sild/node/topology"
+)
+
+// jsonBackend is a legacy JSON/HTTP provider backend of test.v1.Echo.
+func jsonBackend(t testing.TB) string {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/Echo", func(w http.ResponseWriter, r *http.Request) {
+		var in map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&in); err != nil || r.Header.Get("Content-Type") != "application/json" {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		switch in["text"] {
+		case "forbidden":
+			http.Error(w, "secret internal detail", http.StatusForbidden)
+			return
+		case "garbage":
+			io.WriteString(w, `{"text": 12}`)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"text": in["text"], "client": r.Header.Get("Sild-Client"),
+			"messageId": r.Header.Get("Sild-Message-Id"), "userId": r.Header.Get("Sild-User-Id"),
+			"purpose": r.Header.Get("Sild-Purpose"), "at": in["at"], "unknownToTheDescriptors": true})
+	})
+	mux.HandleFunc("POST /api/Repeat", func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			Text  string `json:"text"`
+			Times int    `json:"times"`
+		}
+		json.NewDecoder(r.Body).Decode(&in)
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		for i := range in.Times {
+			fmt.Fprintf(w, `{"text":%q,"index":%d}`+"\n", in.Text, i)
+		}
+	})
+	hs := httptest.NewServer(mux)
+	t.Cleanup(hs.Close)
+	return hs.URL + "/api"
+}
+
+// startProvider serves a REST provider for the echo subsystem and returns a
+// connection to it.
+func startProvider(t testing.TB, base string) *grpc.ClientConn {
+	t.Helper()
+	top := echoTopology(t, true)
+	p, err := gateway.NewProvider(gateway.ProviderConfig{Subsystem: provider, BaseURL: base, Topology: func() *topology.Topology { return top }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(p.ServerOptions()...)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	return dialInsecure(t, ln.Addr().String())
+}
+
+// TestRESTConsumerToRESTProvider: a REST consumer calls a JSON backend
+// behind the REST provider; everything between is gRPC.
+func TestRESTConsumerToRESTProvider(t *testing.T) {
+	conn := startProvider(t, jsonBackend(t))
+	top := echoTopology(t, true)
+	c, err := gateway.NewConsumer(gateway.ConsumerConfig{Conn: conn, Topology: func() *topology.Topology { return top }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(c)
+	t.Cleanup(hs.Close)
+	base := hs.URL + "/r1/EE/COM/11/echo/test.v1.Echo/"
+	h := map[string]string{"Sild-Client": "EE/GOV/70000310/licensing", "Sild-Message-Id": "m-7", "Sild-User-Id": "EE1", "Sild-Purpose": "p"}
+
+	a := restPost(t, base+"Echo", h, `{"text":"hi","at":"2026-11-23T10:00:00Z"}`)
+	want(t, "echo", a, 200, "", "")
+	for k, v := range map[string]any{"text": "hi", "client": "EE/GOV/70000310/licensing", "messageId": "m-7", "userId": "EE1", "purpose": "p", "at": "2026-11-23T10:00:00Z"} {
+		if a.body[k] != v {
+			t.Errorf("%s = %v, want %v (%s)", k, a.body[k], v, a.raw)
+		}
+	}
+	a = restPost(t, base+"Repeat", h, `{"text":"s","times":3}`)
+	want(t, "repeat", a, 200, "", "")
+	if lines := ndjson(t, a.raw); len(lines) != 3 || lines[2]["result"].(map[string]any)["index"] != float64(2) {
+		t.Fatalf("stream: %s", a.raw)
+	}
+	a = restPost(t, base+"Echo", h, `{"text":"forbidden"}`)
+	want(t, "backend 403", a, 403, gateway.ReasonBackendError, gateway.ComponentProvider)
+	if strings.Contains(string(a.raw), "secret") {
+		t.Fatalf("backend text leaked: %s", a.raw)
+	}
+	want(t, "backend garbage", restPost(t, base+"Echo", h, `{"text":"garbage"}`), 500, gateway.ReasonBackendError, gateway.ComponentProvider)
+	want(t, "client streaming", restPost(t, base+"Upload", h, `{}`), 501, "UNSUPPORTED_METHOD", "gateway")
+}
+
+func TestProviderErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  gateway.ProviderConfig
+	}{
+		{"no subsystem", gateway.ProviderConfig{BaseURL: "http://x", Topology: func() *topology.Topology { return nil }}},
+		{"bad url", gateway.ProviderConfig{Subsystem: provider, BaseURL: "ftp://x", Topology: func() *topology.Topology { return nil }}},
+		{"no topology", gateway.ProviderConfig{Subsystem: provider, BaseURL: "http://x"}},
+	} {
+		if _, err := gateway.NewProvider(tc.cfg); err == nil {
+			t.Errorf("%s: accepted", tc.name)
+		}
+	}
+	// An unreachable backend is UNAVAILABLE / TARGET_UNAVAILABLE.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := "http://" + ln.Addr().String()
+	ln.Close()
+	conn := startProvider(t, dead)
+	top := echoTopology(t, true)
+	c, _ := gateway.NewConsumer(gateway.ConsumerConfig{Conn: conn, Topology: func() *topology.Topology { return top }})
+	hs := httptest.NewServer(c)
+	t.Cleanup(hs.Close)
+	a := restPost(t, hs.URL+"/r1/EE/COM/11/echo/test.v1.Echo/Echo", map[string]string{"Sild-Client": "EE/GOV/1/x"}, `{}`)
+	want(t, "dead backend", a, 503, "TARGET_UNAVAILABLE", gateway.ComponentProvider)
+}
