@@ -47,6 +47,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -299,6 +300,8 @@ type Ledger struct {
 
 	mu  sync.RWMutex
 	rng *merkle.Range // committed tree
+
+	signer atomic.Pointer[signerIdentity] // set by SetSigner
 
 	hmu        sync.Mutex
 	stamped    uint64 // size of the latest time-stamped checkpoint

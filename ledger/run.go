@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync"
@@ -140,7 +141,8 @@ func (l *Ledger) signCheckpoint(size uint64, root []byte) (*ledgerv1.SignedCheck
 	if err != nil {
 		return nil, err
 	}
-	alg, err := algorithmOf(l.cfg.Signer.Public())
+	id := l.currentSigner()
+	alg, err := algorithmOf(id.key.Public())
 	if err != nil {
 		return nil, err
 	}
@@ -148,19 +150,48 @@ func (l *Ledger) signCheckpoint(size uint64, root []byte) (*ledgerv1.SignedCheck
 	var sig []byte
 	switch alg {
 	case nodev1.SignatureAlgorithm_SIGNATURE_ALGORITHM_ED25519:
-		sig, err = l.cfg.Signer.Sign(rand.Reader, msg, crypto.Hash(0))
+		sig, err = id.key.Sign(rand.Reader, msg, crypto.Hash(0))
 	default:
 		h := sha256.Sum256(msg)
-		sig, err = l.cfg.Signer.Sign(rand.Reader, h[:], crypto.SHA256)
+		sig, err = id.key.Sign(rand.Reader, h[:], crypto.SHA256)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("sign checkpoint: %w", err)
 	}
 	sc := &ledgerv1.SignedCheckpoint{Checkpoint: cp, Algorithm: alg, Signature: sig}
-	for _, c := range l.cfg.SignerChain {
+	for _, c := range id.chain {
 		sc.SignerChain = append(sc.SignerChain, c.Raw)
 	}
 	return sc, nil
+}
+
+// signerIdentity is the key checkpoints are signed with and its chain.
+type signerIdentity struct {
+	key   crypto.Signer
+	chain []*x509.Certificate
+}
+
+func (l *Ledger) currentSigner() *signerIdentity {
+	if id := l.signer.Load(); id != nil {
+		return id
+	}
+	return &signerIdentity{l.cfg.Signer, l.cfg.SignerChain}
+}
+
+// SetSigner replaces the checkpoint-signing key and its chain (the node's
+// renewed signing certificate); later checkpoints are signed with it.
+func (l *Ledger) SetSigner(key crypto.Signer, chain []*x509.Certificate) error {
+	if key == nil || len(chain) == 0 {
+		return errors.New("ledger: SetSigner needs a key and its chain")
+	}
+	if _, err := algorithmOf(key.Public()); err != nil {
+		return fmt.Errorf("ledger: %w", err)
+	}
+	if !publicKeyEqual(chain[0].PublicKey, key.Public()) {
+		return errors.New("ledger: SetSigner: chain[0] does not certify the key")
+	}
+	l.signer.Store(&signerIdentity{key, chain})
+	return nil
 }
 
 func algorithmOf(pub crypto.PublicKey) (nodev1.SignatureAlgorithm, error) {

@@ -275,6 +275,11 @@ func (n *Node) install(id *identity) error {
 			return err
 		}
 	}
+	if led := n.Ledger(); led != nil {
+		if err := led.SetSigner(id.signKey, id.signChain); err != nil {
+			return err
+		}
+	}
 	n.log.Info("identity installed", "svid", svid.ID.String(), "expires", id.expiry().UTC().Format(time.RFC3339))
 	return nil
 }
