@@ -22,7 +22,9 @@ import (
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/sildmesh/sild/gateway"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
@@ -88,7 +90,9 @@ type mesh struct {
 	grpcConn          *grpc.ClientConn
 }
 
-func startMesh(t testing.TB) *mesh {
+// With legacy, B's backend is a JSON/HTTP one (jsonBackend, test.v1.Echo)
+// behind the node's REST provider.
+func startMesh(t testing.TB, legacy bool) *mesh {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	c := registrytest.Start(t, 1)
@@ -98,6 +102,12 @@ func startMesh(t testing.TB) *mesh {
 	licensing, _ := ident.ParseSubsystem("EE/GOV/70000311/licensing")
 	bizreg, _ := ident.ParseSubsystem("EE/GOV/70000310/business-registry")
 	svc := ident.Service{Subsystem: bizreg, Name: "grpc.testing.TestService"}
+	descriptors := descriptorSet(testpb.File_grpc_testing_test_proto)
+	if legacy {
+		svc.Name = "test.v1.Echo"
+		descriptors, _ = proto.Marshal(&descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{
+			protodesc.ToFileDescriptorProto(timestamppb.File_google_protobuf_timestamp_proto), echoFile()}})
+	}
 	tokA, tokB := c.NodeToken(ctx, nodeA), c.NodeToken(ctx, nodeB)
 	for _, r := range []struct {
 		sub ident.Subsystem
@@ -111,7 +121,7 @@ func startMesh(t testing.TB) *mesh {
 		}
 	}
 	if _, err := adm.PublishService(c.Ctx(ctx), &registryv1.PublishServiceRequest{
-		Service: svc.Proto(), FileDescriptorSet: descriptorSet(testpb.File_grpc_testing_test_proto), Enabled: true,
+		Service: svc.Proto(), FileDescriptorSet: descriptors, Enabled: true,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +168,11 @@ func startMesh(t testing.TB) *mesh {
 		return n
 	}
 	a := start(config(nodeA, t.TempDir(), tokA, node.SubsystemConfig{ID: licensing.String()}))
-	b := start(config(nodeB, t.TempDir(), tokB, node.SubsystemConfig{ID: bizreg.String(), Backend: ln.Addr().String()}))
+	backendAddr := ln.Addr().String()
+	if legacy {
+		backendAddr = jsonBackend(t)
+	}
+	b := start(config(nodeB, t.TempDir(), tokB, node.SubsystemConfig{ID: bizreg.String(), Backend: backendAddr}))
 	for _, n := range []*node.Node{a, b} {
 		registrytest.WaitFor(t, 60*time.Second, "node ready with the catalogue", func() bool {
 			top := n.Topology()
@@ -173,13 +187,13 @@ func startMesh(t testing.TB) *mesh {
 	}
 	conn := dialInsecure(t, a.ConsumerAddr())
 	// The REST consumer is the node's own: HTTP/1.1 on its consumer port.
-	return &mesh{a: a, b: b, licensing: licensing, bizreg: bizreg, rest: "http://" + a.ConsumerAddr() + "/r1/EE/GOV/70000310/business-registry/grpc.testing.TestService/", grpcConn: conn}
+	return &mesh{a: a, b: b, licensing: licensing, bizreg: bizreg, rest: "http://" + a.ConsumerAddr() + "/r1/EE/GOV/70000310/business-registry/" + svc.Name + "/", grpcConn: conn}
 }
 
 // TestConsumerThroughTwoNodes: a REST consumer calls a gRPC provider through
 // two real nodes; both ledgers record the exchange like a gRPC one.
 func TestConsumerThroughTwoNodes(t *testing.T) {
-	m := startMesh(t)
+	m := startMesh(t, false)
 	h := map[string]string{"Sild-Client": m.licensing.String(), "Sild-User-Id": "EE38001085718", "Sild-Purpose": "licence-check",
 		"Sild-Message-Id": "rest-1", "Content-Type": "application/json"}
 	body := base64.StdEncoding.EncodeToString([]byte("70000310"))
@@ -218,7 +232,7 @@ func TestConsumerThroughTwoNodes(t *testing.T) {
 // BenchmarkConsumer compares a unary call through two nodes made by the REST
 // bridge with the same call made over gRPC, in the same run.
 func BenchmarkConsumer(b *testing.B) {
-	m := startMesh(b)
+	m := startMesh(b, false)
 	var seq atomic.Int64
 	payload := `{"payload":{"body":"` + base64.StdEncoding.EncodeToString(make([]byte, 1024)) + `"}}`
 	b.Run("grpc", func(b *testing.B) {
@@ -257,4 +271,33 @@ func BenchmarkConsumer(b *testing.B) {
 			}
 		})
 	})
+}
+
+// TestRESTToRESTThroughTwoNodes: a REST consumer calls a JSON/HTTP provider
+// backend through two real nodes; neither side speaks gRPC, the mesh does.
+func TestRESTToRESTThroughTwoNodes(t *testing.T) {
+	m := startMesh(t, true)
+	h := map[string]string{"Sild-Client": m.licensing.String(), "Sild-Message-Id": "legacy-1", "Sild-User-Id": "EE38001085718", "Sild-Purpose": "licence-check"}
+	a := restPost(t, m.rest+"Echo", h, `{"text":"70000310","at":"2026-11-23T10:00:00Z"}`)
+	want(t, "REST to REST", a, 200, "", "")
+	for k, v := range map[string]any{"text": "70000310", "client": m.licensing.String(), "messageId": "legacy-1",
+		"userId": "EE38001085718", "purpose": "licence-check", "at": "2026-11-23T10:00:00Z"} {
+		if a.body[k] != v {
+			t.Errorf("%s = %v, want %v (%s)", k, a.body[k], v, a.raw)
+		}
+	}
+	h["Sild-Message-Id"] = "legacy-2"
+	a = restPost(t, m.rest+"Repeat", h, `{"text":"s","times":2}`)
+	if want(t, "REST to REST stream", a, 200, "", ""); len(ndjson(t, a.raw)) != 2 {
+		t.Fatalf("stream: %s", a.raw)
+	}
+	h["Sild-Message-Id"] = "legacy-3"
+	want(t, "backend refusal", restPost(t, m.rest+"Echo", h, `{"text":"forbidden"}`), 403, gateway.ReasonBackendError, "")
+	for name, n := range map[string]*node.Node{"consumer": m.a, "provider": m.b} {
+		recs, err := n.Ledger().ByMessageID("legacy-1")
+		if err != nil || len(recs) != 1 || recs[0].Record.GetStatusCode() != 0 ||
+			recs[0].Record.GetConsumerSignature() == nil || recs[0].Record.GetProviderSignature() == nil {
+			t.Fatalf("%s ledger: %v %v", name, recs, err)
+		}
+	}
 }

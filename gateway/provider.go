@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -60,9 +61,8 @@ func (c ProviderConfig) Validate() error {
 	if c.Subsystem == (ident.Subsystem{}) {
 		return errors.New("missing Subsystem")
 	}
-	u, err := url.Parse(c.BaseURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("BaseURL %q: want an http or https URL", c.BaseURL)
+	if err := CheckBaseURL(c.BaseURL); err != nil {
+		return fmt.Errorf("BaseURL: %w", err)
 	}
 	if c.Topology == nil {
 		return errors.New("missing Topology")
@@ -262,4 +262,59 @@ func ServeProvider(ctx context.Context, ln net.Listener, cfg ProviderConfig) err
 	case err := <-errc:
 		return fmt.Errorf("rest provider: %w", err)
 	}
+}
+
+// IsJSONBackend reports whether a configured backend is the base URL of a
+// JSON/HTTP backend (http:// or https://) rather than a gRPC address.
+func IsJSONBackend(backend string) bool {
+	return strings.HasPrefix(backend, "http://") || strings.HasPrefix(backend, "https://")
+}
+
+// CheckBaseURL checks the base URL of a JSON/HTTP backend.
+func CheckBaseURL(base string) error {
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an http or https URL", base)
+	}
+	return nil
+}
+
+// StartProviders serves a REST provider on a loopback port for every
+// backend of backends that is a JSON/HTTP base URL, and replaces it in
+// backends with that port's address, so the exchange forwards to it like to
+// any gRPC backend. The providers run until ctx ends or stop is called;
+// stop waits for them.
+func StartProviders(ctx context.Context, backends map[ident.Subsystem]string, top func() *topology.Topology, log *slog.Logger) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	stop = func() {
+		cancel()
+		wg.Wait()
+	}
+	fail := func(err error) (func(), error) {
+		stop()
+		return nil, err
+	}
+	for sub, base := range backends {
+		if !IsJSONBackend(base) {
+			continue
+		}
+		cfg := ProviderConfig{Subsystem: sub, BaseURL: base, Topology: top, Logger: log}
+		if err := cfg.Validate(); err != nil {
+			return fail(fmt.Errorf("backend of %s: %w", sub, err))
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return fail(fmt.Errorf("rest provider for %s: %w", sub, err))
+		}
+		backends[sub] = ln.Addr().String()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ServeProvider(ctx, ln, cfg); err != nil && log != nil {
+				log.Error("rest provider", "subsystem", sub.String(), "err", err)
+			}
+		}()
+	}
+	return stop, nil
 }

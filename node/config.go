@@ -11,6 +11,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sildmesh/sild/gateway"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/pki"
@@ -78,7 +79,9 @@ type AdminKey struct {
 // SubsystemConfig is one subsystem the node serves.
 type SubsystemConfig struct {
 	ID string `yaml:"id"`
-	// Backend is the provider backend's gRPC address (host:port); empty
+	// Backend is the provider backend's gRPC address (host:port), or the
+	// base URL of a JSON/HTTP backend (http:// or https://: each call of
+	// method M becomes POST {url}/M with JSON, see gateway.Provider); empty
 	// for a subsystem that only consumes.
 	Backend string `yaml:"backend"`
 	// Body is what the ledger keeps of its exchanges' content: off
@@ -139,7 +142,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("subsystems[%d].id: %s listed twice", i, sub)
 		}
 		seen[sub.String()] = true
-		if s.Backend != "" {
+		if gateway.IsJSONBackend(s.Backend) { // gateway: a JSON/HTTP backend
+			if err := gateway.CheckBaseURL(s.Backend); err != nil {
+				return fmt.Errorf("subsystems[%d].backend: %w", i, err)
+			}
+		} else if s.Backend != "" {
 			if _, _, err := net.SplitHostPort(s.Backend); err != nil {
 				return fmt.Errorf("subsystems[%d].backend: %w", i, err)
 			}

@@ -115,6 +115,12 @@ func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
 // listener (other nodes, mTLS) until ctx ends.
 func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	cfg := n.exchangeConfig(led)
+	// gateway: JSON/HTTP backends are reached through REST providers on loopback.
+	stopProviders, err := gateway.StartProviders(ctx, cfg.Backends, n.Topology, n.log)
+	if err != nil {
+		return err
+	}
+	defer stopProviders()
 	consumer, err := exchange.NewConsumer(cfg)
 	if err != nil {
 		return err
