@@ -13,16 +13,25 @@ func newDemoCmd() *cobra.Command {
 	var verbose bool
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Run a demonstration mesh on loopback (registry of EE, 3 servers)",
-		Long: `sild demo starts a three-server registry cluster for the instance EE (trust
-domain ee.sild.test) on 127.0.0.1 with temporary data, prints its addresses,
-the admin API key, the trust bundle and ready-to-paste 'sild ctl' commands,
-and runs until interrupted (Ctrl-C). The data is removed at exit unless
---keep is given.
+		Short: "Run a demonstration: two federated ecosystems, four nodes, sample services",
+		Long: `sild demo starts, on 127.0.0.1 with temporary data, two federated ecosystems:
+EE (trust domain ee.sild.test) with a three-server registry and the nodes of
+a licensing authority, the business registry and the tax board, and FI
+(fi.sild.test) with its own registry and the population register's node.
+The sample services (sild.demo.v1.BusinessRegistryService, TaxBoardService,
+PopulationRegisterService) are published with their descriptors, access is
+granted on the providers' nodes, and the link EE <-> FI is set up with FI's
+population register exported to EE.
 
-With --once it runs a smoke check instead (a member and a subsystem written
-through a follower and read back from another server, then the Raft status)
-and exits 0 on success.`,
+Then it runs the scenario — the licensing authority checks a company, its
+events (a server stream), its tax status (over REST) and, across the border,
+its Finnish board member; and one call is refused for want of an access
+right — printing for each step who asked what, the result and the ledger
+receipts of both nodes. Finally it prints the addresses, the API keys and
+ready-to-paste grpcurl, curl and 'sild ctl' commands, and runs until
+interrupted (Ctrl-C). The data is removed at exit unless --keep is given.
+
+With --once it exits after the scenario: 0 if every step succeeded, 1 if not.`,
 		Example: `  go run ./cmd/sild demo
   go run ./cmd/sild demo --once`,
 		Args: cobra.NoArgs,
@@ -35,7 +44,7 @@ and exits 0 on success.`,
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&cfg.Once, "once", false, "run the smoke check and exit instead of waiting")
+	f.BoolVar(&cfg.Once, "once", false, "run the scenario and exit (status 1 if a step failed) instead of waiting")
 	f.BoolVar(&cfg.Keep, "keep", false, "keep the temporary data directory at exit")
 	f.StringVar(&cfg.Dir, "dir", "", "where to create the temporary data directory (default: the system's temp dir)")
 	f.StringVar(&cfg.Command, "command", "go run ./cmd/sild", "how the printed commands invoke sild")

@@ -19,9 +19,9 @@ func TestDemoOnce(t *testing.T) {
 	}
 	for _, want := range []string{
 		"r1  api 127.0.0.1:", "r2  api 127.0.0.1:", "r3  api 127.0.0.1:",
-		"Admin API key: sild_", "Trust bundle:  ", "ctl --registry 127.0.0.1:",
-		"through follower", "read both back", "servers: r1(voter=true) r2(voter=true) r3(voter=true)",
-		"smoke checks passed",
+		"admin API key  sild_", "trust bundle   ", "export SILD_REGISTRY=127.0.0.1:",
+		"5. ok   licensing authority (EE) -> population register (FI)",
+		"all 5 scenario steps succeeded",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)

@@ -1,13 +1,17 @@
-// Package demo runs sild's demonstration on loopback for `sild demo`: a
-// sequence of steps that bring up a mesh with temporary data (today the
-// registry cluster of the ecosystem EE; nodes, ledger and federation are
-// added as further steps), print how to reach it, and, with Once, run smoke
-// checks against it and stop.
+// Package demo runs sild's demonstration on loopback for `sild demo`: two
+// federated ecosystems with temporary data — EE with a three-server registry
+// and three nodes (a licensing authority, the business registry, the tax
+// board), FI with its own registry and the population register's node —
+// sample services with real protos, and a scenario in which the licensing
+// authority checks a company, its tax status and, across the border, its
+// Finnish board member. Each scenario step prints who asked what, the
+// result and the ledger receipts of both nodes. Then it prints how to reach
+// everything and stays up (or, with Once, exits).
 //
-// To extend the demo, write a func(ctx, *Demo) error, add it to Setup (to
-// bring something up) or Smoke (to check it), and keep what later steps need
-// in a field of Demo. Anything a step starts must be stopped through
-// Demo.OnClose.
+// To extend the demo, write a func(ctx, *Demo) error and add it to Setup
+// (to bring something up) or Scenario (an exchange to show; it reports its
+// outcome with Demo.Report). Anything a step starts must be stopped
+// through Demo.OnClose (or be started on Demo.Mesh).
 package demo
 
 import (
@@ -18,6 +22,8 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/sildmesh/sild/internal/mesh"
 )
 
 // Step is one stage of the demo. Run must return once its work is done; what
@@ -30,14 +36,23 @@ type Step struct {
 // Setup returns the steps that bring the demo mesh up, in order.
 func Setup() []Step {
 	return []Step{
-		{Name: "start the registry of EE (3 servers)", Run: startRegistryEE},
+		{Name: "start the registries of EE (3 servers) and FI (1 server)", Run: startRegistries},
+		{Name: "register members, subsystems, nodes; publish services with their descriptors", Run: registerAll},
+		{Name: "start the sample backends and four nodes (join with one-time tokens)", Run: startNodes},
+		{Name: "grant access rights on the providers' nodes (node admin API)", Run: grantAll},
+		{Name: "federate EE and FI (link both ways), export FI's population register to EE", Run: federate},
+		{Name: "start the REST bridge of the licensing authority's node", Run: startREST},
 	}
 }
 
-// Smoke returns the checks Once runs after Setup, in order.
-func Smoke() []Step {
+// Scenario returns the exchanges the demo shows, in order.
+func Scenario() []Step {
 	return []Step{
-		{Name: "registry: write through a follower, read from another server", Run: smokeRegistry},
+		{Name: "licensing authority (EE) -> business registry (EE): GetCompany over gRPC", Run: stepGetCompany},
+		{Name: "licensing authority (EE) -> business registry (EE): ListCompanyEvents, server stream", Run: stepCompanyEvents},
+		{Name: "licensing authority (EE) -> tax board (EE): GetTaxStatus over REST", Run: stepTaxStatusREST},
+		{Name: "business registry (EE) -> tax board (EE): GetTaxStatus without an access right", Run: stepRefused},
+		{Name: "licensing authority (EE) -> population register (FI): GetPerson across the border", Run: stepCrossBorder},
 	}
 }
 
@@ -48,19 +63,20 @@ type Config struct {
 	Dir string
 	// Keep leaves the data directory in place at exit.
 	Keep bool
-	// Once runs the Smoke steps after Setup and returns instead of waiting
-	// for ctx to end.
+	// Once runs the scenario and returns (an error if any step failed)
+	// instead of waiting for ctx to end.
 	Once bool
-	// Out receives what the operator reads (addresses, keys, commands).
+	// Out receives what the operator reads (steps, addresses, keys,
+	// commands).
 	Out io.Writer
 	// Logger receives the components' logs; nil discards them.
 	Logger *slog.Logger
 	// Command is how the printed commands invoke sild, e.g.
 	// "go run ./cmd/sild" (default "sild").
 	Command string
-	// Setup and Smoke replace the default steps (Setup() and Smoke())
-	// when not nil.
-	Setup, Smoke []Step
+	// Setup and Scenario replace the default steps (Setup() and
+	// Scenario()) when not nil.
+	Setup, Scenario []Step
 }
 
 // Demo is the state shared by the steps.
@@ -68,10 +84,14 @@ type Demo struct {
 	Config
 	// Data is the temporary directory holding all state of this run.
 	Data string
-	// EE is the registry cluster of the ecosystem EE (set by Setup).
-	EE *Registry
+	// Mesh runs the components; it is closed with the demo.
+	Mesh *mesh.Mesh
+	// World is what Setup brought up (nil fields until then).
+	World
 
 	closers []func() error
+	report  string
+	infos   []func()
 }
 
 // OnClose registers fn to run when the demo stops, in reverse order of
@@ -81,9 +101,20 @@ func (d *Demo) OnClose(fn func() error) { d.closers = append(d.closers, fn) }
 // Printf writes to the operator's output.
 func (d *Demo) Printf(format string, a ...any) { fmt.Fprintf(d.Out, format, a...) }
 
-// Run creates the data directory, runs the Setup steps and then either the
-// Smoke steps (Once) or waits until ctx ends; then it stops everything and
-// removes the data unless Keep is set.
+// Report sets the outcome line of the running scenario step: the result
+// and the ledger receipts.
+func (d *Demo) Report(format string, a ...any) { d.report = fmt.Sprintf(format, a...) }
+
+// OnReady registers fn to print how to reach what a step started, after the
+// scenario.
+func (d *Demo) OnReady(fn func()) { d.infos = append(d.infos, fn) }
+
+// ErrScenario is returned by Run with Once when a scenario step failed.
+var ErrScenario = errors.New("scenario failed")
+
+// Run creates the data directory, runs the Setup steps, the Scenario, prints
+// how to reach the mesh, and then returns (Once) or waits until ctx ends;
+// then it stops everything and removes the data unless Keep is set.
 func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
@@ -97,14 +128,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.Setup == nil {
 		cfg.Setup = Setup()
 	}
-	if cfg.Smoke == nil {
-		cfg.Smoke = Smoke()
+	if cfg.Scenario == nil {
+		cfg.Scenario = Scenario()
 	}
 	data, err := os.MkdirTemp(cfg.Dir, "sild-demo-")
 	if err != nil {
 		return fmt.Errorf("demo data dir: %w", err)
 	}
-	d := &Demo{Config: cfg, Data: data}
+	d := &Demo{Config: cfg, Data: data, Mesh: mesh.New(data, cfg.Logger)}
+	d.OnClose(d.Mesh.Close)
 	defer func() {
 		err = errors.Join(err, d.close())
 		if cfg.Keep {
@@ -115,25 +147,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 
 	start := time.Now()
-	if err := d.run(ctx, cfg.Setup); err != nil {
-		return err
-	}
-	d.Printf("\nsild demo is up after %s (data in %s).\n", time.Since(start).Round(10*time.Millisecond), data)
-	if cfg.Once {
-		if err := d.run(ctx, cfg.Smoke); err != nil {
-			return err
-		}
-		d.Printf("\nsmoke checks passed\n")
-		return nil
-	}
-	d.Printf("Press Ctrl-C to stop.\n")
-	<-ctx.Done()
-	d.Printf("\nstopping\n")
-	return nil
-}
-
-func (d *Demo) run(ctx context.Context, steps []Step) error {
-	for _, s := range steps {
+	for _, s := range cfg.Setup {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -144,7 +158,49 @@ func (d *Demo) run(ctx context.Context, steps []Step) error {
 		}
 		d.Logger.Debug("demo step done", "step", s.Name, "took", time.Since(t))
 	}
+	d.Printf("\nsild demo is up after %s (data in %s).\n", time.Since(start).Round(10*time.Millisecond), data)
+	failed := d.scenario(ctx)
+	for _, fn := range d.infos {
+		fn()
+	}
+	if cfg.Once {
+		if failed > 0 {
+			return fmt.Errorf("%w: %d of %d steps", ErrScenario, failed, len(cfg.Scenario))
+		}
+		d.Printf("\nall %d scenario steps succeeded\n", len(cfg.Scenario))
+		return nil
+	}
+	if failed > 0 {
+		d.Printf("\n%d of %d scenario steps FAILED (see above); the mesh stays up.\n", failed, len(cfg.Scenario))
+	}
+	d.Printf("\nPress Ctrl-C to stop.\n")
+	<-ctx.Done()
+	d.Printf("\nstopping\n")
 	return nil
+}
+
+// scenario runs every scenario step, printing one line each, and returns
+// how many failed.
+func (d *Demo) scenario(ctx context.Context) int {
+	if len(d.Scenario) == 0 {
+		return 0
+	}
+	d.Printf("\nScenario (who -> whom: what | result | ledger receipts):\n")
+	failed := 0
+	for i, s := range d.Scenario {
+		d.report = ""
+		err := ctx.Err()
+		if err == nil {
+			err = s.Run(ctx, d)
+		}
+		if err != nil {
+			failed++
+			d.Printf("  %d. FAIL %s | %v\n", i+1, s.Name, err)
+			continue
+		}
+		d.Printf("  %d. ok   %s | %s\n", i+1, s.Name, d.report)
+	}
+	return failed
 }
 
 func (d *Demo) close() error {
@@ -154,22 +210,4 @@ func (d *Demo) close() error {
 	}
 	d.closers = nil
 	return errors.Join(errs...)
-}
-
-// waitFor polls cond until it holds, ctx ends or d passes.
-func waitFor(ctx context.Context, d time.Duration, what string, cond func() bool) error {
-	deadline := time.Now().Add(d)
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: not after %s", what, d)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -30,15 +31,15 @@ func TestRunnerOrderCleanupAndFailure(t *testing.T) {
 		wantOrder string
 		wantOut   string
 	}{
-		{"once runs setup then smoke, closes in reverse",
-			Config{Once: true, Setup: []Step{step("a", nil), step("b", nil)}, Smoke: []Step{step("check", nil)}},
-			nil, "a b check close check close b close a", "smoke checks passed"},
+		{"once runs setup then the scenario, closes in reverse",
+			Config{Once: true, Setup: []Step{step("a", nil), step("b", nil)}, Scenario: []Step{step("check", nil)}},
+			nil, "a b check close check close b close a", "all 1 scenario steps succeeded"},
 		{"a failing setup step stops the run and still closes",
-			Config{Once: true, Setup: []Step{step("a", nil), step("b", boom), step("c", nil)}, Smoke: []Step{step("check", nil)}},
+			Config{Once: true, Setup: []Step{step("a", nil), step("b", boom), step("c", nil)}, Scenario: []Step{step("check", nil)}},
 			boom, "a b close b close a", "==> b"},
-		{"a failing smoke step fails the run",
-			Config{Once: true, Setup: []Step{step("a", nil)}, Smoke: []Step{step("check", boom)}},
-			boom, "a check close check close a", "==> check"},
+		{"a failing scenario step fails the run",
+			Config{Once: true, Setup: []Step{step("a", nil)}, Scenario: []Step{step("check", boom)}},
+			ErrScenario, "a check close check close a", "1. FAIL check | boom"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -70,7 +71,7 @@ func TestRunWaitsForContextAndKeeps(t *testing.T) {
 	up := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Config{Dir: dir, Keep: true, Out: &out, Setup: []Step{{Name: "up", Run: func(context.Context, *Demo) error {
+		done <- Run(ctx, Config{Dir: dir, Keep: true, Out: &out, Scenario: []Step{}, Setup: []Step{{Name: "up", Run: func(context.Context, *Demo) error {
 			close(up)
 			return nil
 		}}}})
@@ -87,5 +88,43 @@ func TestRunWaitsForContextAndKeeps(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(dir); len(left) != 1 || !strings.Contains(out.String(), "data kept in") {
 		t.Fatalf("--keep: %v\n%s", left, out.String())
+	}
+}
+
+// TestScenario runs the whole demo in-process, as `sild demo --once` does:
+// two federated ecosystems, four nodes, every scenario step must succeed,
+// each with ledger receipts from both nodes.
+func TestScenario(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	dir := t.TempDir()
+	if err := Run(ctx, Config{Once: true, Dir: dir, Out: &out}); err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	text := out.String()
+	for i, s := range Scenario() {
+		line := fmt.Sprintf("%d. ok   %s | ", i+1, s.Name)
+		if !strings.Contains(text, line) {
+			t.Errorf("output lacks %q", line)
+		}
+		if want := fmt.Sprintf("(message demo-%d)", i+1); !strings.Contains(text, want) {
+			t.Errorf("no ledger receipt for step %d (%q)", i+1, want)
+		}
+	}
+	for _, want := range []string{
+		"link EE <-> FI active on both sides", "refused as expected: ACCESS_DENIED",
+		"131052-308T Matti Virtanen", "grpcurl -plaintext -H 'sild-client: EE/GOV/70000310/licensing'",
+		"curl -s -H 'Sild-Client: EE/GOV/70000310/licensing'", "admin API key  sild_", "all 5 scenario steps succeeded",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(text)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Fatalf("data left behind: %v", left)
 	}
 }
