@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -28,6 +29,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/registry/registrytest"
 )
@@ -87,6 +89,7 @@ type mesh struct {
 	a, b              *node.Node
 	licensing, bizreg ident.Subsystem
 	rest              string // base URL of A's REST consumer
+	roots             []*x509.Certificate
 	grpcConn          *grpc.ClientConn
 }
 
@@ -140,6 +143,7 @@ func startMesh(t testing.TB, legacy bool) *mesh {
 		cfg.Node, cfg.Registry, cfg.TrustBundle, cfg.JoinToken, cfg.DataDir = id.String(), c.Live()[0].Srv.APIAddr(), c.BundleFile(), token, dir
 		cfg.ConsumerListen, cfg.ExchangeListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 		cfg.Subsystems = []node.SubsystemConfig{sub}
+		cfg.CheckpointInterval = 200 * time.Millisecond
 		cfg.AdminKeys = []node.AdminKey{{Hash: apikey.Hash(adminKey), Role: "admin"}}
 		if os.Getenv("SILD_TEST_LOG") != "" {
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -187,7 +191,7 @@ func startMesh(t testing.TB, legacy bool) *mesh {
 	}
 	conn := dialInsecure(t, a.ConsumerAddr())
 	// The REST consumer is the node's own: HTTP/1.1 on its consumer port.
-	return &mesh{a: a, b: b, licensing: licensing, bizreg: bizreg, rest: "http://" + a.ConsumerAddr() + "/r1/EE/GOV/70000310/business-registry/" + svc.Name + "/", grpcConn: conn}
+	return &mesh{roots: c.Roots, a: a, b: b, licensing: licensing, bizreg: bizreg, rest: "http://" + a.ConsumerAddr() + "/r1/EE/GOV/70000310/business-registry/" + svc.Name + "/", grpcConn: conn}
 }
 
 // TestConsumerThroughTwoNodes: a REST consumer calls a gRPC provider through
@@ -293,11 +297,26 @@ func TestRESTToRESTThroughTwoNodes(t *testing.T) {
 	}
 	h["Sild-Message-Id"] = "legacy-3"
 	want(t, "backend refusal", restPost(t, m.rest+"Echo", h, `{"text":"forbidden"}`), 403, gateway.ReasonBackendError, "")
+	// Both ledgers' evidence of the REST exchange verifies offline, as
+	// `sild ledger verify` does it (ledger.VerifyBundle).
 	for name, n := range map[string]*node.Node{"consumer": m.a, "provider": m.b} {
 		recs, err := n.Ledger().ByMessageID("legacy-1")
 		if err != nil || len(recs) != 1 || recs[0].Record.GetStatusCode() != 0 ||
 			recs[0].Record.GetConsumerSignature() == nil || recs[0].Record.GetProviderSignature() == nil {
 			t.Fatalf("%s ledger: %v %v", name, recs, err)
+		}
+		var data []byte
+		registrytest.WaitFor(t, 60*time.Second, name+" evidence time-stamped", func() bool {
+			b, err := n.Ledger().Export("legacy-1")
+			if err != nil || len(b.GetCheckpoint().GetTimestampToken()) == 0 {
+				return false
+			}
+			data, _ = proto.Marshal(b)
+			return true
+		})
+		v, err := ledger.VerifyBundle(data, m.roots)
+		if err != nil || v.RecordSignatures < 2 {
+			t.Fatalf("%s evidence: %+v %v", name, v, err)
 		}
 	}
 }
