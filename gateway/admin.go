@@ -9,10 +9,13 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/internal/rpcerr"
 )
 
 // DefaultMaxBody bounds a request body (a PublishService request carries a
@@ -78,7 +81,15 @@ func NewAdmin(ctx context.Context, cfg AdminConfig) (*Admin, error) {
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}}),
-		runtime.WithErrorHandler(errorHandler),
+		runtime.WithErrorHandler(func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+			switch status.Code(err) {
+			case codes.Internal, codes.Unknown, codes.Unavailable, codes.DataLoss:
+				if rpcerr.Info(err) == nil && r.Context().Err() == nil {
+					cfg.Logger.Warn("admin REST call failed", "path", r.URL.Path, "err", err)
+				}
+			}
+			errorHandler(ctx, mux, m, w, r, err)
+		}),
 		runtime.WithRoutingErrorHandler(routingErrorHandler),
 	)
 	if cfg.OpenAPI != nil {
