@@ -394,3 +394,18 @@ func (a *adminAPI) ListExports(ctx context.Context, r *registryv1.ListExportsReq
 	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Exports = st.Proto().GetExports() })
 	return resp, err
 }
+
+func (a *adminAPI) Backup(ctx context.Context, _ *registryv1.BackupRequest) (*registryv1.BackupResponse, error) {
+	if err := a.s.barrier(ctx, false); err != nil {
+		return nil, err
+	}
+	var st *registryv1.State
+	var index uint64
+	a.s.fsm.Read(func(s *fsm.State, i uint64) { st, index = s.Proto(), i })
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(st)
+	if err != nil {
+		return nil, err
+	}
+	a.s.log.Info("backup taken", "index", index)
+	return &registryv1.BackupResponse{State: data, Index: index}, nil
+}

@@ -132,8 +132,12 @@ func (s *Server) pendingInit() (*registryv1.Init, error) {
 	return &in, nil
 }
 
-// bootstrapIdentity creates the ecosystem's keys and this server's SVID.
+// bootstrapIdentity creates the ecosystem's keys and this server's SVID,
+// or, restoring a backup, takes the keys from it.
 func (s *Server) bootstrapIdentity() (*registryv1.Init, error) {
+	if s.cfg.Restore != nil {
+		return s.restoreIdentity()
+	}
 	now := time.Now()
 	td, err := spiffeid.TrustDomainFromString(s.cfg.TrustDomain)
 	if err != nil {
@@ -388,4 +392,31 @@ func (s *Server) renewSelf(now time.Time) {
 		return
 	}
 	s.log.Info("renewed own svid", "expires", chain[0].NotAfter)
+}
+
+// restoreIdentity issues this server's SVID from the CA of a backup and
+// returns the Init command that restores it.
+func (s *Server) restoreIdentity() (*registryv1.Init, error) {
+	st := fsm.FromProto(s.cfg.Restore)
+	ca, err := stateCA(st)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	key, chain, err := s.issueSelf(ca, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	in := &registryv1.Init{Restore: s.cfg.Restore}
+	data, err := proto.Marshal(in)
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(s.cfg.DataDir, fileInit, data); err != nil {
+		return nil, err
+	}
+	if err := s.setIdentity(key, chain, []*x509.Certificate{ca.Cert}, true); err != nil {
+		return nil, err
+	}
+	s.log.Info("restoring the ecosystem from a backup", "instance", st.Instance, "members", len(st.Members), "nodes", len(st.Nodes))
+	return in, nil
 }

@@ -16,6 +16,7 @@ import (
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/registry"
 	"github.com/sildmesh/sild/registry/registrytest"
 )
 
@@ -224,5 +225,46 @@ func TestCatalogueKeepsDescriptors(t *testing.T) {
 	_, err = adm.RemoveSubsystem(c.Ctx(ctx), &registryv1.RemoveSubsystemRequest{Id: sub})
 	if rpcerr.Reason(err) != "IN_USE" {
 		t.Fatalf("removing a subsystem that publishes: %v", err)
+	}
+}
+
+func TestBackupAndRestore(t *testing.T) {
+	c := registrytest.Start(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	adm := c.AdminClient(c.Followers()[0])
+	for i := 0; i < 5; i++ {
+		if _, err := adm.AddMember(c.Ctx(ctx), &registryv1.AddMemberRequest{Id: memberID(string(rune('a' + i)))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	backup, err := adm.Backup(c.Ctx(ctx), &registryv1.BackupRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := adm.CreateApiKey(c.Ctx(ctx), &registryv1.CreateApiKeyRequest{Name: "r", Role: registryv1.Role_ROLE_READER})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.Backup(registrytest.WithKey(ctx, reader.GetSecret()), &registryv1.BackupRequest{}); rpcerr.Reason(err) != rpcerr.ReasonPermissionDenied {
+		t.Fatalf("backup with a reader key: %v", err)
+	}
+	var st registryv1.State
+	if err := proto.Unmarshal(backup.GetState(), &st); err != nil {
+		t.Fatal(err)
+	}
+	// A new cluster (other machines, other data) starts from the backup.
+	restored := registrytest.StartWith(t, 1, func(cfg *registry.Config) { cfg.Restore = &st })
+	restored.Admin = c.Admin // the old keys are in the backup
+	restored.Roots = c.Roots // and so is the CA
+	got, err := restored.AdminClient(restored.Servers[0]).ListMembers(restored.Ctx(ctx), &registryv1.ListMembersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.GetMembers()) != 5 {
+		t.Fatalf("restored members: %d, want 5", len(got.GetMembers()))
+	}
+	if _, err := restored.AdminClient(restored.Servers[0]).AddMember(restored.Ctx(ctx), &registryv1.AddMemberRequest{Id: memberID("after")}); err != nil {
+		t.Fatalf("write after restore: %v", err)
 	}
 }

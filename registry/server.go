@@ -77,6 +77,10 @@ type Config struct {
 
 	// Bootstrap creates a new ecosystem with this server as its first voter.
 	Bootstrap bool
+	// Restore, with Bootstrap, starts the ecosystem from a backup
+	// (AdminService.Backup) instead of creating new keys.
+	Restore *registryv1.State
+
 	// Join is the API address of a running server; Token a server token
 	// from `sild ctl server token`, TrustBundle the ecosystem's root
 	// certificates (PEM) to verify it by.
@@ -135,6 +139,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Bootstrap && c.Join != "" {
 		return errors.New("config: set Bootstrap or Join, not both")
+	}
+	if c.Restore != nil && !c.Bootstrap {
+		return errors.New("config: Restore needs Bootstrap")
+	}
+	if c.Restore != nil {
+		c.Instance, c.TrustDomain = c.Restore.GetInstance(), c.Restore.GetTrustDomain()
 	}
 	if c.Bootstrap {
 		if err := ident.CheckCode("instance", c.Instance); err != nil {

@@ -107,6 +107,7 @@ Output is a table for people, or JSON (protobuf JSON mapping) with -o json.`,
 		newCtlConfigCmd(opts),
 		newCtlFederationCmd(opts),
 		newCtlExportCmd(opts),
+		newCtlBackupCmd(opts),
 	)
 	return cmd
 }

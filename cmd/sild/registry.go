@@ -14,7 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/proto"
 
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry"
 )
@@ -30,6 +32,7 @@ var registryFlags = []struct{ field, flag string }{
 	{"RaftAddr", "--raft-listen"},
 	{"Bootstrap", "--bootstrap"},
 	{"Join", "--join"},
+	{"Restore", "--restore"},
 	{"Token", "--token"},
 	{"TrustBundle", "--trust"},
 	{"NodeSVIDTTL", "--node-svid-ttl"},
@@ -58,6 +61,7 @@ func flagHint(err error) error {
 type registryOptions struct {
 	cfg       registry.Config
 	trust     string
+	restore   string
 	logLevel  string
 	logFormat string
 }
@@ -131,6 +135,7 @@ The server runs until SIGINT or SIGTERM.`,
 	f.StringVar(&c.AdvertiseFederation, "advertise-federation", "", "federation address peers use (default: --federation-listen)")
 	f.DurationVar(&c.FederationRefresh, "federation-refresh", c.FederationRefresh, "how often the leader re-checks every federation link")
 	f.BoolVar(&c.Bootstrap, "bootstrap", false, "create a new ecosystem with this server as its first voter")
+	f.StringVar(&o.restore, "restore", "", "with --bootstrap: start the ecosystem from a backup file (sild ctl backup) instead of new keys")
 	f.StringVar(&c.Join, "join", "", "API address of a running server to join through")
 	f.StringVar(&c.Token, "token", "", "one-time server token for --join (sild ctl server token)")
 	f.StringVar(&o.trust, "trust", "", "PEM file with the ecosystem's root certificates, for --join (bundle.pem of a running server)")
@@ -183,6 +188,17 @@ func (o *registryOptions) config(logOut io.Writer) (registry.Config, error) {
 			return cfg, fmt.Errorf("--trust %s: no certificates", o.trust)
 		}
 		cfg.TrustBundle = roots
+	}
+	if o.restore != "" {
+		data, err := os.ReadFile(o.restore)
+		if err != nil {
+			return cfg, fmt.Errorf("--restore: %w", err)
+		}
+		var st registryv1.State
+		if err := proto.Unmarshal(data, &st); err != nil || st.GetCa() == nil {
+			return cfg, fmt.Errorf("--restore %s: not a registry backup", o.restore)
+		}
+		cfg.Restore = &st
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, flagHint(err)

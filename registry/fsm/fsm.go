@@ -216,6 +216,18 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 			return nil, exists("the ecosystem")
 		}
 		o := op.Init
+		if r := o.GetRestore(); r != nil {
+			if r.GetInstance() == "" || r.GetTrustDomain() == "" || r.GetCa() == nil || r.GetConfigSigner() == nil {
+				return nil, invalid("restore: the backup lacks instance, trust domain, ca or config signer")
+			}
+			restored := FromProto(proto.Clone(r).(*registryv1.State))
+			// The backed-up cluster's servers are gone; the new ones
+			// announce themselves.
+			restored.Servers = map[string]*registryv1.ServerInfo{}
+			f.s = restored
+			f.touch(index)
+			return nil, nil
+		}
 		if o.GetInstance() == "" || o.GetTrustDomain() == "" || o.GetCa() == nil || o.GetConfigSigner() == nil {
 			return nil, invalid("init: instance, trust domain, ca and config signer are required")
 		}

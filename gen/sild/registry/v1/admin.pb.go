@@ -3990,6 +3990,95 @@ func (x *ListExportsResponse) GetExports() []*Export {
 	return nil
 }
 
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{84}
+}
+
+type BackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// state is a serialized sild.registry.v1.State.
+	State         []byte `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	Index         uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *BackupResponse) GetState() []byte {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *BackupResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 var File_sild_registry_v1_admin_proto protoreflect.FileDescriptor
 
 const file_sild_registry_v1_admin_proto_rawDesc = "" +
@@ -4192,7 +4281,11 @@ const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\x12ListExportsRequest\x121\n" +
 	"\x04read\x18\x01 \x01(\v2\x1d.sild.registry.v1.ReadOptionsR\x04read\"I\n" +
 	"\x13ListExportsResponse\x122\n" +
-	"\aexports\x18\x01 \x03(\v2\x18.sild.registry.v1.ExportR\aexports*\x80\x01\n" +
+	"\aexports\x18\x01 \x03(\v2\x18.sild.registry.v1.ExportR\aexports\"\x0f\n" +
+	"\rBackupRequest\"<\n" +
+	"\x0eBackupResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\fR\x05state\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index*\x80\x01\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REQUEST_STATE_PENDING\x10\x01\x12\x1a\n" +
@@ -4203,7 +4296,7 @@ const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\vROLE_READER\x10\x01\x12\x11\n" +
 	"\rROLE_OPERATOR\x10\x02\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x032\x92\x1f\n" +
+	"ROLE_ADMIN\x10\x032\xdf\x1f\n" +
 	"\fAdminService\x12T\n" +
 	"\tAddMember\x12\".sild.registry.v1.AddMemberRequest\x1a#.sild.registry.v1.AddMemberResponse\x12]\n" +
 	"\fRemoveMember\x12%.sild.registry.v1.RemoveMemberRequest\x1a&.sild.registry.v1.RemoveMemberResponse\x12Z\n" +
@@ -4246,7 +4339,8 @@ const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\tAddExport\x12\".sild.registry.v1.AddExportRequest\x1a#.sild.registry.v1.AddExportResponse\x12]\n" +
 	"\fRemoveExport\x12%.sild.registry.v1.RemoveExportRequest\x1a&.sild.registry.v1.RemoveExportResponse\x12Z\n" +
 	"\vListExports\x12$.sild.registry.v1.ListExportsRequest\x1a%.sild.registry.v1.ListExportsResponse\x12f\n" +
-	"\x0fGetGlobalConfig\x12(.sild.registry.v1.GetGlobalConfigRequest\x1a).sild.registry.v1.GetGlobalConfigResponse\x12f\n" +
+	"\x0fGetGlobalConfig\x12(.sild.registry.v1.GetGlobalConfigRequest\x1a).sild.registry.v1.GetGlobalConfigResponse\x12K\n" +
+	"\x06Backup\x12\x1f.sild.registry.v1.BackupRequest\x1a .sild.registry.v1.BackupResponse\x12f\n" +
 	"\x0fRotateConfigKey\x12(.sild.registry.v1.RotateConfigKeyRequest\x1a).sild.registry.v1.RotateConfigKeyResponseB\xbe\x01\n" +
 	"\x14com.sild.registry.v1B\n" +
 	"AdminProtoP\x01Z8github.com/sildmesh/sild/gen/sild/registry/v1;registryv1\xa2\x02\x03SRX\xaa\x02\x10Sild.Registry.V1\xca\x02\x10Sild\\Registry\\V1\xe2\x02\x1cSild\\Registry\\V1\\GPBMetadata\xea\x02\x12Sild::Registry::V1b\x06proto3"
@@ -4264,7 +4358,7 @@ func file_sild_registry_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_sild_registry_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sild_registry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
+var file_sild_registry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_sild_registry_v1_admin_proto_goTypes = []any{
 	(RequestState)(0),                          // 0: sild.registry.v1.RequestState
 	(Role)(0),                                  // 1: sild.registry.v1.Role
@@ -4352,75 +4446,77 @@ var file_sild_registry_v1_admin_proto_goTypes = []any{
 	(*RemoveExportResponse)(nil),               // 83: sild.registry.v1.RemoveExportResponse
 	(*ListExportsRequest)(nil),                 // 84: sild.registry.v1.ListExportsRequest
 	(*ListExportsResponse)(nil),                // 85: sild.registry.v1.ListExportsResponse
-	(*v1.MemberId)(nil),                        // 86: sild.ident.v1.MemberId
-	(*Member)(nil),                             // 87: sild.registry.v1.Member
-	(*v1.SubsystemId)(nil),                     // 88: sild.ident.v1.SubsystemId
-	(*Subsystem)(nil),                          // 89: sild.registry.v1.Subsystem
-	(*v1.NodeId)(nil),                          // 90: sild.ident.v1.NodeId
-	(*durationpb.Duration)(nil),                // 91: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),              // 92: google.protobuf.Timestamp
-	(*Node)(nil),                               // 93: sild.registry.v1.Node
-	(*GlobalGroup)(nil),                        // 94: sild.registry.v1.GlobalGroup
-	(*v1.ServiceId)(nil),                       // 95: sild.ident.v1.ServiceId
-	(*CatalogEntry)(nil),                       // 96: sild.registry.v1.CatalogEntry
-	(*GlobalConfig)(nil),                       // 97: sild.registry.v1.GlobalConfig
-	(*SignedConfig)(nil),                       // 98: sild.registry.v1.SignedConfig
-	(*FederationLink)(nil),                     // 99: sild.registry.v1.FederationLink
-	(*Export)(nil),                             // 100: sild.registry.v1.Export
+	(*BackupRequest)(nil),                      // 86: sild.registry.v1.BackupRequest
+	(*BackupResponse)(nil),                     // 87: sild.registry.v1.BackupResponse
+	(*v1.MemberId)(nil),                        // 88: sild.ident.v1.MemberId
+	(*Member)(nil),                             // 89: sild.registry.v1.Member
+	(*v1.SubsystemId)(nil),                     // 90: sild.ident.v1.SubsystemId
+	(*Subsystem)(nil),                          // 91: sild.registry.v1.Subsystem
+	(*v1.NodeId)(nil),                          // 92: sild.ident.v1.NodeId
+	(*durationpb.Duration)(nil),                // 93: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),              // 94: google.protobuf.Timestamp
+	(*Node)(nil),                               // 95: sild.registry.v1.Node
+	(*GlobalGroup)(nil),                        // 96: sild.registry.v1.GlobalGroup
+	(*v1.ServiceId)(nil),                       // 97: sild.ident.v1.ServiceId
+	(*CatalogEntry)(nil),                       // 98: sild.registry.v1.CatalogEntry
+	(*GlobalConfig)(nil),                       // 99: sild.registry.v1.GlobalConfig
+	(*SignedConfig)(nil),                       // 100: sild.registry.v1.SignedConfig
+	(*FederationLink)(nil),                     // 101: sild.registry.v1.FederationLink
+	(*Export)(nil),                             // 102: sild.registry.v1.Export
 }
 var file_sild_registry_v1_admin_proto_depIdxs = []int32{
-	86,  // 0: sild.registry.v1.AddMemberRequest.id:type_name -> sild.ident.v1.MemberId
-	86,  // 1: sild.registry.v1.RemoveMemberRequest.id:type_name -> sild.ident.v1.MemberId
+	88,  // 0: sild.registry.v1.AddMemberRequest.id:type_name -> sild.ident.v1.MemberId
+	88,  // 1: sild.registry.v1.RemoveMemberRequest.id:type_name -> sild.ident.v1.MemberId
 	2,   // 2: sild.registry.v1.ListMembersRequest.read:type_name -> sild.registry.v1.ReadOptions
-	87,  // 3: sild.registry.v1.ListMembersResponse.members:type_name -> sild.registry.v1.Member
-	88,  // 4: sild.registry.v1.AddSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
-	88,  // 5: sild.registry.v1.RemoveSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
+	89,  // 3: sild.registry.v1.ListMembersResponse.members:type_name -> sild.registry.v1.Member
+	90,  // 4: sild.registry.v1.AddSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
+	90,  // 5: sild.registry.v1.RemoveSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
 	2,   // 6: sild.registry.v1.ListSubsystemsRequest.read:type_name -> sild.registry.v1.ReadOptions
-	89,  // 7: sild.registry.v1.ListSubsystemsResponse.subsystems:type_name -> sild.registry.v1.Subsystem
-	90,  // 8: sild.registry.v1.AddNodeRequest.id:type_name -> sild.ident.v1.NodeId
-	90,  // 9: sild.registry.v1.CreateJoinTokenRequest.node:type_name -> sild.ident.v1.NodeId
-	91,  // 10: sild.registry.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	92,  // 11: sild.registry.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	90,  // 12: sild.registry.v1.RemoveNodeRequest.id:type_name -> sild.ident.v1.NodeId
+	91,  // 7: sild.registry.v1.ListSubsystemsResponse.subsystems:type_name -> sild.registry.v1.Subsystem
+	92,  // 8: sild.registry.v1.AddNodeRequest.id:type_name -> sild.ident.v1.NodeId
+	92,  // 9: sild.registry.v1.CreateJoinTokenRequest.node:type_name -> sild.ident.v1.NodeId
+	93,  // 10: sild.registry.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	94,  // 11: sild.registry.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	92,  // 12: sild.registry.v1.RemoveNodeRequest.id:type_name -> sild.ident.v1.NodeId
 	2,   // 13: sild.registry.v1.ListNodesRequest.read:type_name -> sild.registry.v1.ReadOptions
-	93,  // 14: sild.registry.v1.ListNodesResponse.nodes:type_name -> sild.registry.v1.Node
-	88,  // 15: sild.registry.v1.RegisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	90,  // 16: sild.registry.v1.RegisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
+	95,  // 14: sild.registry.v1.ListNodesResponse.nodes:type_name -> sild.registry.v1.Node
+	90,  // 15: sild.registry.v1.RegisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	92,  // 16: sild.registry.v1.RegisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
 	45,  // 17: sild.registry.v1.RegisterSubsystemResponse.request:type_name -> sild.registry.v1.ManagementRequest
-	88,  // 18: sild.registry.v1.UnregisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	90,  // 19: sild.registry.v1.UnregisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
-	88,  // 20: sild.registry.v1.AddGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
-	88,  // 21: sild.registry.v1.RemoveGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
+	90,  // 18: sild.registry.v1.UnregisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	92,  // 19: sild.registry.v1.UnregisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
+	90,  // 20: sild.registry.v1.AddGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
+	90,  // 21: sild.registry.v1.RemoveGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
 	2,   // 22: sild.registry.v1.ListGroupsRequest.read:type_name -> sild.registry.v1.ReadOptions
-	94,  // 23: sild.registry.v1.ListGroupsResponse.groups:type_name -> sild.registry.v1.GlobalGroup
-	95,  // 24: sild.registry.v1.PublishServiceRequest.service:type_name -> sild.ident.v1.ServiceId
-	95,  // 25: sild.registry.v1.SetServiceEnabledRequest.service:type_name -> sild.ident.v1.ServiceId
-	95,  // 26: sild.registry.v1.RemoveServiceRequest.service:type_name -> sild.ident.v1.ServiceId
+	96,  // 23: sild.registry.v1.ListGroupsResponse.groups:type_name -> sild.registry.v1.GlobalGroup
+	97,  // 24: sild.registry.v1.PublishServiceRequest.service:type_name -> sild.ident.v1.ServiceId
+	97,  // 25: sild.registry.v1.SetServiceEnabledRequest.service:type_name -> sild.ident.v1.ServiceId
+	97,  // 26: sild.registry.v1.RemoveServiceRequest.service:type_name -> sild.ident.v1.ServiceId
 	2,   // 27: sild.registry.v1.ListServicesRequest.read:type_name -> sild.registry.v1.ReadOptions
-	96,  // 28: sild.registry.v1.ListServicesResponse.services:type_name -> sild.registry.v1.CatalogEntry
+	98,  // 28: sild.registry.v1.ListServicesResponse.services:type_name -> sild.registry.v1.CatalogEntry
 	0,   // 29: sild.registry.v1.ManagementRequest.state:type_name -> sild.registry.v1.RequestState
-	92,  // 30: sild.registry.v1.ManagementRequest.created_at:type_name -> google.protobuf.Timestamp
-	92,  // 31: sild.registry.v1.ManagementRequest.decided_at:type_name -> google.protobuf.Timestamp
+	94,  // 30: sild.registry.v1.ManagementRequest.created_at:type_name -> google.protobuf.Timestamp
+	94,  // 31: sild.registry.v1.ManagementRequest.decided_at:type_name -> google.protobuf.Timestamp
 	2,   // 32: sild.registry.v1.ListRequestsRequest.read:type_name -> sild.registry.v1.ReadOptions
 	0,   // 33: sild.registry.v1.ListRequestsRequest.state:type_name -> sild.registry.v1.RequestState
 	45,  // 34: sild.registry.v1.ListRequestsResponse.requests:type_name -> sild.registry.v1.ManagementRequest
 	1,   // 35: sild.registry.v1.ApiKey.role:type_name -> sild.registry.v1.Role
-	92,  // 36: sild.registry.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
+	94,  // 36: sild.registry.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
 	1,   // 37: sild.registry.v1.CreateApiKeyRequest.role:type_name -> sild.registry.v1.Role
 	54,  // 38: sild.registry.v1.CreateApiKeyResponse.key:type_name -> sild.registry.v1.ApiKey
 	2,   // 39: sild.registry.v1.ListApiKeysRequest.read:type_name -> sild.registry.v1.ReadOptions
 	54,  // 40: sild.registry.v1.ListApiKeysResponse.keys:type_name -> sild.registry.v1.ApiKey
 	61,  // 41: sild.registry.v1.RaftStatusResponse.servers:type_name -> sild.registry.v1.RaftServer
-	91,  // 42: sild.registry.v1.CreateServerTokenRequest.ttl:type_name -> google.protobuf.Duration
-	92,  // 43: sild.registry.v1.CreateServerTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	97,  // 44: sild.registry.v1.GetGlobalConfigResponse.config:type_name -> sild.registry.v1.GlobalConfig
-	98,  // 45: sild.registry.v1.GetGlobalConfigResponse.signed:type_name -> sild.registry.v1.SignedConfig
+	93,  // 42: sild.registry.v1.CreateServerTokenRequest.ttl:type_name -> google.protobuf.Duration
+	94,  // 43: sild.registry.v1.CreateServerTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	99,  // 44: sild.registry.v1.GetGlobalConfigResponse.config:type_name -> sild.registry.v1.GlobalConfig
+	100, // 45: sild.registry.v1.GetGlobalConfigResponse.signed:type_name -> sild.registry.v1.SignedConfig
 	2,   // 46: sild.registry.v1.ListFederationLinksRequest.read:type_name -> sild.registry.v1.ReadOptions
-	99,  // 47: sild.registry.v1.ListFederationLinksResponse.links:type_name -> sild.registry.v1.FederationLink
-	88,  // 48: sild.registry.v1.AddExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	88,  // 49: sild.registry.v1.RemoveExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	101, // 47: sild.registry.v1.ListFederationLinksResponse.links:type_name -> sild.registry.v1.FederationLink
+	90,  // 48: sild.registry.v1.AddExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	90,  // 49: sild.registry.v1.RemoveExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
 	2,   // 50: sild.registry.v1.ListExportsRequest.read:type_name -> sild.registry.v1.ReadOptions
-	100, // 51: sild.registry.v1.ListExportsResponse.exports:type_name -> sild.registry.v1.Export
+	102, // 51: sild.registry.v1.ListExportsResponse.exports:type_name -> sild.registry.v1.Export
 	3,   // 52: sild.registry.v1.AdminService.AddMember:input_type -> sild.registry.v1.AddMemberRequest
 	5,   // 53: sild.registry.v1.AdminService.RemoveMember:input_type -> sild.registry.v1.RemoveMemberRequest
 	7,   // 54: sild.registry.v1.AdminService.ListMembers:input_type -> sild.registry.v1.ListMembersRequest
@@ -4460,49 +4556,51 @@ var file_sild_registry_v1_admin_proto_depIdxs = []int32{
 	82,  // 88: sild.registry.v1.AdminService.RemoveExport:input_type -> sild.registry.v1.RemoveExportRequest
 	84,  // 89: sild.registry.v1.AdminService.ListExports:input_type -> sild.registry.v1.ListExportsRequest
 	68,  // 90: sild.registry.v1.AdminService.GetGlobalConfig:input_type -> sild.registry.v1.GetGlobalConfigRequest
-	70,  // 91: sild.registry.v1.AdminService.RotateConfigKey:input_type -> sild.registry.v1.RotateConfigKeyRequest
-	4,   // 92: sild.registry.v1.AdminService.AddMember:output_type -> sild.registry.v1.AddMemberResponse
-	6,   // 93: sild.registry.v1.AdminService.RemoveMember:output_type -> sild.registry.v1.RemoveMemberResponse
-	8,   // 94: sild.registry.v1.AdminService.ListMembers:output_type -> sild.registry.v1.ListMembersResponse
-	10,  // 95: sild.registry.v1.AdminService.AddSubsystem:output_type -> sild.registry.v1.AddSubsystemResponse
-	12,  // 96: sild.registry.v1.AdminService.RemoveSubsystem:output_type -> sild.registry.v1.RemoveSubsystemResponse
-	14,  // 97: sild.registry.v1.AdminService.ListSubsystems:output_type -> sild.registry.v1.ListSubsystemsResponse
-	16,  // 98: sild.registry.v1.AdminService.AddNode:output_type -> sild.registry.v1.AddNodeResponse
-	18,  // 99: sild.registry.v1.AdminService.CreateJoinToken:output_type -> sild.registry.v1.CreateJoinTokenResponse
-	20,  // 100: sild.registry.v1.AdminService.RemoveNode:output_type -> sild.registry.v1.RemoveNodeResponse
-	22,  // 101: sild.registry.v1.AdminService.ListNodes:output_type -> sild.registry.v1.ListNodesResponse
-	24,  // 102: sild.registry.v1.AdminService.RegisterSubsystem:output_type -> sild.registry.v1.RegisterSubsystemResponse
-	26,  // 103: sild.registry.v1.AdminService.UnregisterSubsystem:output_type -> sild.registry.v1.UnregisterSubsystemResponse
-	28,  // 104: sild.registry.v1.AdminService.AddGroup:output_type -> sild.registry.v1.AddGroupResponse
-	30,  // 105: sild.registry.v1.AdminService.RemoveGroup:output_type -> sild.registry.v1.RemoveGroupResponse
-	32,  // 106: sild.registry.v1.AdminService.AddGroupMember:output_type -> sild.registry.v1.AddGroupMemberResponse
-	34,  // 107: sild.registry.v1.AdminService.RemoveGroupMember:output_type -> sild.registry.v1.RemoveGroupMemberResponse
-	36,  // 108: sild.registry.v1.AdminService.ListGroups:output_type -> sild.registry.v1.ListGroupsResponse
-	38,  // 109: sild.registry.v1.AdminService.PublishService:output_type -> sild.registry.v1.PublishServiceResponse
-	40,  // 110: sild.registry.v1.AdminService.SetServiceEnabled:output_type -> sild.registry.v1.SetServiceEnabledResponse
-	42,  // 111: sild.registry.v1.AdminService.RemoveService:output_type -> sild.registry.v1.RemoveServiceResponse
-	44,  // 112: sild.registry.v1.AdminService.ListServices:output_type -> sild.registry.v1.ListServicesResponse
-	47,  // 113: sild.registry.v1.AdminService.ListRequests:output_type -> sild.registry.v1.ListRequestsResponse
-	49,  // 114: sild.registry.v1.AdminService.ApproveRequest:output_type -> sild.registry.v1.ApproveRequestResponse
-	51,  // 115: sild.registry.v1.AdminService.RejectRequest:output_type -> sild.registry.v1.RejectRequestResponse
-	53,  // 116: sild.registry.v1.AdminService.SetAutoApprove:output_type -> sild.registry.v1.SetAutoApproveResponse
-	56,  // 117: sild.registry.v1.AdminService.CreateApiKey:output_type -> sild.registry.v1.CreateApiKeyResponse
-	58,  // 118: sild.registry.v1.AdminService.RevokeApiKey:output_type -> sild.registry.v1.RevokeApiKeyResponse
-	60,  // 119: sild.registry.v1.AdminService.ListApiKeys:output_type -> sild.registry.v1.ListApiKeysResponse
-	63,  // 120: sild.registry.v1.AdminService.RaftStatus:output_type -> sild.registry.v1.RaftStatusResponse
-	65,  // 121: sild.registry.v1.AdminService.CreateServerToken:output_type -> sild.registry.v1.CreateServerTokenResponse
-	67,  // 122: sild.registry.v1.AdminService.RemoveServer:output_type -> sild.registry.v1.RemoveServerResponse
-	73,  // 123: sild.registry.v1.AdminService.AddFederationLink:output_type -> sild.registry.v1.AddFederationLinkResponse
-	75,  // 124: sild.registry.v1.AdminService.RemoveFederationLink:output_type -> sild.registry.v1.RemoveFederationLinkResponse
-	77,  // 125: sild.registry.v1.AdminService.SetFederationLinkSuspended:output_type -> sild.registry.v1.SetFederationLinkSuspendedResponse
-	79,  // 126: sild.registry.v1.AdminService.ListFederationLinks:output_type -> sild.registry.v1.ListFederationLinksResponse
-	81,  // 127: sild.registry.v1.AdminService.AddExport:output_type -> sild.registry.v1.AddExportResponse
-	83,  // 128: sild.registry.v1.AdminService.RemoveExport:output_type -> sild.registry.v1.RemoveExportResponse
-	85,  // 129: sild.registry.v1.AdminService.ListExports:output_type -> sild.registry.v1.ListExportsResponse
-	69,  // 130: sild.registry.v1.AdminService.GetGlobalConfig:output_type -> sild.registry.v1.GetGlobalConfigResponse
-	71,  // 131: sild.registry.v1.AdminService.RotateConfigKey:output_type -> sild.registry.v1.RotateConfigKeyResponse
-	92,  // [92:132] is the sub-list for method output_type
-	52,  // [52:92] is the sub-list for method input_type
+	86,  // 91: sild.registry.v1.AdminService.Backup:input_type -> sild.registry.v1.BackupRequest
+	70,  // 92: sild.registry.v1.AdminService.RotateConfigKey:input_type -> sild.registry.v1.RotateConfigKeyRequest
+	4,   // 93: sild.registry.v1.AdminService.AddMember:output_type -> sild.registry.v1.AddMemberResponse
+	6,   // 94: sild.registry.v1.AdminService.RemoveMember:output_type -> sild.registry.v1.RemoveMemberResponse
+	8,   // 95: sild.registry.v1.AdminService.ListMembers:output_type -> sild.registry.v1.ListMembersResponse
+	10,  // 96: sild.registry.v1.AdminService.AddSubsystem:output_type -> sild.registry.v1.AddSubsystemResponse
+	12,  // 97: sild.registry.v1.AdminService.RemoveSubsystem:output_type -> sild.registry.v1.RemoveSubsystemResponse
+	14,  // 98: sild.registry.v1.AdminService.ListSubsystems:output_type -> sild.registry.v1.ListSubsystemsResponse
+	16,  // 99: sild.registry.v1.AdminService.AddNode:output_type -> sild.registry.v1.AddNodeResponse
+	18,  // 100: sild.registry.v1.AdminService.CreateJoinToken:output_type -> sild.registry.v1.CreateJoinTokenResponse
+	20,  // 101: sild.registry.v1.AdminService.RemoveNode:output_type -> sild.registry.v1.RemoveNodeResponse
+	22,  // 102: sild.registry.v1.AdminService.ListNodes:output_type -> sild.registry.v1.ListNodesResponse
+	24,  // 103: sild.registry.v1.AdminService.RegisterSubsystem:output_type -> sild.registry.v1.RegisterSubsystemResponse
+	26,  // 104: sild.registry.v1.AdminService.UnregisterSubsystem:output_type -> sild.registry.v1.UnregisterSubsystemResponse
+	28,  // 105: sild.registry.v1.AdminService.AddGroup:output_type -> sild.registry.v1.AddGroupResponse
+	30,  // 106: sild.registry.v1.AdminService.RemoveGroup:output_type -> sild.registry.v1.RemoveGroupResponse
+	32,  // 107: sild.registry.v1.AdminService.AddGroupMember:output_type -> sild.registry.v1.AddGroupMemberResponse
+	34,  // 108: sild.registry.v1.AdminService.RemoveGroupMember:output_type -> sild.registry.v1.RemoveGroupMemberResponse
+	36,  // 109: sild.registry.v1.AdminService.ListGroups:output_type -> sild.registry.v1.ListGroupsResponse
+	38,  // 110: sild.registry.v1.AdminService.PublishService:output_type -> sild.registry.v1.PublishServiceResponse
+	40,  // 111: sild.registry.v1.AdminService.SetServiceEnabled:output_type -> sild.registry.v1.SetServiceEnabledResponse
+	42,  // 112: sild.registry.v1.AdminService.RemoveService:output_type -> sild.registry.v1.RemoveServiceResponse
+	44,  // 113: sild.registry.v1.AdminService.ListServices:output_type -> sild.registry.v1.ListServicesResponse
+	47,  // 114: sild.registry.v1.AdminService.ListRequests:output_type -> sild.registry.v1.ListRequestsResponse
+	49,  // 115: sild.registry.v1.AdminService.ApproveRequest:output_type -> sild.registry.v1.ApproveRequestResponse
+	51,  // 116: sild.registry.v1.AdminService.RejectRequest:output_type -> sild.registry.v1.RejectRequestResponse
+	53,  // 117: sild.registry.v1.AdminService.SetAutoApprove:output_type -> sild.registry.v1.SetAutoApproveResponse
+	56,  // 118: sild.registry.v1.AdminService.CreateApiKey:output_type -> sild.registry.v1.CreateApiKeyResponse
+	58,  // 119: sild.registry.v1.AdminService.RevokeApiKey:output_type -> sild.registry.v1.RevokeApiKeyResponse
+	60,  // 120: sild.registry.v1.AdminService.ListApiKeys:output_type -> sild.registry.v1.ListApiKeysResponse
+	63,  // 121: sild.registry.v1.AdminService.RaftStatus:output_type -> sild.registry.v1.RaftStatusResponse
+	65,  // 122: sild.registry.v1.AdminService.CreateServerToken:output_type -> sild.registry.v1.CreateServerTokenResponse
+	67,  // 123: sild.registry.v1.AdminService.RemoveServer:output_type -> sild.registry.v1.RemoveServerResponse
+	73,  // 124: sild.registry.v1.AdminService.AddFederationLink:output_type -> sild.registry.v1.AddFederationLinkResponse
+	75,  // 125: sild.registry.v1.AdminService.RemoveFederationLink:output_type -> sild.registry.v1.RemoveFederationLinkResponse
+	77,  // 126: sild.registry.v1.AdminService.SetFederationLinkSuspended:output_type -> sild.registry.v1.SetFederationLinkSuspendedResponse
+	79,  // 127: sild.registry.v1.AdminService.ListFederationLinks:output_type -> sild.registry.v1.ListFederationLinksResponse
+	81,  // 128: sild.registry.v1.AdminService.AddExport:output_type -> sild.registry.v1.AddExportResponse
+	83,  // 129: sild.registry.v1.AdminService.RemoveExport:output_type -> sild.registry.v1.RemoveExportResponse
+	85,  // 130: sild.registry.v1.AdminService.ListExports:output_type -> sild.registry.v1.ListExportsResponse
+	69,  // 131: sild.registry.v1.AdminService.GetGlobalConfig:output_type -> sild.registry.v1.GetGlobalConfigResponse
+	87,  // 132: sild.registry.v1.AdminService.Backup:output_type -> sild.registry.v1.BackupResponse
+	71,  // 133: sild.registry.v1.AdminService.RotateConfigKey:output_type -> sild.registry.v1.RotateConfigKeyResponse
+	93,  // [93:134] is the sub-list for method output_type
+	52,  // [52:93] is the sub-list for method input_type
 	52,  // [52:52] is the sub-list for extension type_name
 	52,  // [52:52] is the sub-list for extension extendee
 	0,   // [0:52] is the sub-list for field type_name
@@ -4521,7 +4619,7 @@ func file_sild_registry_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sild_registry_v1_admin_proto_rawDesc), len(file_sild_registry_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   84,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

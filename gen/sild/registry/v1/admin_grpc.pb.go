@@ -58,6 +58,7 @@ const (
 	AdminService_RemoveExport_FullMethodName               = "/sild.registry.v1.AdminService/RemoveExport"
 	AdminService_ListExports_FullMethodName                = "/sild.registry.v1.AdminService/ListExports"
 	AdminService_GetGlobalConfig_FullMethodName            = "/sild.registry.v1.AdminService/GetGlobalConfig"
+	AdminService_Backup_FullMethodName                     = "/sild.registry.v1.AdminService/Backup"
 	AdminService_RotateConfigKey_FullMethodName            = "/sild.registry.v1.AdminService/RotateConfigKey"
 )
 
@@ -121,6 +122,10 @@ type AdminServiceClient interface {
 	RemoveExport(ctx context.Context, in *RemoveExportRequest, opts ...grpc.CallOption) (*RemoveExportResponse, error)
 	ListExports(ctx context.Context, in *ListExportsRequest, opts ...grpc.CallOption) (*ListExportsResponse, error)
 	GetGlobalConfig(ctx context.Context, in *GetGlobalConfigRequest, opts ...grpc.CallOption) (*GetGlobalConfigResponse, error)
+	// Backup returns the whole replicated state (a linearizable read), keys
+	// included: keep it as secret as the CA. `sild registry --bootstrap
+	// --restore FILE` starts a new cluster from it.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error)
 	RotateConfigKey(ctx context.Context, in *RotateConfigKeyRequest, opts ...grpc.CallOption) (*RotateConfigKeyResponse, error)
 }
 
@@ -522,6 +527,16 @@ func (c *adminServiceClient) GetGlobalConfig(ctx context.Context, in *GetGlobalC
 	return out, nil
 }
 
+func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BackupResponse)
+	err := c.cc.Invoke(ctx, AdminService_Backup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) RotateConfigKey(ctx context.Context, in *RotateConfigKeyRequest, opts ...grpc.CallOption) (*RotateConfigKeyResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RotateConfigKeyResponse)
@@ -592,6 +607,10 @@ type AdminServiceServer interface {
 	RemoveExport(context.Context, *RemoveExportRequest) (*RemoveExportResponse, error)
 	ListExports(context.Context, *ListExportsRequest) (*ListExportsResponse, error)
 	GetGlobalConfig(context.Context, *GetGlobalConfigRequest) (*GetGlobalConfigResponse, error)
+	// Backup returns the whole replicated state (a linearizable read), keys
+	// included: keep it as secret as the CA. `sild registry --bootstrap
+	// --restore FILE` starts a new cluster from it.
+	Backup(context.Context, *BackupRequest) (*BackupResponse, error)
 	RotateConfigKey(context.Context, *RotateConfigKeyRequest) (*RotateConfigKeyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
@@ -719,6 +738,9 @@ func (UnimplementedAdminServiceServer) ListExports(context.Context, *ListExports
 }
 func (UnimplementedAdminServiceServer) GetGlobalConfig(context.Context, *GetGlobalConfigRequest) (*GetGlobalConfigResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetGlobalConfig not implemented")
+}
+func (UnimplementedAdminServiceServer) Backup(context.Context, *BackupRequest) (*BackupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedAdminServiceServer) RotateConfigKey(context.Context, *RotateConfigKeyRequest) (*RotateConfigKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateConfigKey not implemented")
@@ -1446,6 +1468,24 @@ func _AdminService_GetGlobalConfig_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_Backup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BackupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Backup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Backup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Backup(ctx, req.(*BackupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_RotateConfigKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RotateConfigKeyRequest)
 	if err := dec(in); err != nil {
@@ -1626,6 +1666,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetGlobalConfig",
 			Handler:    _AdminService_GetGlobalConfig_Handler,
+		},
+		{
+			MethodName: "Backup",
+			Handler:    _AdminService_Backup_Handler,
 		},
 		{
 			MethodName: "RotateConfigKey",

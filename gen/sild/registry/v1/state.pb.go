@@ -1129,14 +1129,17 @@ func (*Command_RemoveExport) isCommand_Op() {}
 
 // Init is the first command of a new ecosystem.
 type Init struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Instance      string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
-	TrustDomain   string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
-	Ca            *KeyPair               `protobuf:"bytes,3,opt,name=ca,proto3" json:"ca,omitempty"`
-	ConfigSigner  *KeyPair               `protobuf:"bytes,4,opt,name=config_signer,json=configSigner,proto3" json:"config_signer,omitempty"`
-	Tsa           *KeyPair               `protobuf:"bytes,5,opt,name=tsa,proto3" json:"tsa,omitempty"`
-	AdminKey      *StoredApiKey          `protobuf:"bytes,6,opt,name=admin_key,json=adminKey,proto3" json:"admin_key,omitempty"`
-	Settings      *ConfigSettings        `protobuf:"bytes,7,opt,name=settings,proto3" json:"settings,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Instance     string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	TrustDomain  string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Ca           *KeyPair               `protobuf:"bytes,3,opt,name=ca,proto3" json:"ca,omitempty"`
+	ConfigSigner *KeyPair               `protobuf:"bytes,4,opt,name=config_signer,json=configSigner,proto3" json:"config_signer,omitempty"`
+	Tsa          *KeyPair               `protobuf:"bytes,5,opt,name=tsa,proto3" json:"tsa,omitempty"`
+	AdminKey     *StoredApiKey          `protobuf:"bytes,6,opt,name=admin_key,json=adminKey,proto3" json:"admin_key,omitempty"`
+	Settings     *ConfigSettings        `protobuf:"bytes,7,opt,name=settings,proto3" json:"settings,omitempty"`
+	// restore, when set, is a backup (AdminService.Backup) the new ecosystem
+	// starts from instead of the fields above.
+	Restore       *State `protobuf:"bytes,8,opt,name=restore,proto3" json:"restore,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1216,6 +1219,13 @@ func (x *Init) GetAdminKey() *StoredApiKey {
 func (x *Init) GetSettings() *ConfigSettings {
 	if x != nil {
 		return x.Settings
+	}
+	return nil
+}
+
+func (x *Init) GetRestore() *State {
+	if x != nil {
+		return x.Restore
 	}
 	return nil
 }
@@ -1594,7 +1604,7 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"add_export\x18\" \x01(\v2\".sild.registry.v1.AddExportRequestH\x00R\taddExport\x12L\n" +
 	"\rremove_export\x18# \x01(\v2%.sild.registry.v1.RemoveExportRequestH\x00R\fremoveExportB\x04\n" +
-	"\x02op\"\xd8\x02\n" +
+	"\x02op\"\x8b\x03\n" +
 	"\x04Init\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12)\n" +
@@ -1602,7 +1612,8 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\rconfig_signer\x18\x04 \x01(\v2\x19.sild.registry.v1.KeyPairR\fconfigSigner\x12+\n" +
 	"\x03tsa\x18\x05 \x01(\v2\x19.sild.registry.v1.KeyPairR\x03tsa\x12;\n" +
 	"\tadmin_key\x18\x06 \x01(\v2\x1e.sild.registry.v1.StoredApiKeyR\badminKey\x12<\n" +
-	"\bsettings\x18\a \x01(\v2 .sild.registry.v1.ConfigSettingsR\bsettings\"\xbe\x01\n" +
+	"\bsettings\x18\a \x01(\v2 .sild.registry.v1.ConfigSettingsR\bsettings\x121\n" +
+	"\arestore\x18\b \x01(\v2\x17.sild.registry.v1.StateR\arestore\"\xbe\x01\n" +
 	"\n" +
 	"NodeJoined\x12\x1d\n" +
 	"\n" +
@@ -1755,16 +1766,17 @@ var file_sild_registry_v1_state_proto_depIdxs = []int32{
 	1,  // 55: sild.registry.v1.Init.tsa:type_name -> sild.registry.v1.KeyPair
 	3,  // 56: sild.registry.v1.Init.admin_key:type_name -> sild.registry.v1.StoredApiKey
 	17, // 57: sild.registry.v1.Init.settings:type_name -> sild.registry.v1.ConfigSettings
-	20, // 58: sild.registry.v1.NodeJoined.node:type_name -> sild.ident.v1.NodeId
-	20, // 59: sild.registry.v1.NodeRenewed.node:type_name -> sild.ident.v1.NodeId
-	4,  // 60: sild.registry.v1.ServerJoined.server:type_name -> sild.registry.v1.ServerInfo
-	48, // 61: sild.registry.v1.LinkUpdate.state:type_name -> sild.registry.v1.LinkState
-	49, // 62: sild.registry.v1.LinkUpdate.directory:type_name -> sild.registry.v1.ExportDirectory
-	63, // [63:63] is the sub-list for method output_type
-	63, // [63:63] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	0,  // 58: sild.registry.v1.Init.restore:type_name -> sild.registry.v1.State
+	20, // 59: sild.registry.v1.NodeJoined.node:type_name -> sild.ident.v1.NodeId
+	20, // 60: sild.registry.v1.NodeRenewed.node:type_name -> sild.ident.v1.NodeId
+	4,  // 61: sild.registry.v1.ServerJoined.server:type_name -> sild.registry.v1.ServerInfo
+	48, // 62: sild.registry.v1.LinkUpdate.state:type_name -> sild.registry.v1.LinkState
+	49, // 63: sild.registry.v1.LinkUpdate.directory:type_name -> sild.registry.v1.ExportDirectory
+	64, // [64:64] is the sub-list for method output_type
+	64, // [64:64] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_sild_registry_v1_state_proto_init() }
