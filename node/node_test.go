@@ -187,3 +187,14 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatalf("load: %+v, %v", cfg, err)
 	}
 }
+
+// TestExampleConfig keeps deploy/node.example.yaml valid.
+func TestExampleConfig(t *testing.T) {
+	cfg, err := node.LoadConfig("../deploy/node.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("example config: %v", err)
+	}
+}
