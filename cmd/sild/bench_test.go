@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestBenchJSON(t *testing.T) {
+	clearSildEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, errOut, err := runCmd(ctx, "bench", "--json", "--duration", "200ms", "--concurrency", "1", "--case", "unary-1KiB", "--dir", t.TempDir())
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, errOut)
+	}
+	var rep struct {
+		Results []struct {
+			Path          string  `json:"path"`
+			Calls         int64   `json:"calls"`
+			RatioToDirect float64 `json:"ratio_to_direct"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if len(rep.Results) != 2 || rep.Results[1].Path != "mesh" || rep.Results[1].Calls == 0 || rep.Results[1].RatioToDirect <= 0 {
+		t.Fatalf("report: %s", out)
+	}
+	if !strings.Contains(errOut, "unary-1KiB mesh concurrency 1") {
+		t.Fatalf("no progress on stderr: %q", errOut)
+	}
+}
+
+func TestBenchFlagErrors(t *testing.T) {
+	clearSildEnv(t)
+	for _, args := range [][]string{
+		{"bench", "--concurrency", "1,x"},
+		{"bench", "--concurrency", "0"},
+		{"bench", "--case", "bidi"},
+		{"bench", "--duration", "0s"},
+	} {
+		_, _, err := runCmd(context.Background(), args...)
+		if err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+}

@@ -1,0 +1,464 @@
+// Package bench measures, for `sild bench`, the cost of the mesh: it starts
+// a registry, a consumer node, a provider node and a backend in-process on
+// 127.0.0.1 (see internal/mesh; mTLS, signatures and durable ledgers on both
+// nodes, as in production), and times the same calls made straight to the
+// backend and through the two nodes, in the same run, for each case and
+// concurrency level.
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/mesh"
+	"github.com/sildmesh/sild/node"
+	"github.com/sildmesh/sild/node/envelope"
+	"github.com/sildmesh/sild/node/topology"
+)
+
+// Case names.
+const (
+	CaseUnary  = "unary-1KiB"
+	CaseStream = "server-stream-10x1KiB"
+)
+
+// Paths a call takes.
+const (
+	PathDirect = "direct"
+	PathMesh   = "mesh"
+)
+
+// Config configures a benchmark run.
+type Config struct {
+	// Duration is how long each measurement runs (default 3 s).
+	Duration time.Duration
+	// Warmup runs before each measurement, not counted (default a tenth of
+	// Duration, at most 500 ms).
+	Warmup time.Duration
+	// Concurrency are the numbers of concurrent callers (default 1, 16, 64).
+	Concurrency []int
+	// Cases to run (default CaseUnary and CaseStream).
+	Cases []string
+	// Dir is where the temporary data directory is created.
+	Dir string
+	// Progress receives a progress line while it runs (nil: none).
+	Progress io.Writer
+	// Logger receives the components' logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults (about 45 s in all).
+func DefaultConfig() Config {
+	return Config{Duration: 3 * time.Second, Concurrency: []int{1, 16, 64}, Cases: []string{CaseUnary, CaseStream}}
+}
+
+// Validate names the first wrong field.
+func (c *Config) Validate() error {
+	if c.Duration <= 0 {
+		return errors.New("duration: must be positive")
+	}
+	if c.Warmup < 0 {
+		return errors.New("warmup: must not be negative")
+	}
+	if len(c.Concurrency) == 0 {
+		return errors.New("concurrency: at least one level")
+	}
+	for _, n := range c.Concurrency {
+		if n < 1 || n > 4096 {
+			return fmt.Errorf("concurrency: %d not in 1..4096", n)
+		}
+	}
+	if len(c.Cases) == 0 {
+		return errors.New("cases: at least one")
+	}
+	for _, k := range c.Cases {
+		if k != CaseUnary && k != CaseStream {
+			return fmt.Errorf("cases: unknown case %q (want %s or %s)", k, CaseUnary, CaseStream)
+		}
+	}
+	return nil
+}
+
+// Result is one measurement.
+type Result struct {
+	Case        string `json:"case"`
+	Path        string `json:"path"`
+	Concurrency int    `json:"concurrency"`
+	Calls       int64  `json:"calls"`
+	Errors      int64  `json:"errors"`
+	// CallsPerSec is completed calls per second; a stream call counts once.
+	CallsPerSec float64 `json:"calls_per_sec"`
+	P50Ms       float64 `json:"p50_ms"`
+	P99Ms       float64 `json:"p99_ms"`
+	// RatioToDirect is CallsPerSec over that of the direct path for the
+	// same case and concurrency (1 for direct itself).
+	RatioToDirect float64 `json:"ratio_to_direct"`
+	// FirstError is the text of the first failed call, if any.
+	FirstError string `json:"first_error,omitempty"`
+}
+
+// Machine describes where the run took place.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model"`
+	GoVersion string `json:"go_version"`
+	OS        string `json:"os"`
+	Arch      string `json:"arch"`
+}
+
+// Report is the outcome of a run.
+type Report struct {
+	Machine    Machine   `json:"machine"`
+	DurationMs int64     `json:"duration_per_measurement_ms"`
+	SetupMs    int64     `json:"setup_ms"`
+	TotalMs    int64     `json:"total_ms"`
+	Started    time.Time `json:"started"`
+	Results    []Result  `json:"results"`
+}
+
+// Run starts the mesh, runs every case at every concurrency level over
+// both paths (direct first, then mesh) and returns the report.
+func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
+	if cfg.Warmup == 0 {
+		cfg.Warmup = min(cfg.Duration/10, 500*time.Millisecond)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("bench config: %w", err)
+	}
+	start := time.Now()
+	data, err := os.MkdirTemp(cfg.Dir, "sild-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("bench data dir: %w", err)
+	}
+	defer func() {
+		if rerr := os.RemoveAll(data); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove bench data: %w", rerr))
+		}
+	}()
+	m := mesh.New(data, cfg.Logger)
+	defer func() { err = errors.Join(err, m.Close()) }()
+	progress(cfg.Progress, "starting a registry, two nodes and a backend")
+	w, err := startWorld(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	defer w.close()
+	rep = &Report{Machine: machine(), DurationMs: cfg.Duration.Milliseconds(), Started: start.UTC(), SetupMs: time.Since(start).Milliseconds()}
+	total := len(cfg.Cases) * len(cfg.Concurrency) * 2
+	for _, k := range cfg.Cases {
+		for _, c := range cfg.Concurrency {
+			var direct float64
+			for _, path := range []string{PathDirect, PathMesh} {
+				label := fmt.Sprintf("[%d/%d] %s %s concurrency %d", len(rep.Results)+1, total, k, path, c)
+				r, err := w.measure(ctx, cfg, k, path, c, label)
+				if err != nil {
+					return nil, err
+				}
+				if path == PathDirect {
+					direct = r.CallsPerSec
+				}
+				if direct > 0 {
+					r.RatioToDirect = r.CallsPerSec / direct
+				}
+				rep.Results = append(rep.Results, r)
+			}
+		}
+	}
+	progress(cfg.Progress, "")
+	rep.TotalMs = time.Since(start).Milliseconds()
+	return rep, nil
+}
+
+// world is the benchmark's mesh: consumer node A serving the client
+// subsystem, provider node B serving the backend.
+type world struct {
+	directConn, meshConn *grpc.ClientConn
+	client, target       ident.Subsystem
+}
+
+func (w *world) close() {
+	w.directConn.Close()
+	w.meshConn.Close()
+}
+
+func startWorld(ctx context.Context, m *mesh.Mesh) (*world, error) {
+	r, err := m.StartRegistry(ctx, mesh.RegistryOptions{Instance: "EE", TrustDomain: "ee.sild.test", Servers: 1})
+	if err != nil {
+		return nil, err
+	}
+	member, _ := ident.ParseMember("EE/GOV/70000310")
+	nodeA, nodeB := ident.Node{Member: member, Code: "consumer"}, ident.Node{Member: member, Code: "provider"}
+	client, target := ident.Subsystem{Member: member, Code: "bench-client"}, ident.Subsystem{Member: member, Code: "bench-service"}
+	svc := ident.Service{Subsystem: target, Name: "grpc.testing.TestService"}
+	tokA, err := r.NodeToken(ctx, nodeA)
+	if err != nil {
+		return nil, err
+	}
+	tokB, err := r.NodeToken(ctx, nodeB)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.AddSubsystem(ctx, client, nodeA); err != nil {
+		return nil, err
+	}
+	if err := r.AddSubsystem(ctx, target, nodeB); err != nil {
+		return nil, err
+	}
+	if err := r.Publish(ctx, svc, mesh.DescriptorSet(testpb.File_grpc_testing_test_proto)); err != nil {
+		return nil, err
+	}
+	backend, err := m.StartBackend(func(s *grpc.Server) { testpb.RegisterTestServiceServer(s, testService{}) })
+	if err != nil {
+		return nil, err
+	}
+	a, err := m.StartNode(ctx, r, nodeA, tokA, []node.SubsystemConfig{{ID: client.String()}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	b, err := m.StartNode(ctx, r, nodeB, tokB, []node.SubsystemConfig{{ID: target.String(), Backend: backend}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range []*mesh.Node{a, b} {
+		if err := n.WaitTopology(ctx, "both subsystems and the service", func(top *topology.Topology) bool {
+			return len(top.Hosts(client)) == 1 && len(top.Hosts(target)) == 1 && top.Service(svc) != nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.Grant(ctx, client, svc); err != nil {
+		return nil, err
+	}
+	w := &world{client: client, target: target}
+	if w.directConn, err = grpc.NewClient(backend, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		return nil, err
+	}
+	if w.meshConn, err = a.Dial(); err != nil {
+		w.directConn.Close()
+		return nil, err
+	}
+	// The grant is in effect once a call through the mesh succeeds.
+	var last error
+	if err := mesh.WaitFor(ctx, 20*time.Second, "first call through the mesh", func() bool {
+		last = w.call(w.ctx(context.Background(), PathMesh), testpb.NewTestServiceClient(w.meshConn), CaseUnary)
+		return last == nil
+	}); err != nil {
+		w.close()
+		return nil, fmt.Errorf("%w: %v", err, last)
+	}
+	return w, nil
+}
+
+func (w *world) ctx(ctx context.Context, path string) context.Context {
+	if path == PathDirect {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, envelope.HeaderClient, w.client.String(), envelope.HeaderTarget, w.target.String())
+}
+
+var (
+	payload    = &testpb.Payload{Body: make([]byte, 1024)}
+	unaryReq   = &testpb.SimpleRequest{ResponseSize: 1024, Payload: payload}
+	streamReq  = &testpb.StreamingOutputCallRequest{ResponseParameters: streamParams(10, 1024), Payload: payload}
+	errShort   = errors.New("stream ended early")
+	respBodies = make([]byte, 1024)
+)
+
+func streamParams(n, size int) []*testpb.ResponseParameters {
+	ps := make([]*testpb.ResponseParameters, n)
+	for i := range ps {
+		ps[i] = &testpb.ResponseParameters{Size: int32(size)}
+	}
+	return ps
+}
+
+// call makes one call of case k.
+func (w *world) call(ctx context.Context, c testpb.TestServiceClient, k string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if k == CaseUnary {
+		_, err := c.UnaryCall(ctx, unaryReq)
+		return err
+	}
+	s, err := c.StreamingOutputCall(ctx, streamReq)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for {
+		_, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		n++
+	}
+	if n != len(streamReq.ResponseParameters) {
+		return errShort
+	}
+	return nil
+}
+
+// measure runs conc callers of case k over path for the warmup and then
+// for cfg.Duration, timing each call.
+func (w *world) measure(ctx context.Context, cfg Config, k, path string, conc int, label string) (Result, error) {
+	conn := w.directConn
+	if path == PathMesh {
+		conn = w.meshConn
+	}
+	client := testpb.NewTestServiceClient(conn)
+	callCtx := w.ctx(ctx, path)
+	var (
+		counting atomic.Bool
+		stop     atomic.Bool
+		calls    atomic.Int64
+		errs     atomic.Int64
+		firstErr atomic.Pointer[string]
+		wg       sync.WaitGroup
+	)
+	lats := make([][]time.Duration, conc)
+	for i := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l := make([]time.Duration, 0, 4096)
+			for !stop.Load() && ctx.Err() == nil {
+				t := time.Now()
+				err := w.call(callCtx, client, k)
+				d := time.Since(t)
+				if !counting.Load() {
+					continue
+				}
+				if err != nil {
+					errs.Add(1)
+					msg := err.Error()
+					firstErr.CompareAndSwap(nil, &msg)
+					continue
+				}
+				calls.Add(1)
+				l = append(l, d)
+			}
+			lats[i] = l
+		}()
+	}
+	ticker := time.NewTicker(250 * time.Millisecond)
+	defer ticker.Stop()
+	warm := time.NewTimer(cfg.Warmup)
+	defer warm.Stop()
+	var measured time.Time
+	var end <-chan time.Time
+	progress(cfg.Progress, label+": warming up")
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-warm.C:
+			measured = time.Now()
+			counting.Store(true)
+			end = time.After(cfg.Duration)
+		case <-end:
+			break wait
+		case <-ticker.C:
+			if !measured.IsZero() {
+				progress(cfg.Progress, fmt.Sprintf("%s: %.1fs, %d calls", label, time.Since(measured).Seconds(), calls.Load()))
+			}
+		}
+	}
+	counting.Store(false)
+	stop.Store(true)
+	elapsed := time.Since(measured)
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	r := Result{Case: k, Path: path, Concurrency: conc, Calls: calls.Load(), Errors: errs.Load(), RatioToDirect: 1}
+	if e := firstErr.Load(); e != nil {
+		r.FirstError = *e
+	}
+	if elapsed > 0 {
+		r.CallsPerSec = float64(r.Calls) / elapsed.Seconds()
+	}
+	r.P50Ms, r.P99Ms = quantile(all, 0.50), quantile(all, 0.99)
+	return r, nil
+}
+
+// quantile returns the q-quantile of sorted durations in milliseconds.
+func quantile(sorted []time.Duration, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(sorted)) + 0.5)
+	i = min(max(i-1, 0), len(sorted)-1)
+	return float64(sorted[i].Microseconds()) / 1000
+}
+
+// progress rewrites the progress line (an empty line clears it).
+func progress(w io.Writer, line string) {
+	if w == nil {
+		return
+	}
+	if line == "" {
+		fmt.Fprintf(w, "\r%-100s\r", "")
+		return
+	}
+	fmt.Fprintf(w, "\r%-100.100s", line)
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// testService is the backend: grpc.testing.TestService answering with
+// payloads of the requested sizes.
+type testService struct {
+	testpb.UnimplementedTestServiceServer
+}
+
+func (testService) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: respBodies[:min(int(req.GetResponseSize()), len(respBodies))]}}, nil
+}
+
+func (testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s testpb.TestService_StreamingOutputCallServer) error {
+	for _, p := range req.GetResponseParameters() {
+		if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: respBodies[:min(int(p.GetSize()), len(respBodies))]}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestShortRun runs a very short benchmark on a real mesh and checks that
+// the report is sane and survives a JSON round trip.
+func TestShortRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	var progress bytes.Buffer
+	cfg := Config{Duration: 200 * time.Millisecond, Concurrency: []int{2}, Cases: []string{CaseUnary, CaseStream}, Dir: t.TempDir(), Progress: &progress}
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(raw, &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Results) != 4 || back.Machine.CPUs < 1 || back.DurationMs != 200 || back.TotalMs < back.SetupMs {
+		t.Fatalf("report: %s", raw)
+	}
+	for i, r := range back.Results {
+		wantPath := []string{PathDirect, PathMesh}[i%2]
+		switch {
+		case r.Path != wantPath || r.Concurrency != 2 || r.Case != cfg.Cases[i/2]:
+			t.Errorf("result %d is %s/%s/%d", i, r.Case, r.Path, r.Concurrency)
+		case r.Calls <= 0 || r.Errors != 0 || r.FirstError != "":
+			t.Errorf("result %d: %d calls, %d errors (%s)", i, r.Calls, r.Errors, r.FirstError)
+		case r.CallsPerSec <= 0 || r.P50Ms <= 0 || r.P99Ms < r.P50Ms:
+			t.Errorf("result %d: %.0f calls/s, p50 %.3f ms, p99 %.3f ms", i, r.CallsPerSec, r.P50Ms, r.P99Ms)
+		case r.Path == PathDirect && r.RatioToDirect != 1, r.Path == PathMesh && (r.RatioToDirect <= 0 || r.RatioToDirect > 100):
+			t.Errorf("result %d: ratio %f", i, r.RatioToDirect)
+		}
+	}
+	if !strings.Contains(progress.String(), "[4/4] "+CaseStream+" mesh concurrency 2") {
+		t.Errorf("no progress line for the last measurement:\n%q", progress.String())
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil || !strings.Contains(table.String(), "vs direct") || strings.Count(table.String(), "\n") < 6 {
+		t.Errorf("table (%v):\n%s", err, table.String())
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for name, mutate := range map[string]func(*Config){
+		"duration":    func(c *Config) { c.Duration = 0 },
+		"warmup":      func(c *Config) { c.Warmup = -1 },
+		"concurrency": func(c *Config) { c.Concurrency = []int{0} },
+		"no levels":   func(c *Config) { c.Concurrency = nil },
+		"cases":       func(c *Config) { c.Cases = []string{"bidi"} },
+	} {
+		cfg := DefaultConfig()
+		mutate(&cfg)
+		if err := cfg.Validate(); err == nil || !strings.HasPrefix(err.Error(), strings.Fields(name)[0]) && name != "no levels" {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
