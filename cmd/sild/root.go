@@ -24,6 +24,7 @@ federate so that a member of one can call a service of another.`,
 		newNodeCmd(),
 		newCtlCmd(),
 		newDemoCmd(),
+		newBenchCmd(),
 	)
 	return root
 }
