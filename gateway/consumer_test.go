@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -67,9 +68,20 @@ func echoFile() *descriptorpb.FileDescriptorProto {
 				{Name: proto.String("Echo"), InputType: proto.String(".test.v1.EchoRequest"), OutputType: proto.String(".test.v1.EchoResponse")},
 				{Name: proto.String("Repeat"), InputType: proto.String(".test.v1.EchoRequest"), OutputType: proto.String(".test.v1.EchoResponse"), ServerStreaming: proto.Bool(true)},
 				{Name: proto.String("Upload"), InputType: proto.String(".test.v1.EchoRequest"), OutputType: proto.String(".test.v1.EchoResponse"), ClientStreaming: proto.Bool(true)},
+				{Name: proto.String("Lookup"), InputType: proto.String(".test.v1.EchoRequest"), OutputType: proto.String(".test.v1.EchoResponse"),
+					Options: httpOption(&annotations.HttpRule{Pattern: &annotations.HttpRule_Get{Get: "/things/{text}"}})},
+				{Name: proto.String("Stamp"), InputType: proto.String(".test.v1.EchoRequest"), OutputType: proto.String(".test.v1.EchoResponse"),
+					Options: httpOption(&annotations.HttpRule{Pattern: &annotations.HttpRule_Put{Put: "/stamps/{times}"}, Body: "at"})},
 			},
 		}},
 	}
+}
+
+// httpOption gives a method a google.api.http rule (for the REST provider).
+func httpOption(rule *annotations.HttpRule) *descriptorpb.MethodOptions {
+	opts := &descriptorpb.MethodOptions{}
+	proto.SetExtension(opts, annotations.E_Http, rule)
+	return opts
 }
 
 func jsonName(s string) string {

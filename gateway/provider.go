@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -15,10 +16,14 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/sildmesh/sild/ident"
@@ -78,7 +83,9 @@ func (c ProviderConfig) Validate() error {
 // with the catalogue's descriptors of svc, POSTs it as JSON to
 // {BaseURL}/M with the headers Sild-Client, Sild-Message-Id, Sild-User-Id
 // and Sild-Purpose, and returns the JSON answer as protobuf (fields the
-// descriptors do not know are ignored). A server-streaming method expects
+// descriptors do not know are ignored). A method whose published
+// descriptor carries a google.api.http rule is called as the rule says
+// instead (verb, path with {field} variables, body; see request). A server-streaming method expects
 // newline-delimited JSON, one message per line. An HTTP error becomes the
 // gRPC code of its status (404 NOT_FOUND, 403 PERMISSION_DENIED, ...) with
 // reason BACKEND_ERROR and no text of the backend's. A gRPC consumer cannot
@@ -169,15 +176,15 @@ func (p *Provider) handle(_ any, ss grpc.ServerStream) error {
 	if err := ss.RecvMsg(in); err != nil {
 		return err
 	}
-	body, err := (protojson.MarshalOptions{Resolver: si.types}).Marshal(in)
+	enc := protojson.MarshalOptions{Resolver: si.types}
+	body, err := enc.Marshal(in)
 	if err != nil {
 		return refuseP(codes.Internal, rpcerr.ReasonInternal, "request cannot be written as JSON")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.base+"/"+url.PathEscape(method), bytes.NewReader(body))
+	req, err := p.request(ctx, m, in, body, enc)
 	if err != nil {
-		return refuseP(codes.Internal, rpcerr.ReasonInternal, "request cannot be made")
+		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
 	md, _ := metadata.FromIncomingContext(ctx)
 	for h, key := range map[string]string{HeaderClient: envelope.HeaderClient, HeaderMessageID: envelope.HeaderMessageID,
 		HeaderUserID: envelope.HeaderUserID, HeaderPurpose: envelope.HeaderPurpose} {
@@ -317,4 +324,148 @@ func StartProviders(ctx context.Context, backends map[ident.Subsystem]string, to
 		}()
 	}
 	return stop, nil
+}
+
+// request makes the HTTP request of a call of m with request in (body is
+// in as JSON). By default: POST {base}/{method} with body. A method with a
+// google.api.http rule in the published descriptors follows the rule: its
+// verb, its path under base with {field} variables filled from in, and as
+// body the whole request ("*"), one message field of it, or nothing, in
+// which case the set scalar fields not in the path become query parameters.
+func (p *Provider) request(ctx context.Context, m protoreflect.MethodDescriptor, in *dynamicpb.Message, body []byte, enc protojson.MarshalOptions) (*http.Request, error) {
+	rule := httpRule(m)
+	if rule == nil {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.base+"/"+url.PathEscape(string(m.Name())), bytes.NewReader(body))
+		if err != nil {
+			return nil, refuseP(codes.Internal, rpcerr.ReasonInternal, "request cannot be made")
+		}
+		req.Header.Set("Content-Type", "application/json")
+		return req, nil
+	}
+	var verb, tmpl string
+	switch pat := rule.GetPattern().(type) {
+	case *annotations.HttpRule_Get:
+		verb, tmpl = http.MethodGet, pat.Get
+	case *annotations.HttpRule_Post:
+		verb, tmpl = http.MethodPost, pat.Post
+	case *annotations.HttpRule_Put:
+		verb, tmpl = http.MethodPut, pat.Put
+	case *annotations.HttpRule_Patch:
+		verb, tmpl = http.MethodPatch, pat.Patch
+	case *annotations.HttpRule_Delete:
+		verb, tmpl = http.MethodDelete, pat.Delete
+	default:
+		return nil, refuseP(codes.Unimplemented, ReasonUnsupportedMethod, "unsupported HTTP rule of "+string(m.Name()))
+	}
+	used := map[string]bool{}
+	var path strings.Builder
+	for rest := tmpl; rest != ""; {
+		i := strings.IndexByte(rest, '{')
+		if i < 0 {
+			path.WriteString(rest)
+			break
+		}
+		j := strings.IndexByte(rest[i:], '}')
+		if j < 0 {
+			return nil, refuseP(codes.Internal, ReasonDescriptorsInvalid, "malformed HTTP rule of "+string(m.Name()))
+		}
+		path.WriteString(rest[:i])
+		name, _, _ := strings.Cut(rest[i+1:i+j], "=")
+		v, ok := fieldText(in, name)
+		if !ok {
+			return nil, refuseP(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "field "+name+" is needed in the HTTP path")
+		}
+		used[strings.Split(name, ".")[0]] = true
+		path.WriteString(url.PathEscape(v))
+		rest = rest[i+j+1:]
+	}
+	target := p.base + path.String()
+	var rd io.Reader
+	switch b := rule.GetBody(); b {
+	case "*":
+		rd = bytes.NewReader(body)
+	case "":
+		q := url.Values{}
+		in.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			if used[string(fd.Name())] || fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind || fd.IsMap() {
+				return true
+			}
+			if fd.IsList() {
+				for k := range v.List().Len() {
+					q.Add(fd.JSONName(), scalarText(fd, v.List().Get(k)))
+				}
+				return true
+			}
+			q.Set(fd.JSONName(), scalarText(fd, v))
+			return true
+		})
+		if len(q) > 0 {
+			target += "?" + q.Encode()
+		}
+	default:
+		fd := in.Descriptor().Fields().ByName(protoreflect.Name(b))
+		if fd == nil || fd.Kind() != protoreflect.MessageKind || fd.IsList() || fd.IsMap() {
+			return nil, refuseP(codes.Internal, ReasonDescriptorsInvalid, "HTTP rule body of "+string(m.Name())+" is not a message field")
+		}
+		raw, err := enc.Marshal(in.Get(fd).Message().Interface())
+		if err != nil {
+			return nil, refuseP(codes.Internal, rpcerr.ReasonInternal, "request cannot be written as JSON")
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, verb, target, rd)
+	if err != nil {
+		return nil, refuseP(codes.Internal, rpcerr.ReasonInternal, "request cannot be made")
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return req, nil
+}
+
+// httpRule returns the google.api.http rule of m, or nil.
+func httpRule(m protoreflect.MethodDescriptor) *annotations.HttpRule {
+	opts, ok := m.Options().(*descriptorpb.MethodOptions)
+	if !ok || opts == nil || !proto.HasExtension(opts, annotations.E_Http) {
+		return nil
+	}
+	rule, _ := proto.GetExtension(opts, annotations.E_Http).(*annotations.HttpRule)
+	return rule
+}
+
+// fieldText returns the text of the scalar field at dotted path in msg.
+func fieldText(msg protoreflect.Message, path string) (string, bool) {
+	parts := strings.Split(path, ".")
+	for i, name := range parts {
+		fd := msg.Descriptor().Fields().ByName(protoreflect.Name(name))
+		if fd == nil || fd.IsList() || fd.IsMap() {
+			return "", false
+		}
+		if i < len(parts)-1 {
+			if fd.Kind() != protoreflect.MessageKind {
+				return "", false
+			}
+			msg = msg.Get(fd).Message()
+			continue
+		}
+		if fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind {
+			return "", false
+		}
+		return scalarText(fd, msg.Get(fd)), true
+	}
+	return "", false
+}
+
+// scalarText writes a scalar value as in a URL.
+func scalarText(fd protoreflect.FieldDescriptor, v protoreflect.Value) string {
+	switch fd.Kind() {
+	case protoreflect.EnumKind:
+		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
+			return string(ev.Name())
+		}
+		return fmt.Sprint(int32(v.Enum()))
+	case protoreflect.BytesKind:
+		return base64.URLEncoding.EncodeToString(v.Bytes())
+	}
+	return fmt.Sprint(v.Interface())
 }

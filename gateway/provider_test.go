@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -48,6 +49,20 @@ func jsonBackend(t testing.TB) string {
 		for i := range in.Times {
 			fmt.Fprintf(w, `{"text":%q,"index":%d}`+"\n", in.Text, i)
 		}
+	})
+	// Methods with google.api.http rules.
+	mux.HandleFunc("GET /api/things/{text}", func(w http.ResponseWriter, r *http.Request) {
+		times, _ := strconv.Atoi(r.URL.Query().Get("times"))
+		json.NewEncoder(w).Encode(map[string]any{"text": r.PathValue("text"), "index": times,
+			"purpose": strings.Join(r.URL.Query()["tags"], ","), "client": r.Header.Get("Sild-Client")})
+	})
+	mux.HandleFunc("PUT /api/stamps/{times}", func(w http.ResponseWriter, r *http.Request) {
+		var at string
+		if err := json.NewDecoder(r.Body).Decode(&at); err != nil {
+			http.Error(w, "bad body", http.StatusBadRequest)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"text": "stamped " + r.PathValue("times"), "at": at})
 	})
 	hs := httptest.NewServer(mux)
 	t.Cleanup(hs.Close)
@@ -99,6 +114,18 @@ func TestRESTConsumerToRESTProvider(t *testing.T) {
 	if lines := ndjson(t, a.raw); len(lines) != 3 || lines[2]["result"].(map[string]any)["index"] != float64(2) {
 		t.Fatalf("stream: %s", a.raw)
 	}
+	// google.api.http rules in the published descriptors.
+	a = restPost(t, base+"Lookup", h, `{"text":"a b/c","times":4,"tags":["x","y"]}`)
+	want(t, "rule GET", a, 200, "", "")
+	if a.body["text"] != "a b/c" || a.body["index"] != float64(4) || a.body["purpose"] != "x,y" || a.body["client"] != h["Sild-Client"] {
+		t.Fatalf("rule GET: %s", a.raw)
+	}
+	a = restPost(t, base+"Stamp", h, `{"times":2,"at":"2026-11-23T10:00:00Z"}`)
+	want(t, "rule PUT with a body field", a, 200, "", "")
+	if a.body["text"] != "stamped 2" || a.body["at"] != "2026-11-23T10:00:00Z" {
+		t.Fatalf("rule PUT: %s", a.raw)
+	}
+	want(t, "empty path variable", restPost(t, base+"Lookup", h, `{}`), 404, gateway.ReasonBackendError, gateway.ComponentProvider)
 	a = restPost(t, base+"Echo", h, `{"text":"forbidden"}`)
 	want(t, "backend 403", a, 403, gateway.ReasonBackendError, gateway.ComponentProvider)
 	if strings.Contains(string(a.raw), "secret") {
