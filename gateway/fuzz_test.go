@@ -1,10 +1,12 @@
 package gateway_test
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/sildmesh/sild/gateway"
@@ -46,6 +48,45 @@ func FuzzConsumer(f *testing.F) {
 		c.ServeHTTP(w, r)
 		if (w.Code >= 500 && w.Code != http.StatusNotImplemented) || (w.Code != http.StatusOK && !strings.Contains(w.Body.String(), `"reason"`)) {
 			t.Fatalf("%s %q %q: HTTP %d %s", method, client, body, w.Code, w.Body)
+		}
+	})
+}
+
+// FuzzProviderAnswer gives the REST provider arbitrary answers of a JSON
+// backend (unary and NDJSON): the call ends OK or with a sild reason, and
+// the REST consumer in front answers 200 or an error with a reason.
+func FuzzProviderAnswer(f *testing.F) {
+	for _, s := range []string{`{"text":"x","index":3}`, `{"text":1}`, "{\"index\":1}\n{\"index\":2}\n", `[]`, `null`, "\xff", `{"at":"nope"}`} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	var answer atomic.Value
+	answer.Store("")
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, answer.Load().(string))
+	}))
+	f.Cleanup(backend.Close)
+	conn := startProvider(f, backend.URL)
+	top := echoTopology(f, true)
+	c, err := gateway.NewConsumer(gateway.ConsumerConfig{Conn: conn, Topology: func() *topology.Topology { return top }})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, body string, stream bool) {
+		answer.Store(body)
+		method := "Echo"
+		if stream {
+			method = "Repeat"
+		}
+		r := httptest.NewRequest("POST", "/r1/EE/COM/11/echo/test.v1.Echo/"+method, strings.NewReader(`{}`))
+		r.Header.Set("Sild-Client", "EE/GOV/1/x")
+		w := httptest.NewRecorder()
+		c.ServeHTTP(w, r)
+		if w.Code != http.StatusOK && !strings.Contains(w.Body.String(), `"reason"`) {
+			t.Fatalf("%q: HTTP %d %s", body, w.Code, w.Body)
+		}
+		if w.Code == http.StatusOK && stream && strings.Contains(w.Body.String(), `"error"`) && !strings.Contains(w.Body.String(), `"reason"`) {
+			t.Fatalf("%q: stream error without reason: %s", body, w.Body)
 		}
 	})
 }
