@@ -21,7 +21,7 @@ func TestDemoOnce(t *testing.T) {
 		"r1  api 127.0.0.1:", "r2  api 127.0.0.1:", "r3  api 127.0.0.1:",
 		"admin API key  sild_", "trust bundle   ", "export SILD_REGISTRY=127.0.0.1:",
 		"5. ok   licensing authority (EE) -> population register (FI)",
-		"all 5 scenario steps succeeded",
+		"all 6 scenario steps succeeded",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)

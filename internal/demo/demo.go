@@ -4,7 +4,7 @@
 // board), FI with its own registry and the population register's node —
 // sample services with real protos, and a scenario in which the licensing
 // authority checks a company, its tax status and, across the border, its
-// Finnish board member. Each scenario step prints who asked what, the
+// Finnish board member, and the Finnish register asks the Estonian one. Each scenario step prints who asked what, the
 // result and the ledger receipts of both nodes. Then it prints how to reach
 // everything and stays up (or, with Once, exits).
 //
@@ -40,7 +40,7 @@ func Setup() []Step {
 		{Name: "register members, subsystems, nodes; publish services with their descriptors", Run: registerAll},
 		{Name: "start the sample backends and four nodes (join with one-time tokens)", Run: startNodes},
 		{Name: "grant access rights on the providers' nodes (node admin API)", Run: grantAll},
-		{Name: "federate EE and FI (link both ways), export FI's population register to EE", Run: federate},
+		{Name: "federate EE and FI (link both ways); FI exports its population register, EE its business registry", Run: federate},
 		{Name: "start the REST bridge of the licensing authority's node", Run: startREST},
 	}
 }
@@ -53,6 +53,7 @@ func Scenario() []Step {
 		{Name: "licensing authority (EE) -> tax board (EE): GetTaxStatus over REST", Run: stepTaxStatusREST},
 		{Name: "business registry (EE) -> tax board (EE): GetTaxStatus without an access right", Run: stepRefused},
 		{Name: "licensing authority (EE) -> population register (FI): GetPerson across the border", Run: stepCrossBorder},
+		{Name: "population register (FI) -> business registry (EE): GetCompany across the border", Run: stepCrossBorderBack},
 	}
 }
 

@@ -223,3 +223,26 @@ func describe(err error) error {
 	}
 	return fmt.Errorf("%s: %s", st.Code(), st.Message())
 }
+
+// stepCrossBorderBack: the Finnish population register looks up in the
+// Estonian business registry the company whose board its resident sits on.
+func stepCrossBorderBack(ctx context.Context, d *Demo) error {
+	if d.FederationErr != nil {
+		return fmt.Errorf("federation did not come up: %w", d.FederationErr)
+	}
+	conn, ctx, done, err := d.call(ctx, d.Populace, d.Business, msgID(6))
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := demov1.NewBusinessRegistryServiceClient(conn).GetCompany(ctx, &demov1.GetCompanyRequest{RegistryCode: services.CompanyCode})
+	if err != nil {
+		return fmt.Errorf("cross-border call: %w", describe(err))
+	}
+	rc, err := d.receipts(msgID(6), d.Populace, d.Business)
+	if err != nil {
+		return err
+	}
+	d.Report("%s %s, %s | %s", resp.GetCompany().GetRegistryCode(), resp.GetCompany().GetName(), resp.GetCompany().GetStatus(), rc)
+	return nil
+}

@@ -183,11 +183,13 @@ func startNodes(ctx context.Context, d *Demo) error {
 }
 
 func grantAll(ctx context.Context, d *Demo) error {
-	for _, p := range []*Party{d.Business, d.Tax, d.Populace} {
-		if err := p.Node.Grant(ctx, d.Licensing.Subsystem, p.ServiceID()); err != nil {
+	for _, g := range []struct{ provider, client *Party }{
+		{d.Business, d.Licensing}, {d.Tax, d.Licensing}, {d.Populace, d.Licensing}, {d.Business, d.Populace},
+	} {
+		if err := g.provider.Node.Grant(ctx, g.client.Subsystem, g.provider.ServiceID()); err != nil {
 			return err
 		}
-		d.Printf("    %s grants %s %s\n", p.NodeID, d.Licensing.Subsystem, p.Service)
+		d.Printf("    %s grants %s %s\n", g.provider.NodeID, g.client.Subsystem, g.provider.Service)
 	}
 	return nil
 }
@@ -220,12 +222,16 @@ func federate(ctx context.Context, d *Demo) error {
 		return err
 	}
 	d.Printf("    FI exports %s to EE\n", d.Populace.Subsystem)
+	if err := d.EE.Export(ctx, d.Business.Subsystem, d.FI.Instance); err != nil {
+		return err
+	}
+	d.Printf("    EE exports %s to FI\n", d.Business.Subsystem)
 	err := d.Licensing.Node.WaitTopology(ctx, "FI's population register in EE's configuration", func(top *topology.Topology) bool {
 		return len(top.Hosts(d.Populace.Subsystem)) > 0 && top.Service(d.Populace.ServiceID()) != nil
 	})
 	if err == nil {
-		err = d.Populace.Node.WaitTopology(ctx, "EE's licensing authority in FI's configuration", func(top *topology.Topology) bool {
-			return len(top.Hosts(d.Licensing.Subsystem)) > 0
+		err = d.Populace.Node.WaitTopology(ctx, "EE's licensing authority and business registry in FI's configuration", func(top *topology.Topology) bool {
+			return len(top.Hosts(d.Licensing.Subsystem)) > 0 && top.Service(d.Business.ServiceID()) != nil
 		})
 	}
 	if err != nil {
@@ -233,7 +239,7 @@ func federate(ctx context.Context, d *Demo) error {
 		d.Printf("    WARNING: %v\n", err)
 		return nil
 	}
-	d.Printf("    EE's nodes see %s on %s\n", d.Populace.ServiceID(), d.Populace.NodeID)
+	d.Printf("    EE's nodes see %s, FI's see %s\n", d.Populace.ServiceID(), d.Business.ServiceID())
 	return nil
 }
 
