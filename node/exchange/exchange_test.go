@@ -535,3 +535,28 @@ func TestMayCallAs(t *testing.T) {
 	_, err = c.UnaryCall(as(ctxT(t), licensing, registry, "x-caller", "archive"), &testpb.SimpleRequest{})
 	wantRefusal(t, err, codes.PermissionDenied, rpcerr.ReasonUnknownClient, ComponentConsumer)
 }
+
+func TestMethodPathTricks(t *testing.T) {
+	m := newMesh(t)
+	for _, tc := range []struct {
+		path   string
+		code   codes.Code
+		reason string
+		comp   string
+	}{
+		{"/grpc.testing.TestService/../UnaryCall", codes.InvalidArgument, rpcerr.ReasonInvalidArgument, ComponentConsumer},
+		{"/grpc.testing.TestService/Unary%43all", codes.InvalidArgument, rpcerr.ReasonInvalidArgument, ComponentConsumer},
+		{"/grpc.testing.TestService/UnaryCall/", codes.InvalidArgument, rpcerr.ReasonInvalidArgument, ComponentConsumer},
+		{"/grpc.testing.TestService/UnaryСall", codes.InvalidArgument, rpcerr.ReasonInvalidArgument, ComponentConsumer}, // Cyrillic С
+		{"/grpc.testing.testservice/UnaryCall", codes.PermissionDenied, rpcerr.ReasonAccessDenied, ComponentProvider},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			var out testpb.SimpleResponse
+			err := m.aConn.Invoke(as(ctxT(t), licensing, registry), tc.path, &testpb.SimpleRequest{}, &out)
+			wantRefusal(t, err, tc.code, tc.reason, tc.comp)
+		})
+	}
+	if n := m.be.calls.Load(); n != 0 {
+		t.Fatalf("backend called %d times", n)
+	}
+}

@@ -2,15 +2,23 @@ package exchange
 
 import (
 	"context"
+	"crypto/x509"
 	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/status"
 
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/protobuf/proto"
 
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/sign"
+	"github.com/sildmesh/sild/pki"
 )
 
 // sealWith signs the digest with n's signer, after tamper edits it.
@@ -102,5 +110,59 @@ func TestProviderDirect(t *testing.T) {
 				t.Fatal("provider recorded nothing")
 			}
 		})
+	}
+}
+
+func TestProviderRefusesUnregisteredCallers(t *testing.T) {
+	m := newMesh(t)
+	frame := [][]byte{unaryFrame(t, "x")}
+
+	// C is no longer active in B's configuration.
+	gc := proto.Clone(m.gc).(*registryv1.GlobalConfig)
+	gc.Nodes[2].State = registryv1.NodeState_NODE_STATE_PENDING
+	m.setTopo(t, &m.topoB, gc)
+	err := m.rawCall(t, m.c, bank, "removed-1", frame, sealWith(t, m.c, nil))
+	wantRefusal(t, err, codes.Unauthenticated, rpcerr.ReasonUnauthenticated, ComponentProvider)
+
+	// C's record names another SPIFFE ID (a re-registered node).
+	gc = proto.Clone(m.gc).(*registryv1.GlobalConfig)
+	gc.Nodes[2].SpiffeId = "spiffe://ee.sild.test/node/COM/70000312/other"
+	m.setTopo(t, &m.topoB, gc)
+	err = m.rawCall(t, m.c, bank, "removed-2", frame, sealWith(t, m.c, nil))
+	wantRefusal(t, err, codes.Unauthenticated, rpcerr.ReasonUnauthenticated, ComponentProvider)
+	m.setTopo(t, &m.topoB, m.gc)
+
+	// A node of another trust domain, even one whose roots B trusts (as
+	// after federation), is refused in the handshake.
+	fiTD := spiffeid.RequireTrustDomainFromString("fi.sild.test")
+	fiCA, err := pki.NewCA(fiTD, "FI test root", time.Hour, time.Now().Add(-time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.bundles.Set(x509bundle.FromX509Authorities(td, []*x509.Certificate{m.ca.Cert}),
+		x509bundle.FromX509Authorities(fiTD, []*x509.Certificate{fiCA.Cert}))
+	fiID := spiffeid.RequireFromPath(fiTD, "/node/COM/70000312/ss1")
+	key, err := pki.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := fiCA.Issue(pki.KindSVID, key.Public(), fiID, time.Hour, time.Now().Add(-time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := pki.NewSVID(key, cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi := &testNode{id: nodeC, spiffe: fiID, svid: pki.NewSVIDSource(svid), signer: m.c.signer}
+	err = m.rawCall(t, fi, bank, "foreign-1", frame, sealWith(t, m.c, nil))
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("foreign node: %v", err)
+	}
+	if n := m.be.calls.Load(); n != 0 {
+		t.Fatalf("backend called %d times", n)
+	}
+	if m.recB.len() != 0 {
+		t.Fatal("calls of unidentified nodes were recorded")
 	}
 }
