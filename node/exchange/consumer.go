@@ -252,6 +252,9 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 			d := sealDigest(envelope.DirRequest, st.reqChain, codes.OK)
 			st.mu.Unlock()
 			sig, err := c.cfg.Signer.Sign(ctx, d)
+			if ce, ok := rpcerr.FromContext(err); ok {
+				return nil, ce
+			}
 			if err != nil {
 				c.cfg.Logger.Error("sign request", "message_id", req.MessageID, "err", err)
 				return nil, c.refuse(codes.Internal, rpcerr.ReasonInternal, "request could not be signed")

@@ -90,6 +90,13 @@
 // Component "node.consumer" or "node.provider". Statuses of the backend
 // pass through unchanged.
 //
+// # Limits
+//
+// A stream is recorded once, when it ends (the ledger has no open/close
+// records yet). Connections to other nodes are pooled by address and SPIFFE
+// ID until Close, also after a node moved. Health is learnt only from
+// failed connection attempts (gRPC's own backoff), not probed.
+//
 // # Wiring in the node daemon
 //
 //	cfg := exchange.Config{Node: self, Topology: current, SVID: svids, Bundles: bundles,
