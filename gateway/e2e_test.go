@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -29,6 +28,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/registry/registrytest"
@@ -50,27 +50,6 @@ func (testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s
 		}
 	}
 	return nil
-}
-
-// descriptorSet is what a provider publishes: the file and all it imports.
-func descriptorSet(fd protoreflect.FileDescriptor) []byte {
-	set := &descriptorpb.FileDescriptorSet{}
-	seen := map[string]bool{}
-	var add func(protoreflect.FileDescriptor)
-	add = func(f protoreflect.FileDescriptor) {
-		if seen[f.Path()] {
-			return
-		}
-		seen[f.Path()] = true
-		imps := f.Imports()
-		for i := range imps.Len() {
-			add(imps.Get(i).FileDescriptor)
-		}
-		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
-	}
-	add(fd)
-	raw, _ := proto.Marshal(set)
-	return raw
 }
 
 func dialInsecure(t testing.TB, addr string) *grpc.ClientConn {
@@ -105,7 +84,7 @@ func startMesh(t testing.TB, legacy bool) *mesh {
 	licensing, _ := ident.ParseSubsystem("EE/GOV/70000311/licensing")
 	bizreg, _ := ident.ParseSubsystem("EE/GOV/70000310/business-registry")
 	svc := ident.Service{Subsystem: bizreg, Name: "grpc.testing.TestService"}
-	descriptors := descriptorSet(testpb.File_grpc_testing_test_proto)
+	descriptors := descset.Of(testpb.File_grpc_testing_test_proto)
 	if legacy {
 		svc.Name = "test.v1.Echo"
 		descriptors, _ = proto.Marshal(&descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{

@@ -13,16 +13,13 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/descriptorpb"
 
 	metav1 "github.com/sildmesh/sild/gen/sild/meta/v1"
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/registry"
@@ -112,7 +109,7 @@ func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Conf
 	// The provider publishes its service with its descriptors.
 	if _, err := adm.PublishService(c.Ctx(ctx), &registryv1.PublishServiceRequest{
 		Service: ident.Service{Subsystem: bizreg, Name: "grpc.testing.TestService"}.Proto(), Enabled: true,
-		FileDescriptorSet: descriptorSet(testpb.File_grpc_testing_test_proto),
+		FileDescriptorSet: descset.Of(testpb.File_grpc_testing_test_proto),
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -154,26 +151,6 @@ func (m *twoNodes) call(t *testing.T, ctx context.Context, msgID string) (*testp
 	}
 	client := testpb.NewTestServiceClient(dial(t, m.a.n.ConsumerAddr()))
 	return client.UnaryCall(metadata.NewOutgoingContext(ctx, md), &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("70000310")}})
-}
-
-// descriptorSet returns the serialized FileDescriptorSet of fd and its imports.
-func descriptorSet(fd protoreflect.FileDescriptor) []byte {
-	set := &descriptorpb.FileDescriptorSet{}
-	seen := map[string]bool{}
-	var add func(protoreflect.FileDescriptor)
-	add = func(f protoreflect.FileDescriptor) {
-		if seen[f.Path()] {
-			return
-		}
-		seen[f.Path()] = true
-		for i := 0; i < f.Imports().Len(); i++ {
-			add(f.Imports().Get(i).FileDescriptor)
-		}
-		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
-	}
-	add(fd)
-	b, _ := proto.Marshal(set)
-	return b
 }
 
 func TestExchangeThroughTwoNodes(t *testing.T) {

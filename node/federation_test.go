@@ -15,6 +15,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/pki"
@@ -71,7 +72,7 @@ func TestCrossBorderExchange(t *testing.T) {
 	for _, sub := range []ident.Subsystem{bizreg, taxes} {
 		if _, err := eeAdm.PublishService(ee.Ctx(ctx), &registryv1.PublishServiceRequest{
 			Service: ident.Service{Subsystem: sub, Name: "grpc.testing.TestService"}.Proto(), Enabled: true,
-			FileDescriptorSet: descriptorSet(testpb.File_grpc_testing_test_proto),
+			FileDescriptorSet: descset.Of(testpb.File_grpc_testing_test_proto),
 		}); err != nil {
 			t.Fatal(err)
 		}

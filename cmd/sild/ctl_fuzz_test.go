@@ -10,16 +10,17 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/internal/descset"
 )
 
 // FuzzCheckDescriptorSet feeds arbitrary bytes to the check `sild ctl
 // service publish` runs on an operator's descriptor file: it must refuse or
 // accept, never panic, and accept only sets that define the service.
 func FuzzCheckDescriptorSet(f *testing.F) {
-	admin := fileSet(registryv1.File_sild_registry_v1_admin_proto)
+	admin := descset.Of(registryv1.File_sild_registry_v1_admin_proto)
 	f.Add(admin, "sild.registry.v1.AdminService")
 	f.Add(admin, "sild.registry.v1.Member")
-	f.Add(fileSet(timestamppb.File_google_protobuf_timestamp_proto), "google.protobuf.Timestamp")
+	f.Add(descset.Of(timestamppb.File_google_protobuf_timestamp_proto), "google.protobuf.Timestamp")
 	f.Add([]byte{}, "x.Y")
 	f.Add([]byte("\x0a\x02\x0a\x00"), "a.B")
 	f.Fuzz(func(t *testing.T, data []byte, service string) {

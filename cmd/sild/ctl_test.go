@@ -18,45 +18,21 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/descriptorpb"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry"
 	"github.com/sildmesh/sild/registry/registrytest"
 )
 
-// fileSet returns the serialized FileDescriptorSet of fd and its imports.
-func fileSet(fd protoreflect.FileDescriptor) []byte {
-	set := &descriptorpb.FileDescriptorSet{}
-	seen := map[string]bool{}
-	var add func(protoreflect.FileDescriptor)
-	add = func(f protoreflect.FileDescriptor) {
-		if seen[f.Path()] {
-			return
-		}
-		seen[f.Path()] = true
-		for i := 0; i < f.Imports().Len(); i++ {
-			add(f.Imports().Get(i).FileDescriptor)
-		}
-		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
-	}
-	add(fd)
-	b, err := proto.Marshal(set)
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
-
 // descriptorSet writes the FileDescriptorSet of fd and its imports to a file.
 func descriptorSet(t *testing.T, fd protoreflect.FileDescriptor) string {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "set.binpb")
-	if err := os.WriteFile(file, fileSet(fd), 0o600); err != nil {
+	if err := os.WriteFile(file, descset.Of(fd), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return file

@@ -130,3 +130,32 @@ func FromReflection(ctx context.Context, conn grpc.ClientConnInterface, service 
 	}
 	return raw, nil
 }
+
+// Of returns the serialized FileDescriptorSet of files and, transitively,
+// everything they import, imports first: what a provider publishes for
+// services compiled into a Go program. It panics only if a descriptor
+// cannot be encoded, which compiled descriptors always can.
+func Of(files ...protoreflect.FileDescriptor) []byte {
+	set := &descriptorpb.FileDescriptorSet{}
+	seen := map[string]bool{}
+	var add func(protoreflect.FileDescriptor)
+	add = func(f protoreflect.FileDescriptor) {
+		if seen[f.Path()] {
+			return
+		}
+		seen[f.Path()] = true
+		imps := f.Imports()
+		for i := range imps.Len() {
+			add(imps.Get(i).FileDescriptor)
+		}
+		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
+	}
+	for _, f := range files {
+		add(f)
+	}
+	raw, err := proto.Marshal(set)
+	if err != nil {
+		panic(fmt.Sprintf("descset: encode descriptors: %v", err))
+	}
+	return raw
+}

@@ -13,39 +13,16 @@ import (
 	"google.golang.org/grpc/metadata"
 	v1reflection "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	metav1 "github.com/sildmesh/sild/gen/sild/meta/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/topology"
 )
-
-// fdsOf returns the FileDescriptorSet of fd and its imports.
-func fdsOf(fd protoreflect.FileDescriptor) []byte {
-	set := &descriptorpb.FileDescriptorSet{}
-	seen := map[string]bool{}
-	var add func(protoreflect.FileDescriptor)
-	add = func(f protoreflect.FileDescriptor) {
-		if seen[f.Path()] {
-			return
-		}
-		seen[f.Path()] = true
-		for i := 0; i < f.Imports().Len(); i++ {
-			add(f.Imports().Get(i).FileDescriptor)
-		}
-		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
-	}
-	add(fd)
-	b, _ := proto.Marshal(set)
-	return b
-}
 
 func testTopology(t *testing.T) *topology.Topology {
 	self, _ := ident.ParseNode("EE/GOV/1/ss1")
@@ -57,7 +34,7 @@ func testTopology(t *testing.T) *topology.Topology {
 		Subsystems: []*registryv1.Subsystem{{Id: sub.Proto()}, {Id: client.Proto(), Nodes: []*identv1.NodeId{self.Proto()}}},
 		Services: []*registryv1.CatalogEntry{{
 			Service: ident.Service{Subsystem: sub, Name: "grpc.testing.TestService"}.Proto(), Enabled: true,
-			FileDescriptorSet: fdsOf(testpb.File_grpc_testing_test_proto),
+			FileDescriptorSet: descset.Of(testpb.File_grpc_testing_test_proto),
 		}},
 	})
 	if err != nil {
