@@ -20,8 +20,8 @@
 // and tries the next one if no connection can be made to it.
 //
 // Provider, before anything reaches the backend: the configuration is
-// present and not expired; the caller's SVID is of this trust domain and
-// names an active node whose registered SPIFFE ID it is; the request headers
+// present and not expired; the caller's SVID is of this trust domain (or of
+// an actively federated one) and names an active node whose registered SPIFFE ID it is; the request headers
 // parse and carry a message id; the caller node is registered for the
 // claimed client subsystem; the target is a subsystem this node serves with
 // a backend; the message id was not seen from that client within the replay
@@ -83,6 +83,7 @@
 //	  served by the provider
 //	no hosting node reachable     Unavailable         TARGET_UNAVAILABLE  (consumer)
 //	no access right               PermissionDenied    ACCESS_DENIED       (provider)
+//	federation not active         PermissionDenied    FEDERATION_INACTIVE
 //	message id replayed           AlreadyExists       MESSAGE_REPLAYED    (provider)
 //	signature missing or invalid  Unauthenticated     SIGNATURE_INVALID
 //	evidence not durable          Unavailable         LEDGER_UNAVAILABLE
