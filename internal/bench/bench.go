@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/mesh"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/node/envelope"
@@ -221,7 +222,7 @@ func startWorld(ctx context.Context, m *mesh.Mesh) (*world, error) {
 	if err := r.AddSubsystem(ctx, target, nodeB); err != nil {
 		return nil, err
 	}
-	if err := r.Publish(ctx, svc, mesh.DescriptorSet(testpb.File_grpc_testing_test_proto)); err != nil {
+	if err := r.Publish(ctx, svc, descset.Of(testpb.File_grpc_testing_test_proto)); err != nil {
 		return nil, err
 	}
 	backend, err := m.StartBackend(func(s *grpc.Server) { testpb.RegisterTestServiceServer(s, testService{}) })

@@ -16,6 +16,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/demo/services"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/mesh"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/node/topology"
@@ -103,9 +104,9 @@ func startRegistries(ctx context.Context, d *Demo) error {
 func registerAll(ctx context.Context, d *Demo) error {
 	toks := map[ident.Node]string{}
 	descriptors := map[string][]byte{
-		d.Business.Service: mesh.DescriptorSet(demov1.File_sild_demo_v1_business_proto),
-		d.Tax.Service:      mesh.DescriptorSet(demov1.File_sild_demo_v1_tax_proto),
-		d.Populace.Service: mesh.DescriptorSet(demov1.File_sild_demo_v1_population_proto),
+		d.Business.Service: descset.Of(demov1.File_sild_demo_v1_business_proto),
+		d.Tax.Service:      descset.Of(demov1.File_sild_demo_v1_tax_proto),
+		d.Populace.Service: descset.Of(demov1.File_sild_demo_v1_population_proto),
 	}
 	for _, p := range d.parties() {
 		r := d.registryOf(p)

@@ -17,10 +17,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/descriptorpb"
 )
 
 // stopTimeout bounds how long one component may take to stop.
@@ -114,33 +110,6 @@ func (m *Mesh) StartBackend(register func(*grpc.Server), opts ...grpc.ServerOpti
 		return nil
 	})
 	return ln.Addr().String(), nil
-}
-
-// DescriptorSet returns the serialized FileDescriptorSet of fd and
-// everything it imports: what a provider publishes to the catalogue.
-func DescriptorSet(fds ...protoreflect.FileDescriptor) []byte {
-	set := &descriptorpb.FileDescriptorSet{}
-	seen := map[string]bool{}
-	var add func(protoreflect.FileDescriptor)
-	add = func(f protoreflect.FileDescriptor) {
-		if seen[f.Path()] {
-			return
-		}
-		seen[f.Path()] = true
-		imps := f.Imports()
-		for i := range imps.Len() {
-			add(imps.Get(i).FileDescriptor)
-		}
-		set.File = append(set.File, protodesc.ToFileDescriptorProto(f))
-	}
-	for _, fd := range fds {
-		add(fd)
-	}
-	raw, err := proto.Marshal(set)
-	if err != nil {
-		panic(fmt.Sprintf("marshal descriptor set: %v", err)) // descriptors of linked-in files always marshal
-	}
-	return raw
 }
 
 // WaitFor polls cond every 20 ms until it holds, ctx ends or d passes.

@@ -11,30 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/descriptorpb"
-
-	demov1 "github.com/sildmesh/sild/gen/sild/demo/v1"
 )
-
-func TestDescriptorSetResolves(t *testing.T) {
-	raw := DescriptorSet(demov1.File_sild_demo_v1_business_proto, demov1.File_sild_demo_v1_tax_proto)
-	var set descriptorpb.FileDescriptorSet
-	if err := proto.Unmarshal(raw, &set); err != nil {
-		t.Fatal(err)
-	}
-	files, err := protodesc.NewFiles(&set)
-	if err != nil {
-		t.Fatalf("descriptor set does not resolve: %v", err)
-	}
-	for _, name := range []string{"sild.demo.v1.BusinessRegistryService", "sild.demo.v1.TaxBoardService"} {
-		if _, err := files.FindDescriptorByName(protoreflect.FullName(name)); err != nil {
-			t.Errorf("%s: %v", name, err)
-		}
-	}
-}
 
 func TestWaitFor(t *testing.T) {
 	ctx := context.Background()
