@@ -18,7 +18,10 @@ import (
 
 // CheckReport summarises a successful Check.
 type CheckReport struct {
-	Entries     uint64
+	Entries uint64
+	// Archived is the number of leading leaves archived and pruned; their
+	// tree nodes are checked only through the checkpoints.
+	Archived    uint64
 	Bodies      int // bodies present (and, with the body key, decrypted and checked)
 	Checkpoints int
 	Stamped     int // checkpoints with a time-stamp token
@@ -48,21 +51,43 @@ func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckRe
 		if err != nil {
 			return err
 		}
+		archived, err := checkArchives(txn, size)
+		if err != nil {
+			return err
+		}
+		rep.Archived = archived
 		// Index keys expected from the records, checked against the store.
 		want := map[string]bool{}
-		var rng merkle.Range
 		get := txnNodes(txn)
+		rng, err := rangeAt(get, archived)
+		if err != nil {
+			return err
+		}
 		nextCP := 0
 		var prevSize uint64
 		var prevRoot merkle.Hash
+		// Checkpoints within the archived prefix: against the stored tree.
+		for nextCP < len(cps) && cps[nextCP].size <= archived {
+			root, err := merkle.RootAt(get, cps[nextCP].size)
+			if err != nil {
+				return fail(ReasonStoreCorrupt, -1, "root at %d: %v", cps[nextCP].size, err)
+			}
+			if err := l.checkCheckpoint(txn, cps[nextCP], root, prevSize, prevRoot, roots, rep); err != nil {
+				return err
+			}
+			prevSize, prevRoot = cps[nextCP].size, root
+			nextCP++
+		}
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfxEntry}})
 		defer it.Close()
-		i := uint64(0)
+		i := archived
 		for it.Rewind(); it.Valid(); it.Next() {
 			if i%4096 == 0 && ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if k := keyUint(it.Item().Key()[1:]); k != i {
+			if k := keyUint(it.Item().Key()[1:]); k < archived {
+				return fail(ReasonStoreCorrupt, -1, "entry %d was archived but is still stored (an interrupted prune: run archive again)", k)
+			} else if k != i {
 				return fail(ReasonStoreCorrupt, -1, "entry key %d where %d was expected", k, i)
 			}
 			if i >= size {
@@ -140,7 +165,7 @@ func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckRe
 		if nextCP != len(cps) {
 			return fail(ReasonCheckpointMalformed, -1, "checkpoint of size %d beyond the tree (size %d)", cps[nextCP].size, size)
 		}
-		return checkIndexes(txn, want, rep)
+		return checkIndexes(txn, want, archived, rep)
 	})
 	if err != nil {
 		var ve *VerifyError
@@ -210,11 +235,15 @@ func (l *Ledger) checkCheckpoint(txn *badger.Txn, c storedCP, root merkle.Hash, 
 }
 
 // checkIndexes checks that the index keys in the store are exactly want.
-func checkIndexes(txn *badger.Txn, want map[string]bool, rep *CheckReport) error {
+// Message-id keys of archived leaves are kept (they name the archive).
+func checkIndexes(txn *badger.Txn, want map[string]bool, archived uint64, rep *CheckReport) error {
 	for _, pfx := range []byte{pfxMsg, pfxClient, pfxService, pfxUser} {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfx}, PrefetchValues: false})
 		for it.Rewind(); it.Valid(); it.Next() {
 			k := string(it.Item().Key())
+			if pfx == pfxMsg && len(k) >= 10 && keyUint([]byte(k[len(k)-8:])) < archived && k[len(k)-9] == 0 {
+				continue
+			}
 			if !want[k] {
 				it.Close()
 				return fail(ReasonIndexMismatch, -1, "index key %q names no such record", k)
@@ -232,6 +261,55 @@ func checkIndexes(txn *badger.Txn, want map[string]bool, rep *CheckReport) error
 
 // String renders the report for the CLI.
 func (r *CheckReport) String() string {
-	return fmt.Sprintf("%d entries, %d bodies, %d checkpoints (%d time-stamped, %d tokens verified)",
+	s := fmt.Sprintf("%d entries, %d bodies, %d checkpoints (%d time-stamped, %d tokens verified)",
 		r.Entries, r.Bodies, r.Checkpoints, r.Stamped, r.TokensVerified)
+	if r.Archived > 0 {
+		s += fmt.Sprintf(", %d archived", r.Archived)
+	}
+	return s
+}
+
+// checkArchives checks that the archive refs cover a contiguous prefix of
+// the tree and that no body of it is still stored; it returns the prefix's
+// end.
+func checkArchives(txn *badger.Txn, size uint64) (uint64, error) {
+	refs, err := txnArchiveRefs(txn)
+	if err != nil {
+		return 0, fail(ReasonStoreCorrupt, -1, "%v", err)
+	}
+	var end uint64
+	for _, r := range refs {
+		if r.GetFirstIndex() != end || r.GetEndIndex() <= r.GetFirstIndex() || len(r.GetSha256()) != sha256.Size {
+			return 0, fail(ReasonStoreCorrupt, -1, "archive %s (records %d to %d) does not follow the archived prefix ending at %d", r.GetFile(), r.GetFirstIndex(), r.GetEndIndex(), end)
+		}
+		end = r.GetEndIndex()
+	}
+	if end > size {
+		return 0, fail(ReasonStoreCorrupt, -1, "archived prefix %d beyond tree size %d", end, size)
+	}
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfxBody}, PrefetchValues: false})
+	defer it.Close()
+	if it.Rewind(); it.Valid() {
+		if k := keyUint(it.Item().Key()[1:]); k < end {
+			return 0, fail(ReasonStoreCorrupt, -1, "body %d was archived but is still stored", k)
+		}
+	}
+	return end, nil
+}
+
+// rangeAt rebuilds the tree's right edge at size from the stored nodes.
+func rangeAt(get merkle.NodeGetter, size uint64) (*merkle.Range, error) {
+	var peaks []merkle.Hash
+	for _, n := range merkle.PeakNodes(size) {
+		h, err := get(n)
+		if err != nil {
+			return nil, fail(ReasonStoreCorrupt, -1, "tree of size %d: %v", size, err)
+		}
+		peaks = append(peaks, h)
+	}
+	r, err := merkle.NewRange(size, peaks)
+	if err != nil {
+		return nil, fail(ReasonStoreCorrupt, -1, "%v", err)
+	}
+	return r, nil
 }

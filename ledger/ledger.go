@@ -303,6 +303,8 @@ type Ledger struct {
 
 	signer atomic.Pointer[signerIdentity] // set by SetSigner
 
+	amu sync.Mutex // serializes Archive
+
 	hmu        sync.Mutex
 	stamped    uint64 // size of the latest time-stamped checkpoint
 	unstamped  []mark // committed batches not covered by a time-stamp
@@ -317,11 +319,19 @@ func New(cfg Config) (*Ledger, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return open(cfg, false)
+	l, err := open(cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.finishPrune(); err != nil {
+		_ = l.db.Close()
+		return nil, fmt.Errorf("open ledger %s: %w", cfg.Dir, err)
+	}
+	return l, nil
 }
 
-// OpenReader opens an existing ledger directory for queries, export and
-// Check, without signing or appending. bodyKey may be nil (bodies are then
+// OpenReader opens an existing ledger directory for queries, export,
+// Check and Archive, without signing or appending. bodyKey may be nil (bodies are then
 // not readable).
 func OpenReader(dir string, bodyKey []byte, logger *slog.Logger) (*Ledger, error) {
 	if dir == "" {

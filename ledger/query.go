@@ -26,6 +26,11 @@ type Stored struct {
 
 func txnStored(txn *badger.Txn, i uint64) (*Stored, error) {
 	raw, err := txnRaw(txn, entryKey(i))
+	if errors.Is(err, ErrNotFound) {
+		if aerr := txnArchivedError(txn, i); aerr != nil {
+			return nil, aerr
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("entry %d: %w", i, err)
 	}

@@ -26,6 +26,7 @@ import (
 //	m <message id> 0 <index>  -> (index by message id)
 //	c <client> 0 <time> <index>, s <target/service> 0 <time> <index>,
 //	u <user id> 0 <time> <index> -> (indexes by party and start time)
+//	a <end index>             -> serialized ArchiveRef (see archive.go)
 const (
 	pfxEntry      = 'e'
 	pfxBody       = 'b'

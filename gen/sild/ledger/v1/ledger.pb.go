@@ -766,6 +766,307 @@ func (x *EvidenceBundle) GetCheckpoint() *SignedCheckpoint {
 	return nil
 }
 
+// ArchiveHeader describes one archive file of a ledger's retention chain.
+type ArchiveHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Format version, 1.
+	Version uint32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The node whose ledger this is.
+	Origin string `protobuf:"bytes,2,opt,name=origin,proto3" json:"origin,omitempty"`
+	// The archive holds the leaves [first_index, end_index).
+	FirstIndex uint64 `protobuf:"varint,3,opt,name=first_index,json=firstIndex,proto3" json:"first_index,omitempty"`
+	EndIndex   uint64 `protobuf:"varint,4,opt,name=end_index,json=endIndex,proto3" json:"end_index,omitempty"`
+	// SHA-256 of the previous archive file of the chain (the whole file as
+	// written); 32 zero bytes for the first archive (first_index 0).
+	PrevArchiveSha256 []byte `protobuf:"bytes,5,opt,name=prev_archive_sha256,json=prevArchiveSha256,proto3" json:"prev_archive_sha256,omitempty"`
+	// When the archive was written, and the age limit it applied: every leaf
+	// in it ended (or, without an end time, was appended) before it.
+	Created       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"`
+	Before        *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=before,proto3" json:"before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveHeader) Reset() {
+	*x = ArchiveHeader{}
+	mi := &file_sild_ledger_v1_ledger_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveHeader) ProtoMessage() {}
+
+func (x *ArchiveHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_ledger_v1_ledger_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveHeader.ProtoReflect.Descriptor instead.
+func (*ArchiveHeader) Descriptor() ([]byte, []int) {
+	return file_sild_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ArchiveHeader) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ArchiveHeader) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *ArchiveHeader) GetFirstIndex() uint64 {
+	if x != nil {
+		return x.FirstIndex
+	}
+	return 0
+}
+
+func (x *ArchiveHeader) GetEndIndex() uint64 {
+	if x != nil {
+		return x.EndIndex
+	}
+	return 0
+}
+
+func (x *ArchiveHeader) GetPrevArchiveSha256() []byte {
+	if x != nil {
+		return x.PrevArchiveSha256
+	}
+	return nil
+}
+
+func (x *ArchiveHeader) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *ArchiveHeader) GetBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Before
+	}
+	return nil
+}
+
+// ArchivedEntry is one archived leaf with its proof of inclusion in the
+// archive's checkpoint.
+type ArchivedEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The serialized Entry, as hashed into the tree.
+	Entry []byte `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	// The body as the ledger stored it: nonce || AES-256-GCM(serialized Body)
+	// under the node's body key, with additional data
+	// "sild-ledger-body-v1" || big-endian index; empty if none was kept.
+	SealedBody []byte `protobuf:"bytes,2,opt,name=sealed_body,json=sealedBody,proto3" json:"sealed_body,omitempty"`
+	// RFC 6962 audit path from the entry's leaf to the checkpoint's root.
+	InclusionPath [][]byte `protobuf:"bytes,3,rep,name=inclusion_path,json=inclusionPath,proto3" json:"inclusion_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchivedEntry) Reset() {
+	*x = ArchivedEntry{}
+	mi := &file_sild_ledger_v1_ledger_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchivedEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchivedEntry) ProtoMessage() {}
+
+func (x *ArchivedEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_ledger_v1_ledger_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchivedEntry.ProtoReflect.Descriptor instead.
+func (*ArchivedEntry) Descriptor() ([]byte, []int) {
+	return file_sild_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ArchivedEntry) GetEntry() []byte {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *ArchivedEntry) GetSealedBody() []byte {
+	if x != nil {
+		return x.SealedBody
+	}
+	return nil
+}
+
+func (x *ArchivedEntry) GetInclusionPath() [][]byte {
+	if x != nil {
+		return x.InclusionPath
+	}
+	return nil
+}
+
+// Archive is one file of the retention chain: leaves pruned from the ledger,
+// each proven against a signed, time-stamped checkpoint of the ledger.
+type Archive struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ArchiveHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// The earliest time-stamped checkpoint covering end_index.
+	Checkpoint *SignedCheckpoint `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// The leaves first_index .. end_index-1, in order.
+	Entries       []*ArchivedEntry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Archive) Reset() {
+	*x = Archive{}
+	mi := &file_sild_ledger_v1_ledger_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Archive) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Archive) ProtoMessage() {}
+
+func (x *Archive) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_ledger_v1_ledger_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Archive.ProtoReflect.Descriptor instead.
+func (*Archive) Descriptor() ([]byte, []int) {
+	return file_sild_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Archive) GetHeader() *ArchiveHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *Archive) GetCheckpoint() *SignedCheckpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+func (x *Archive) GetEntries() []*ArchivedEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// ArchiveRef is what the ledger keeps of an archive it pruned.
+type ArchiveRef struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	FirstIndex uint64                 `protobuf:"varint,1,opt,name=first_index,json=firstIndex,proto3" json:"first_index,omitempty"`
+	EndIndex   uint64                 `protobuf:"varint,2,opt,name=end_index,json=endIndex,proto3" json:"end_index,omitempty"`
+	// Base name of the archive file and its SHA-256.
+	File          string `protobuf:"bytes,3,opt,name=file,proto3" json:"file,omitempty"`
+	Sha256        []byte `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveRef) Reset() {
+	*x = ArchiveRef{}
+	mi := &file_sild_ledger_v1_ledger_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveRef) ProtoMessage() {}
+
+func (x *ArchiveRef) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_ledger_v1_ledger_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveRef.ProtoReflect.Descriptor instead.
+func (*ArchiveRef) Descriptor() ([]byte, []int) {
+	return file_sild_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ArchiveRef) GetFirstIndex() uint64 {
+	if x != nil {
+		return x.FirstIndex
+	}
+	return 0
+}
+
+func (x *ArchiveRef) GetEndIndex() uint64 {
+	if x != nil {
+		return x.EndIndex
+	}
+	return 0
+}
+
+func (x *ArchiveRef) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *ArchiveRef) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
 var File_sild_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_sild_ledger_v1_ledger_proto_rawDesc = "" +
@@ -834,7 +1135,34 @@ const file_sild_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x05items\x18\x02 \x03(\v2\x1c.sild.ledger.v1.EvidenceItemR\x05items\x12@\n" +
 	"\n" +
 	"checkpoint\x18\x03 \x01(\v2 .sild.ledger.v1.SignedCheckpointR\n" +
-	"checkpoint*B\n" +
+	"checkpoint\"\x99\x02\n" +
+	"\rArchiveHeader\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x16\n" +
+	"\x06origin\x18\x02 \x01(\tR\x06origin\x12\x1f\n" +
+	"\vfirst_index\x18\x03 \x01(\x04R\n" +
+	"firstIndex\x12\x1b\n" +
+	"\tend_index\x18\x04 \x01(\x04R\bendIndex\x12.\n" +
+	"\x13prev_archive_sha256\x18\x05 \x01(\fR\x11prevArchiveSha256\x124\n" +
+	"\acreated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x122\n" +
+	"\x06before\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x06before\"m\n" +
+	"\rArchivedEntry\x12\x14\n" +
+	"\x05entry\x18\x01 \x01(\fR\x05entry\x12\x1f\n" +
+	"\vsealed_body\x18\x02 \x01(\fR\n" +
+	"sealedBody\x12%\n" +
+	"\x0einclusion_path\x18\x03 \x03(\fR\rinclusionPath\"\xbb\x01\n" +
+	"\aArchive\x125\n" +
+	"\x06header\x18\x01 \x01(\v2\x1d.sild.ledger.v1.ArchiveHeaderR\x06header\x12@\n" +
+	"\n" +
+	"checkpoint\x18\x02 \x01(\v2 .sild.ledger.v1.SignedCheckpointR\n" +
+	"checkpoint\x127\n" +
+	"\aentries\x18\x03 \x03(\v2\x1d.sild.ledger.v1.ArchivedEntryR\aentries\"v\n" +
+	"\n" +
+	"ArchiveRef\x12\x1f\n" +
+	"\vfirst_index\x18\x01 \x01(\x04R\n" +
+	"firstIndex\x12\x1b\n" +
+	"\tend_index\x18\x02 \x01(\x04R\bendIndex\x12\x12\n" +
+	"\x04file\x18\x03 \x01(\tR\x04file\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\fR\x06sha256*B\n" +
 	"\x04Side\x12\x14\n" +
 	"\x10SIDE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSIDE_CONSUMER\x10\x01\x12\x11\n" +
@@ -854,7 +1182,7 @@ func file_sild_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 }
 
 var file_sild_ledger_v1_ledger_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sild_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_sild_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_sild_ledger_v1_ledger_proto_goTypes = []any{
 	(Side)(0),                     // 0: sild.ledger.v1.Side
 	(*Record)(nil),                // 1: sild.ledger.v1.Record
@@ -865,29 +1193,38 @@ var file_sild_ledger_v1_ledger_proto_goTypes = []any{
 	(*SignedCheckpoint)(nil),      // 6: sild.ledger.v1.SignedCheckpoint
 	(*EvidenceItem)(nil),          // 7: sild.ledger.v1.EvidenceItem
 	(*EvidenceBundle)(nil),        // 8: sild.ledger.v1.EvidenceBundle
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*v1.BatchSignature)(nil),     // 10: sild.node.v1.BatchSignature
-	(v1.SignatureAlgorithm)(0),    // 11: sild.node.v1.SignatureAlgorithm
+	(*ArchiveHeader)(nil),         // 9: sild.ledger.v1.ArchiveHeader
+	(*ArchivedEntry)(nil),         // 10: sild.ledger.v1.ArchivedEntry
+	(*Archive)(nil),               // 11: sild.ledger.v1.Archive
+	(*ArchiveRef)(nil),            // 12: sild.ledger.v1.ArchiveRef
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*v1.BatchSignature)(nil),     // 14: sild.node.v1.BatchSignature
+	(v1.SignatureAlgorithm)(0),    // 15: sild.node.v1.SignatureAlgorithm
 }
 var file_sild_ledger_v1_ledger_proto_depIdxs = []int32{
 	0,  // 0: sild.ledger.v1.Record.side:type_name -> sild.ledger.v1.Side
-	9,  // 1: sild.ledger.v1.Record.start_time:type_name -> google.protobuf.Timestamp
-	9,  // 2: sild.ledger.v1.Record.end_time:type_name -> google.protobuf.Timestamp
-	10, // 3: sild.ledger.v1.Record.consumer_signature:type_name -> sild.node.v1.BatchSignature
-	10, // 4: sild.ledger.v1.Record.provider_signature:type_name -> sild.node.v1.BatchSignature
+	13, // 1: sild.ledger.v1.Record.start_time:type_name -> google.protobuf.Timestamp
+	13, // 2: sild.ledger.v1.Record.end_time:type_name -> google.protobuf.Timestamp
+	14, // 3: sild.ledger.v1.Record.consumer_signature:type_name -> sild.node.v1.BatchSignature
+	14, // 4: sild.ledger.v1.Record.provider_signature:type_name -> sild.node.v1.BatchSignature
 	2,  // 5: sild.ledger.v1.Body.request_headers:type_name -> sild.ledger.v1.Header
 	2,  // 6: sild.ledger.v1.Body.response_headers:type_name -> sild.ledger.v1.Header
 	2,  // 7: sild.ledger.v1.Body.response_trailers:type_name -> sild.ledger.v1.Header
-	9,  // 8: sild.ledger.v1.Entry.append_time:type_name -> google.protobuf.Timestamp
-	9,  // 9: sild.ledger.v1.Checkpoint.time:type_name -> google.protobuf.Timestamp
-	11, // 10: sild.ledger.v1.SignedCheckpoint.algorithm:type_name -> sild.node.v1.SignatureAlgorithm
+	13, // 8: sild.ledger.v1.Entry.append_time:type_name -> google.protobuf.Timestamp
+	13, // 9: sild.ledger.v1.Checkpoint.time:type_name -> google.protobuf.Timestamp
+	15, // 10: sild.ledger.v1.SignedCheckpoint.algorithm:type_name -> sild.node.v1.SignatureAlgorithm
 	7,  // 11: sild.ledger.v1.EvidenceBundle.items:type_name -> sild.ledger.v1.EvidenceItem
 	6,  // 12: sild.ledger.v1.EvidenceBundle.checkpoint:type_name -> sild.ledger.v1.SignedCheckpoint
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	13, // 13: sild.ledger.v1.ArchiveHeader.created:type_name -> google.protobuf.Timestamp
+	13, // 14: sild.ledger.v1.ArchiveHeader.before:type_name -> google.protobuf.Timestamp
+	9,  // 15: sild.ledger.v1.Archive.header:type_name -> sild.ledger.v1.ArchiveHeader
+	6,  // 16: sild.ledger.v1.Archive.checkpoint:type_name -> sild.ledger.v1.SignedCheckpoint
+	10, // 17: sild.ledger.v1.Archive.entries:type_name -> sild.ledger.v1.ArchivedEntry
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_sild_ledger_v1_ledger_proto_init() }
@@ -901,7 +1238,7 @@ func file_sild_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sild_ledger_v1_ledger_proto_rawDesc), len(file_sild_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
