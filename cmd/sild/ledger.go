@@ -25,11 +25,12 @@ func newLedgerCmd() *cobra.Command {
 side, leaves of a Merkle tree whose signed checkpoints are time-stamped by the
 ecosystem's RFC 3161 authority.
 
-export and check open the ledger directory, so run them while the node is
-stopped (or on a copy). verify needs nothing but the bundle and the
+export, check and archive open the ledger directory, so run them while the
+node is stopped (or on a copy). verify needs nothing but the bundle and the
 ecosystem's trust bundle.`,
 	}
-	cmd.AddCommand(newLedgerExportCmd(), newLedgerVerifyCmd(), newLedgerCheckCmd())
+	cmd.AddCommand(newLedgerExportCmd(), newLedgerVerifyCmd(), newLedgerCheckCmd(),
+		newLedgerArchiveCmd(), newLedgerVerifyArchiveCmd())
 	return cmd
 }
 
@@ -227,4 +228,118 @@ func tokenOf(bundle []byte) ([]byte, error) {
 		return nil, errors.New("bundle has no time-stamp token")
 	}
 	return t, nil
+}
+
+func newLedgerArchiveCmd() *cobra.Command {
+	var dataDir, out, beforeStr string
+	var olderThan time.Duration
+	cmd := &cobra.Command{
+		Use:   "archive --data DIR --older-than 720h --out DIR",
+		Short: "Move old records to hash-linked archive files and prune them",
+		Long: `Move the oldest records (those that ended before the age limit and are
+covered by a time-stamped checkpoint) into archive files in --out, then prune
+them from the ledger. Each file (ledger-<first index>.archive) holds the
+records as stored (bodies still encrypted), the time-stamped signed
+checkpoint that covers them and each record's inclusion proof in it, and the
+SHA-256 of the previous archive file, so the files form a chain that
+'sild ledger verify-archive' checks offline. The tree's hashes stay in the
+ledger: its root, new checkpoints and the proofs of the kept records are
+unchanged, and export of an archived message names its archive file.
+
+Keep the archive files: they are the only copy of the pruned records.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			before := time.Now().Add(-olderThan)
+			if beforeStr != "" {
+				t, err := time.Parse(time.RFC3339, beforeStr)
+				if err != nil {
+					return fmt.Errorf("--before: %w", err)
+				}
+				before = t
+			} else if olderThan <= 0 {
+				return errors.New("give --older-than (a positive duration, e.g. 720h) or --before")
+			}
+			l, err := ledger.OpenReader(dataDir, nil, nil)
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			infos, err := l.Archive(cmd.Context(), before, out)
+			w := cmd.OutOrStdout()
+			for _, a := range infos {
+				fmt.Fprintf(w, "archived records %d to %d into %s (sha256 %x, checkpoint %d)\n", a.First, a.End-1, a.File, a.SHA256, a.CheckpointSize)
+			}
+			if err != nil {
+				return err
+			}
+			if len(infos) == 0 {
+				fmt.Fprintf(w, "nothing to archive before %s\n", before.UTC().Format(time.RFC3339))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data", "", "ledger directory (required)")
+	cmd.Flags().StringVar(&out, "out", "", "directory of the archive files (required)")
+	cmd.Flags().DurationVar(&olderThan, "older-than", 0, "archive records that ended longer ago than this (e.g. 720h)")
+	cmd.Flags().StringVar(&beforeStr, "before", "", "archive records that ended before this RFC 3339 time (instead of --older-than)")
+	for _, f := range []string{"data", "out"} {
+		_ = cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}
+
+func newLedgerVerifyArchiveCmd() *cobra.Command {
+	var trust, prevHex string
+	cmd := &cobra.Command{
+		Use:   "verify-archive FILE... --trust BUNDLE.pem",
+		Short: "Check a chain of archive files offline",
+		Long: `Check archive files offline against the ecosystem's trust bundle, oldest
+first (the names sort in order, so ledger-*.archive will do): each file's
+time-stamp token, checkpoint signature and signer, every record's inclusion
+proof and index, and that each file links to the one before by SHA-256 and
+record range. The first file must start at record 0 or, with --prev-sha256,
+link to that hash. It exits non-zero naming what failed (e.g.
+ARCHIVE_LINK_BROKEN, INCLUSION_PROOF_INVALID).`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			roots, err := readTrust(trust)
+			if err != nil {
+				return err
+			}
+			var prev []byte
+			if prevHex != "" {
+				if prev, err = hex.DecodeString(prevHex); err != nil || len(prev) != 32 {
+					return errors.New("--prev-sha256: want 64 hex characters")
+				}
+			}
+			files := make([][]byte, len(args))
+			for i, a := range args {
+				if files[i], err = os.ReadFile(a); err != nil {
+					return fmt.Errorf("verify-archive: %w", err)
+				}
+			}
+			w := cmd.OutOrStdout()
+			var first *ledger.ArchiveVerified
+			if first, err = ledger.VerifyArchive(files[0], prev, roots); err != nil {
+				return fmt.Errorf("verify-archive %s: %w", args[0], err)
+			}
+			if prev == nil && first.Header.GetFirstIndex() != 0 {
+				return fmt.Errorf("verify-archive %s: starts at record %d; give the earlier files or --prev-sha256", args[0], first.Header.GetFirstIndex())
+			}
+			vs, err := ledger.VerifyArchiveChain(files, roots)
+			if err != nil {
+				return fmt.Errorf("verify-archive: %w (files: %v)", err, args)
+			}
+			for i, v := range vs {
+				fmt.Fprintf(w, "OK: %s: records %d to %d of %s in checkpoint %d, signed by %s, time-stamped %s, sha256 %x\n",
+					args[i], v.Header.GetFirstIndex(), v.Header.GetEndIndex()-1, v.Origin, v.TreeSize, v.Signer,
+					v.StampTime.UTC().Format(time.RFC3339), v.SHA256)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&trust, "trust", "", "PEM trust bundle of the ecosystem (required)")
+	cmd.Flags().StringVar(&prevHex, "prev-sha256", "", "SHA-256 (hex) of the archive before the first file given")
+	_ = cmd.MarkFlagRequired("trust")
+	return cmd
 }
