@@ -533,3 +533,20 @@ func VerifyArchiveChain(files [][]byte, roots []*x509.Certificate) ([]*ArchiveVe
 	}
 	return out, nil
 }
+
+// archiver archives, every Config.ArchiveInterval, the records older than
+// Config.Retention.
+func (l *Ledger) archiver(ctx context.Context) {
+	t := time.NewTicker(l.cfg.ArchiveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := l.Archive(ctx, l.cfg.Now().Add(-l.cfg.Retention), l.cfg.ArchiveDir); err != nil && ctx.Err() == nil {
+			l.logger.Error("ledger archive failed", "dir", l.cfg.ArchiveDir, "err", err)
+		}
+	}
+}

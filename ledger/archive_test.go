@@ -432,3 +432,46 @@ func FuzzVerifyArchive(f *testing.F) {
 		}
 	})
 }
+
+// TestRetentionInRun: Run archives what is older than Config.Retention
+// while records are appended.
+func TestRetentionInRun(t *testing.T) {
+	p := newTestPKI(t)
+	dir, adir := t.TempDir(), t.TempDir()
+	cfg := testConfig(p, dir)
+	cfg.Now = func() time.Time { return at(100) }
+	cfg.Retention, cfg.ArchiveDir, cfg.ArchiveInterval = 60*time.Second, adir, 20*time.Millisecond
+	l := startLedger(t, cfg)
+	appendRange(t, l.Ledger, 0, 30)
+	appendRange(t, l.Ledger, 30, 60)
+	waitFor(t, "the retention archive", func() bool {
+		end, _, err := l.ArchiveHead()
+		return err == nil && end == 40
+	})
+	l.stop(t)
+	r, err := OpenReader(dir, testBodyKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if rep := mustCheck(t, r, p); rep.Archived != 40 || rep.Entries != 60 {
+		t.Fatalf("check: %s", rep)
+	}
+	refs, err := r.Archives()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files [][]byte
+	for _, ref := range refs {
+		files = append(files, readFile(t, filepath.Join(adir, ref.GetFile())))
+	}
+	if vs, err := VerifyArchiveChain(files, p.roots()); err != nil || vs[len(vs)-1].Header.GetEndIndex() != 40 {
+		t.Fatalf("chain of %d files: %v", len(files), err)
+	}
+
+	bad := testConfig(p, dir)
+	bad.Retention = time.Hour
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "ArchiveDir") {
+		t.Fatalf("validate: %v", err)
+	}
+}

@@ -137,6 +137,12 @@ type Config struct {
 	Now func() time.Time
 	// Logger (default: discard).
 	Logger *slog.Logger
+	// Retention, when positive, makes Run archive every ArchiveInterval the
+	// records that ended longer than Retention ago into ArchiveDir (see
+	// Archive). Zero keeps every record.
+	Retention       time.Duration
+	ArchiveDir      string
+	ArchiveInterval time.Duration
 }
 
 // DefaultConfig returns a Config with every default set; Dir, Origin,
@@ -149,6 +155,7 @@ func DefaultConfig() Config {
 		MaxBatch:           1000,
 		DefaultBodyMode:    BodyOff,
 		Now:                time.Now,
+		ArchiveInterval:    time.Hour,
 	}
 }
 
@@ -182,6 +189,12 @@ func (c *Config) Validate() error {
 		return errors.New("ledger config: MaxBatch must be positive")
 	case c.Now == nil:
 		return errors.New("ledger config: Now is required")
+	case c.Retention < 0:
+		return errors.New("ledger config: Retention must not be negative")
+	case c.Retention > 0 && c.ArchiveDir == "":
+		return errors.New("ledger config: ArchiveDir is required with Retention")
+	case c.Retention > 0 && c.ArchiveInterval <= 0:
+		return errors.New("ledger config: ArchiveInterval must be positive with Retention")
 	}
 	if _, err := algorithmOf(c.Signer.Public()); err != nil {
 		return fmt.Errorf("ledger config: Signer: %w", err)

@@ -43,6 +43,10 @@ func (l *Ledger) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); l.checkpointer(ctx, stampReq) }()
 	go func() { defer wg.Done(); l.stamper(ctx, stampReq) }()
+	if l.cfg.Retention > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); l.archiver(ctx) }()
+	}
 	batch := make([]*pending, 0, l.cfg.MaxBatch)
 	for {
 		select {
