@@ -30,6 +30,8 @@ package ledger
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
@@ -549,4 +551,58 @@ func (l *Ledger) archiver(ctx context.Context) {
 			l.logger.Error("ledger archive failed", "dir", l.cfg.ArchiveDir, "err", err)
 		}
 	}
+}
+
+// ExportArchived builds the evidence bundle of a message id from an archive
+// file, as Export does for the records still in the ledger: the archived
+// records of the message with their inclusion proofs and the archive's
+// time-stamped checkpoint, and, when bodyKey (the node's AES-256 body key)
+// is given, the decrypted bodies, checked against their digests. The bundle
+// verifies with VerifyBundle.
+func ExportArchived(data []byte, messageID string, bodyKey []byte) (*ledgerv1.EvidenceBundle, error) {
+	a := &ledgerv1.Archive{}
+	if err := proto.Unmarshal(data, a); err != nil {
+		return nil, fmt.Errorf("export %s from archive: %w", messageID, err)
+	}
+	var aead cipher.AEAD
+	if len(bodyKey) > 0 {
+		block, err := aes.NewCipher(bodyKey)
+		if err != nil {
+			return nil, fmt.Errorf("export %s from archive: body key: %w", messageID, err)
+		}
+		aead, _ = cipher.NewGCM(block)
+	}
+	b := &ledgerv1.EvidenceBundle{Version: 1, Checkpoint: a.GetCheckpoint()}
+	for _, ae := range a.GetEntries() {
+		e, rec := &ledgerv1.Entry{}, &ledgerv1.Record{}
+		if err := proto.Unmarshal(ae.GetEntry(), e); err != nil {
+			return nil, fmt.Errorf("export %s from archive: entry: %w", messageID, err)
+		}
+		if err := proto.Unmarshal(e.GetRecord(), rec); err != nil {
+			return nil, fmt.Errorf("export %s from archive: record %d: %w", messageID, e.GetIndex(), err)
+		}
+		if rec.GetMessageId() != messageID {
+			continue
+		}
+		item := &ledgerv1.EvidenceItem{Entry: ae.GetEntry(), InclusionPath: ae.GetInclusionPath()}
+		if sealed := ae.GetSealedBody(); len(sealed) > 0 && aead != nil {
+			ns := aead.NonceSize()
+			if len(sealed) < ns {
+				return nil, fmt.Errorf("export %s from archive: body %d too short", messageID, e.GetIndex())
+			}
+			body, err := aead.Open(nil, sealed[:ns], sealed[ns:], bodyAAD(e.GetIndex()))
+			if err != nil {
+				return nil, fmt.Errorf("export %s from archive: body %d: %w", messageID, e.GetIndex(), err)
+			}
+			if sum := sha256.Sum256(body); !bytes.Equal(sum[:], e.GetBodyDigest()) {
+				return nil, fmt.Errorf("export %s from archive: body %d does not match its digest", messageID, e.GetIndex())
+			}
+			item.Body = body
+		}
+		b.Items = append(b.Items, item)
+	}
+	if len(b.Items) == 0 {
+		return nil, fmt.Errorf("export %s from archive: %w", messageID, ErrNotFound)
+	}
+	return b, nil
 }

@@ -105,7 +105,7 @@ func TestArchivePruneVerify(t *testing.T) {
 		t.Fatal("archiving changed the tree")
 	}
 	rep := mustCheck(t, l.Ledger, p)
-	if rep.Archived != 25 || rep.Entries != 60 || rep.TokensVerified == 0 {
+	if rep.Archived != 25 || rep.Entries != 60 || rep.TokensVerified == 0 || !bytes.Equal(rep.ArchiveSHA256, infos[0].SHA256) {
 		t.Fatalf("check report: %s", rep)
 	}
 	if len(sizes) > 1 {
@@ -157,6 +157,25 @@ func TestArchivePruneVerify(t *testing.T) {
 	}
 	if len(v.Records) != 25 || v.Records[3].Record.GetMessageId() != "msg-000003" || v.SealedBodies != 9 || v.TreeSize < 25 {
 		t.Fatalf("verified: %d records, %d bodies, size %d", len(v.Records), v.SealedBodies, v.TreeSize)
+	}
+
+	// An archived record's evidence bundle comes from the archive.
+	ab, err := ExportArchived(a1, "msg-000003", testBodyKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ = proto.Marshal(ab)
+	if bv, err := VerifyBundle(data, p.roots()); err != nil || bv.Bodies != 1 || bv.Records[0].Index != 3 {
+		t.Fatalf("bundle from the archive: %v", err)
+	}
+	if _, err := ExportArchived(a1, "msg-000003", bytes.Repeat([]byte{1}, 32)); err == nil {
+		t.Fatal("a body decrypted under the wrong key")
+	}
+	if ab, err := ExportArchived(a1, "msg-000004", nil); err != nil || len(ab.Items) != 1 || ab.Items[0].Body != nil {
+		t.Fatalf("without the key: %v", err)
+	}
+	if _, err := ExportArchived(a1, "msg-000030", nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a kept record from the archive: %v", err)
 	}
 
 	// A second archive links to the first; appends continue meanwhile.

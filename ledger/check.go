@@ -21,10 +21,12 @@ type CheckReport struct {
 	Entries uint64
 	// Archived is the number of leading leaves archived and pruned; their
 	// tree nodes are checked only through the checkpoints.
-	Archived    uint64
-	Bodies      int // bodies present (and, with the body key, decrypted and checked)
-	Checkpoints int
-	Stamped     int // checkpoints with a time-stamp token
+	Archived uint64
+	// ArchiveSHA256 is the SHA-256 of the last archive file (the chain head).
+	ArchiveSHA256 []byte
+	Bodies        int // bodies present (and, with the body key, decrypted and checked)
+	Checkpoints   int
+	Stamped       int // checkpoints with a time-stamp token
 	// TokensVerified is the number of tokens checked against the trust
 	// bundle (only when Check was given roots).
 	TokensVerified int
@@ -51,11 +53,11 @@ func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckRe
 		if err != nil {
 			return err
 		}
-		archived, err := checkArchives(txn, size)
+		archived, head, err := checkArchives(txn, size)
 		if err != nil {
 			return err
 		}
-		rep.Archived = archived
+		rep.Archived, rep.ArchiveSHA256 = archived, head
 		// Index keys expected from the records, checked against the store.
 		want := map[string]bool{}
 		get := txnNodes(txn)
@@ -264,37 +266,38 @@ func (r *CheckReport) String() string {
 	s := fmt.Sprintf("%d entries, %d bodies, %d checkpoints (%d time-stamped, %d tokens verified)",
 		r.Entries, r.Bodies, r.Checkpoints, r.Stamped, r.TokensVerified)
 	if r.Archived > 0 {
-		s += fmt.Sprintf(", %d archived", r.Archived)
+		s += fmt.Sprintf(", %d archived (last archive sha256 %x)", r.Archived, r.ArchiveSHA256)
 	}
 	return s
 }
 
 // checkArchives checks that the archive refs cover a contiguous prefix of
 // the tree and that no body of it is still stored; it returns the prefix's
-// end.
-func checkArchives(txn *badger.Txn, size uint64) (uint64, error) {
+// end and the last archive's hash.
+func checkArchives(txn *badger.Txn, size uint64) (uint64, []byte, error) {
 	refs, err := txnArchiveRefs(txn)
 	if err != nil {
-		return 0, fail(ReasonStoreCorrupt, -1, "%v", err)
+		return 0, nil, fail(ReasonStoreCorrupt, -1, "%v", err)
 	}
 	var end uint64
+	var head []byte
 	for _, r := range refs {
 		if r.GetFirstIndex() != end || r.GetEndIndex() <= r.GetFirstIndex() || len(r.GetSha256()) != sha256.Size {
-			return 0, fail(ReasonStoreCorrupt, -1, "archive %s (records %d to %d) does not follow the archived prefix ending at %d", r.GetFile(), r.GetFirstIndex(), r.GetEndIndex(), end)
+			return 0, nil, fail(ReasonStoreCorrupt, -1, "archive %s (records %d to %d) does not follow the archived prefix ending at %d", r.GetFile(), r.GetFirstIndex(), r.GetEndIndex(), end)
 		}
-		end = r.GetEndIndex()
+		end, head = r.GetEndIndex(), r.GetSha256()
 	}
 	if end > size {
-		return 0, fail(ReasonStoreCorrupt, -1, "archived prefix %d beyond tree size %d", end, size)
+		return 0, nil, fail(ReasonStoreCorrupt, -1, "archived prefix %d beyond tree size %d", end, size)
 	}
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfxBody}, PrefetchValues: false})
 	defer it.Close()
 	if it.Rewind(); it.Valid() {
 		if k := keyUint(it.Item().Key()[1:]); k < end {
-			return 0, fail(ReasonStoreCorrupt, -1, "body %d was archived but is still stored", k)
+			return 0, nil, fail(ReasonStoreCorrupt, -1, "body %d was archived but is still stored", k)
 		}
 	}
-	return end, nil
+	return end, head, nil
 }
 
 // rangeAt rebuilds the tree's right edge at size from the stored nodes.

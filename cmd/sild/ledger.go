@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,7 +31,7 @@ node is stopped (or on a copy). verify needs nothing but the bundle and the
 ecosystem's trust bundle.`,
 	}
 	cmd.AddCommand(newLedgerExportCmd(), newLedgerVerifyCmd(), newLedgerCheckCmd(),
-		newLedgerArchiveCmd(), newLedgerVerifyArchiveCmd())
+		newLedgerArchiveCmd(), newLedgerVerifyArchiveCmd(), newLedgerExportArchivedCmd())
 	return cmd
 }
 
@@ -289,7 +290,7 @@ Keep the archive files: they are the only copy of the pruned records.`,
 }
 
 func newLedgerVerifyArchiveCmd() *cobra.Command {
-	var trust, prevHex string
+	var trust, prevHex, lastHex string
 	cmd := &cobra.Command{
 		Use:   "verify-archive FILE... --trust BUNDLE.pem",
 		Short: "Check a chain of archive files offline",
@@ -298,7 +299,9 @@ first (the names sort in order, so ledger-*.archive will do): each file's
 time-stamp token, checkpoint signature and signer, every record's inclusion
 proof and index, and that each file links to the one before by SHA-256 and
 record range. The first file must start at record 0 or, with --prev-sha256,
-link to that hash. It exits non-zero naming what failed (e.g.
+link to that hash. With --last-sha256 (as printed by 'sild ledger archive' or
+'sild ledger check') the last file must have that hash, which also pins its
+header. It exits non-zero naming what failed (e.g.
 ARCHIVE_LINK_BROKEN, INCLUSION_PROOF_INVALID).`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -330,6 +333,11 @@ ARCHIVE_LINK_BROKEN, INCLUSION_PROOF_INVALID).`,
 			if err != nil {
 				return fmt.Errorf("verify-archive: %w (files: %v)", err, args)
 			}
+			if lastHex != "" {
+				if got := hex.EncodeToString(vs[len(vs)-1].SHA256); got != strings.ToLower(lastHex) {
+					return fmt.Errorf("verify-archive %s: %s: sha256 %s, want %s", args[len(args)-1], ledger.ReasonArchiveLink, got, lastHex)
+				}
+			}
 			for i, v := range vs {
 				fmt.Fprintf(w, "OK: %s: records %d to %d of %s in checkpoint %d, signed by %s, time-stamped %s, sha256 %x\n",
 					args[i], v.Header.GetFirstIndex(), v.Header.GetEndIndex()-1, v.Origin, v.TreeSize, v.Signer,
@@ -340,6 +348,51 @@ ARCHIVE_LINK_BROKEN, INCLUSION_PROOF_INVALID).`,
 	}
 	cmd.Flags().StringVar(&trust, "trust", "", "PEM trust bundle of the ecosystem (required)")
 	cmd.Flags().StringVar(&prevHex, "prev-sha256", "", "SHA-256 (hex) of the archive before the first file given")
+	cmd.Flags().StringVar(&lastHex, "last-sha256", "", "SHA-256 (hex) the last file given must have")
 	_ = cmd.MarkFlagRequired("trust")
+	return cmd
+}
+
+func newLedgerExportArchivedCmd() *cobra.Command {
+	var archive, msgID, out, keyFile string
+	cmd := &cobra.Command{
+		Use:   "export-archived --archive FILE --message-id ID -o FILE",
+		Short: "Write the evidence bundle of an archived message from its archive file",
+		Long: `Write the evidence bundle of a message whose records were archived (export
+names the archive file): the records from the archive with their inclusion
+proofs in the archive's time-stamped checkpoint, and the bodies decrypted
+with --body-key-file. Check it with 'sild ledger verify'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, err := readBodyKey(keyFile)
+			if err != nil {
+				return err
+			}
+			data, err := os.ReadFile(archive)
+			if err != nil {
+				return fmt.Errorf("export-archived: %w", err)
+			}
+			b, err := ledger.ExportArchived(data, msgID, key)
+			if err != nil {
+				return fmt.Errorf("%s: %w", archive, err)
+			}
+			raw, err := proto.Marshal(b)
+			if err != nil {
+				return fmt.Errorf("export-archived: %w", err)
+			}
+			if err := os.WriteFile(out, raw, 0o600); err != nil {
+				return fmt.Errorf("export-archived: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d record(s)\n", out, len(b.GetItems()))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&archive, "archive", "", "archive file (required)")
+	cmd.Flags().StringVar(&msgID, "message-id", "", "message id to export (required)")
+	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write (required)")
+	cmd.Flags().StringVar(&keyFile, "body-key-file", "", "AES-256 body key (32 bytes or 64 hex characters); without it bodies are left out")
+	for _, f := range []string{"archive", "message-id", "output"} {
+		_ = cmd.MarkFlagRequired(f)
+	}
 	return cmd
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +40,28 @@ func TestLedgerArchiveCommands(t *testing.T) {
 		t.Fatalf("verify-archive: %v\n%s", err, out)
 	}
 
+	sum := sha256.Sum256(mustRead(t, file))
+	if !strings.Contains(out, hex.EncodeToString(sum[:])) {
+		t.Fatalf("no sha256 in\n%s", out)
+	}
+	if _, err := run(t, "ledger", "verify-archive", file, "--trust", trust, "--last-sha256", hex.EncodeToString(sum[:])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(t, "ledger", "verify-archive", file, "--trust", trust, "--last-sha256", strings.Repeat("00", 32)); err == nil || !strings.Contains(err.Error(), "ARCHIVE_LINK_BROKEN") {
+		t.Fatalf("wrong last hash: %v", err)
+	}
+
+	// The evidence of an archived message, from its archive.
+	bundle := filepath.Join(dir, "m-2.bundle")
+	out, err = run(t, "ledger", "export-archived", "--archive", file, "--message-id", "m-2", "-o", bundle, "--body-key-file", keyFile)
+	if err != nil || !strings.Contains(out, "1 record(s)") {
+		t.Fatalf("export-archived: %v\n%s", err, out)
+	}
+	out, err = run(t, "ledger", "verify", bundle, "--trust", trust, "-v")
+	if err != nil || !strings.Contains(out, "message m-2") || !strings.Contains(out, "bodies checked: 1") {
+		t.Fatalf("verify of the archived bundle: %v\n%s", err, out)
+	}
+
 	raw, _ := os.ReadFile(file)
 	i := strings.Index(string(raw), "m-2")
 	raw[i] ^= 1
@@ -49,4 +73,13 @@ func TestLedgerArchiveCommands(t *testing.T) {
 	if _, err := run(t, "ledger", "verify-archive", file, "--trust", trust, "--prev-sha256", strings.Repeat("ab", 32)); err == nil || !strings.Contains(err.Error(), "ARCHIVE_LINK_BROKEN") {
 		t.Fatalf("wrong previous hash: %v", err)
 	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
