@@ -22,7 +22,8 @@ package ledger
 // Crash safety: the file is written atomically (temporary file, fsync,
 // rename, fsync of the directory) before the store changes; its name
 // depends only on its first index, so a rerun after a crash rewrites the
-// same name. The ArchiveRef is committed in the same synced transaction as
+// same name (a file beyond the ledger's last ArchiveRef is such a leftover:
+// its records are still in the ledger). The ArchiveRef is committed in the same synced transaction as
 // the first batch of deletions; any leaf below the head that is still
 // present (a crash between deletion batches) is pruned by the next Archive
 // or New.
@@ -51,8 +52,9 @@ import (
 // writes as many files as needed.
 const MaxArchiveEntries = 50000
 
-// pruneBatch is the most leaves pruned per synced transaction.
-const pruneBatch = 500
+// pruneBatch is the most leaves pruned per synced transaction (a variable
+// for the crash test).
+var pruneBatch uint64 = 500
 
 // Reasons of archive verification failures (see also the bundle reasons,
 // which apply to an archive's checkpoint and entries).
@@ -187,6 +189,12 @@ func (l *Ledger) Archive(ctx context.Context, before time.Time, dir string) ([]*
 	defer l.amu.Unlock()
 	if err := l.finishPrune(); err != nil {
 		return nil, err
+	}
+	// Temporary files of an archive interrupted by a crash.
+	if tmps, err := filepath.Glob(filepath.Join(dir, "ledger-*.archive.tmp-*")); err == nil {
+		for _, f := range tmps {
+			_ = os.Remove(f)
+		}
 	}
 	var out []*ArchiveInfo
 	for {

@@ -2,8 +2,10 @@ package ledger
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -27,8 +29,9 @@ import (
 // durable; the parent kills it with SIGKILL at a random moment, reopens the
 // ledger, runs Check and looks every acknowledged record up.
 const (
-	crashDirEnv   = "SILD_LEDGER_CRASH_DIR"
-	crashRoundEnv = "SILD_LEDGER_CRASH_ROUND"
+	crashDirEnv     = "SILD_LEDGER_CRASH_DIR"
+	crashRoundEnv   = "SILD_LEDGER_CRASH_ROUND"
+	crashArchiveEnv = "SILD_LEDGER_CRASH_ARCHIVE" // set: the child also archives
 )
 
 func writePEMs(t testing.TB, dir string, p *testPKI) {
@@ -108,6 +111,11 @@ func TestCrashChild(t *testing.T) {
 	cfg := testConfig(p, filepath.Join(dir, "ledger"))
 	cfg.MaxBatch = 64
 	cfg.CheckpointInterval = 5 * time.Millisecond
+	if os.Getenv(crashArchiveEnv) != "" {
+		// Archive everything stamped, often, in small prune transactions.
+		cfg.Retention, cfg.ArchiveDir, cfg.ArchiveInterval = time.Nanosecond, filepath.Join(dir, "archive"), 3*time.Millisecond
+		pruneBatch = 7
+	}
 	l, err := New(cfg)
 	if err != nil {
 		fmt.Printf("err open %v\n", err)
@@ -136,7 +144,9 @@ func TestCrashChild(t *testing.T) {
 	select {} // until killed
 }
 
-func crashRounds(t *testing.T, rounds int) {
+func crashRounds(t *testing.T, rounds int) { crashRoundsMode(t, rounds, false) }
+
+func crashRoundsMode(t *testing.T, rounds int, archive bool) {
 	if testing.Short() {
 		t.Skip("crash test in -short mode")
 	}
@@ -144,11 +154,14 @@ func crashRounds(t *testing.T, rounds int) {
 	p := newTestPKI(t)
 	writePEMs(t, dir, p)
 	acked := map[string]uint64{}
-	total := 0
+	total, interrupted := 0, 0
 	for r := 0; r < rounds; r++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashChild$", "-test.timeout=150s")
 		cmd.Env = append(os.Environ(), crashDirEnv+"="+dir, crashRoundEnv+"="+strconv.Itoa(r))
+		if archive {
+			cmd.Env = append(cmd.Env, crashArchiveEnv+"=1")
+		}
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -209,6 +222,9 @@ func crashRounds(t *testing.T, rounds int) {
 		cancel()
 		total += n
 
+		if archive {
+			interrupted += finishArchive(t, dir, p)
+		}
 		l, err := OpenReader(filepath.Join(dir, "ledger"), testBodyKey, nil)
 		if err != nil {
 			t.Fatalf("round %d: reopen: %v", r, err)
@@ -219,9 +235,16 @@ func crashRounds(t *testing.T, rounds int) {
 		}
 		for id, idx := range acked {
 			got, err := l.ByMessageID(id)
+			var ae *ArchivedError
+			if archive && errors.As(err, &ae) && ae.Index == idx {
+				continue
+			}
 			if err != nil || len(got) != 1 || got[0].Index != idx {
 				t.Fatalf("round %d: acknowledged %s at %d lost: %v %d", r, id, idx, err, len(got))
 			}
+		}
+		if archive {
+			checkArchiveFiles(t, l, dir, p, rep)
 		}
 		if rep.Entries < uint64(len(acked)) {
 			t.Fatalf("round %d: %d entries < %d acknowledged", r, rep.Entries, len(acked))
@@ -232,8 +255,66 @@ func crashRounds(t *testing.T, rounds int) {
 		t.Logf("round %d: killed after %d acks; %s", r, n, rep)
 	}
 	t.Logf("%d rounds, %d acknowledged records, all present", rounds, total)
+	if archive {
+		t.Logf("%d kills interrupted a prune", interrupted)
+	}
 }
 
 // TestCrashRecoveryShort is the crash test's short version for the normal
 // suite; TestCrashRecovery (build tag slow) runs many more rounds.
 func TestCrashRecoveryShort(t *testing.T) { crashRounds(t, 5) }
+
+// finishArchive opens the ledger as a restarting node does (New finishes
+// an interrupted prune), and returns 1 if Check found one before, else 0.
+func finishArchive(t *testing.T, dir string, p *testPKI) int {
+	t.Helper()
+	r, err := OpenReader(filepath.Join(dir, "ledger"), testBodyKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Check(context.Background(), nil)
+	_ = r.Close()
+	n := 0
+	if err != nil {
+		if !strings.Contains(err.Error(), "archived but is still stored") {
+			t.Fatalf("check before restart: %v", err)
+		}
+		n = 1
+	}
+	l, err := New(testConfig(p, filepath.Join(dir, "ledger")))
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// checkArchiveFiles verifies the chain of the archives the ledger records
+// and that it ends at the ledger's archive head.
+func checkArchiveFiles(t *testing.T, l *Ledger, dir string, p *testPKI, rep *CheckReport) {
+	t.Helper()
+	refs, err := l.Archives()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files [][]byte
+	for _, ref := range refs {
+		b, err := os.ReadFile(filepath.Join(dir, "archive", ref.GetFile()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, b)
+	}
+	vs, err := VerifyArchiveChain(files, []*x509.Certificate{p.ca.Cert})
+	if err != nil {
+		t.Fatalf("archive chain: %v", err)
+	}
+	if len(vs) > 0 && (!bytes.Equal(vs[len(vs)-1].SHA256, rep.ArchiveSHA256) || vs[len(vs)-1].Header.GetEndIndex() != rep.Archived) {
+		t.Fatalf("archive chain ends at %d, ledger head %d", vs[len(vs)-1].Header.GetEndIndex(), rep.Archived)
+	}
+}
+
+// TestCrashRecoveryArchiving kills a child that appends and archives.
+func TestCrashRecoveryArchiving(t *testing.T) { crashRoundsMode(t, 5, true) }
