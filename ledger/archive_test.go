@@ -146,7 +146,7 @@ func TestArchivePruneVerify(t *testing.T) {
 	if err != nil || len(recs) != 35 || recs[0].Index != 25 {
 		t.Fatalf("by user after archiving: %d records, %v", len(recs), err)
 	}
-	if _, err := l.Body(3); err == nil {
+	if _, err := l.Body(3); !errors.Is(err, ErrArchived) {
 		t.Fatal("an archived body is still readable")
 	}
 
@@ -493,4 +493,26 @@ func TestRetentionInRun(t *testing.T) {
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "ArchiveDir") {
 		t.Fatalf("validate: %v", err)
 	}
+}
+
+func FuzzExportArchived(f *testing.F) {
+	p := newTestPKI(f)
+	a1, _ := archivedPair(f, p, 3, 1, 2)
+	f.Add(a1, "msg-000000")
+	f.Add([]byte{}, "")
+	roots := p.roots()
+	f.Fuzz(func(t *testing.T, b []byte, id string) {
+		bundle, err := ExportArchived(b, id, testBodyKey)
+		if err != nil {
+			return
+		}
+		data, err := proto.Marshal(bundle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Whatever was exported either verifies or fails with a reason.
+		if _, err := VerifyBundle(data, roots); err != nil && ReasonOf(err) == "" {
+			t.Fatalf("error without reason: %v", err)
+		}
+	})
 }

@@ -32,6 +32,14 @@
 //
 // where <hex> is SHA-256(checkpoint || signature) as printed by
 // `sild ledger verify -v` (which also writes the token with --token-out).
+//
+// Retention (archive.go): Archive, or Run with Config.Retention, moves the
+// oldest records that a time-stamped checkpoint covers into hash-linked
+// archive files (records, encrypted bodies, the checkpoint and each
+// record's inclusion proof) and prunes them, keeping the tree's hashes so
+// that the root, new checkpoints and the proofs of kept records are
+// unchanged. VerifyArchiveChain checks archive files offline;
+// ExportArchived makes the evidence bundle of an archived message.
 package ledger
 
 import (

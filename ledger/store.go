@@ -130,6 +130,11 @@ func txnRaw(txn *badger.Txn, key []byte) ([]byte, error) {
 
 func txnEntry(txn *badger.Txn, i uint64) (*ledgerv1.Entry, error) {
 	raw, err := txnRaw(txn, entryKey(i))
+	if errors.Is(err, ErrNotFound) {
+		if aerr := txnArchivedError(txn, i); aerr != nil {
+			return nil, aerr
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("entry %d: %w", i, err)
 	}
