@@ -245,7 +245,8 @@ checkpoint that covers them and each record's inclusion proof in it, and the
 SHA-256 of the previous archive file, so the files form a chain that
 'sild ledger verify-archive' checks offline. The tree's hashes stay in the
 ledger: its root, new checkpoints and the proofs of the kept records are
-unchanged, and export of an archived message names its archive file.
+unchanged; export of an archived message names its archive file, and
+'sild ledger export-archived' writes its evidence bundle from that file.
 
 Keep the archive files: they are the only copy of the pruned records.`,
 		Args: cobra.NoArgs,
