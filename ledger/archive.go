@@ -460,7 +460,8 @@ type ArchiveVerified struct {
 // VerifyArchive checks one serialized archive file offline against the trust
 // bundle roots: its header against its entries, the checkpoint's signature,
 // signer and time-stamp token, and every entry's inclusion in the checkpoint
-// (the checks of VerifyBundle). When prevHash is not nil the header must
+// (the checks of VerifyBundle), and that every record ended before the
+// header's age limit. When prevHash is not nil the header must
 // link to it (the SHA-256 of the previous archive file, or 32 zero bytes for
 // the first). Bodies are encrypted under the node's body key and are only
 // checked to be present where the entry has a body digest. The error is a
@@ -511,6 +512,14 @@ func VerifyArchive(data, prevHash []byte, roots []*x509.Certificate) (*ArchiveVe
 		}
 		if (len(s.Entry.GetBodyDigest()) > 0) != (len(a.GetEntries()[k].GetSealedBody()) > 0) {
 			return nil, fail(ReasonBodyMismatch, k, "record %d: body digest and stored body disagree", s.Index)
+		}
+		ended := s.Entry.GetAppendTime().AsTime()
+		if et := s.Record.GetEndTime(); et != nil {
+			ended = et.AsTime()
+		}
+		if !ended.Before(h.GetBefore().AsTime()) {
+			return nil, fail(ReasonArchiveMalformed, k, "record %d ended at %s, not before the archive's limit %s", s.Index,
+				ended.UTC().Format(time.RFC3339Nano), h.GetBefore().AsTime().UTC().Format(time.RFC3339Nano))
 		}
 	}
 	sum := sha256.Sum256(data)

@@ -280,6 +280,7 @@ func TestArchiveTamper(t *testing.T) {
 		{"wrong order", [][]byte{a2, a1}, ReasonArchiveLink, "archive 1"},
 		{"same file twice", [][]byte{a1, a1}, ReasonArchiveLink, "archive 1"},
 		{"garbage", [][]byte{[]byte("not an archive")}, ReasonArchiveMalformed, ""},
+		{"age limit moved", [][]byte{edit(a2, func(a *ledgerv1.Archive) { a.Header.Before.Seconds -= 5 })}, ReasonArchiveMalformed, "not before the archive's limit"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
