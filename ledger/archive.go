@@ -232,17 +232,11 @@ func (l *Ledger) writeArchive(ctx context.Context, before time.Time, dir string,
 		if err != nil {
 			return err
 		}
-		cps, err := checkpointsIn(txn)
+		latest, err := stampedCheckpoint(txn, ^uint64(0), true)
 		if err != nil {
 			return err
 		}
-		var stamped uint64
-		for _, c := range cps {
-			if len(c.sc.GetTimestampToken()) > 0 {
-				stamped = c.size
-			}
-		}
-		limitEnd := min(size, stamped, first+uint64(limit))
+		limitEnd := min(size, latest.size, first+uint64(limit))
 		end := first
 		var stored []*Stored
 		for ; end < limitEnd; end++ {
@@ -265,12 +259,12 @@ func (l *Ledger) writeArchive(ctx context.Context, before time.Time, dir string,
 		if end == first {
 			return nil
 		}
-		var cp storedCP
-		for _, c := range cps {
-			if c.size >= end && len(c.sc.GetTimestampToken()) > 0 {
-				cp = c
-				break
-			}
+		cp, err := stampedCheckpoint(txn, end, false)
+		if err != nil {
+			return err
+		}
+		if cp.sc == nil {
+			return fmt.Errorf("no time-stamped checkpoint covers record %d", end-1)
 		}
 		cpMsg := &ledgerv1.Checkpoint{}
 		if err := proto.Unmarshal(cp.sc.GetCheckpoint(), cpMsg); err != nil {
@@ -315,6 +309,24 @@ func (l *Ledger) writeArchive(ctx context.Context, before time.Time, dir string,
 	sum := sha256.Sum256(data)
 	info.SHA256 = sum[:]
 	return info, nil
+}
+
+// stampedCheckpoint returns the time-stamped checkpoint of the largest size
+// at most size (reverse) or of the smallest size at least size, or a zero
+// storedCP if there is none.
+func stampedCheckpoint(txn *badger.Txn, size uint64, reverse bool) (storedCP, error) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfxCheckpoint}, Reverse: reverse})
+	defer it.Close()
+	for it.Seek(checkpointKey(size)); it.Valid(); it.Next() {
+		sc, err := itemCheckpoint(it.Item())
+		if err != nil {
+			return storedCP{}, err
+		}
+		if len(sc.GetTimestampToken()) > 0 {
+			return storedCP{size: keyUint(it.Item().Key()[1:]), sc: sc}, nil
+		}
+	}
+	return storedCP{}, nil
 }
 
 // writeFileAtomic writes data to path via a synced temporary file and a
