@@ -66,6 +66,11 @@ type Config struct {
 	// LedgerKeyFile holds the AES-256 key (64 hex digits) that encrypts
 	// message bodies kept in the ledger (subsystems with body: full).
 	LedgerKeyFile string `yaml:"ledger_key_file"`
+	// LedgerRetention moves records older than this out of the ledger
+	// into hash-linked archive files in LedgerArchiveDir (default
+	// <data_dir>/archive); zero keeps everything in the ledger.
+	LedgerRetention  time.Duration `yaml:"ledger_retention"`
+	LedgerArchiveDir string        `yaml:"ledger_archive_dir"`
 
 	Logger *slog.Logger `yaml:"-"`
 }
@@ -172,8 +177,8 @@ func (c *Config) Validate() error {
 	if c.MaxMessageSize < 4<<20 {
 		return errors.New("max_message_size: at least 4 MiB")
 	}
-	if c.CheckpointInterval < 0 || c.MaxUnstamped < 0 {
-		return errors.New("checkpoint_interval, max_unstamped: must not be negative")
+	if c.CheckpointInterval < 0 || c.MaxUnstamped < 0 || c.LedgerRetention < 0 {
+		return errors.New("checkpoint_interval, max_unstamped, ledger_retention: must not be negative")
 	}
 	if c.RenewBefore < 0 {
 		return errors.New("renew_before: must not be negative")

@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -116,12 +118,15 @@ func (id *identity) save(dir string) error {
 	return nil
 }
 
-// newKeys makes fresh SVID and signing keys with their CSRs.
+// newKeys makes fresh SVID (ECDSA P-256) and signing (Ed25519) keys with
+// their CSRs.
 func newKeys() (svid, sign crypto.Signer, svidCSR, signCSR []byte, err error) {
 	if svid, err = pki.NewKey(); err != nil {
 		return
 	}
-	if sign, err = pki.NewKey(); err != nil {
+	// Message signatures use Ed25519: cheaper to make and to check than
+	// ECDSA P-256 and made for every exchange (the SVID stays P-256).
+	if _, sign, err = ed25519.GenerateKey(rand.Reader); err != nil {
 		return
 	}
 	if svidCSR, err = pki.NewCSR(svid); err != nil {

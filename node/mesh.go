@@ -42,6 +42,13 @@ func (n *Node) openLedger(id *identity) (*ledger.Ledger, error) {
 	if n.cfg.MaxUnstamped > 0 {
 		cfg.MaxUnstamped = n.cfg.MaxUnstamped
 	}
+	if n.cfg.LedgerRetention > 0 {
+		cfg.Retention = n.cfg.LedgerRetention
+		cfg.ArchiveDir = n.cfg.LedgerArchiveDir
+		if cfg.ArchiveDir == "" {
+			cfg.ArchiveDir = filepath.Join(n.cfg.DataDir, "archive")
+		}
+	}
 	cfg.BodyModes = map[string]ledger.BodyMode{}
 	for _, s := range n.cfg.Subsystems {
 		if s.Body == "" {

@@ -12,6 +12,7 @@ package pki
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
@@ -161,10 +162,14 @@ func ParseCSR(der []byte) (crypto.PublicKey, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidCSR, err)
 	}
-	switch csr.PublicKey.(type) {
+	switch k := csr.PublicKey.(type) {
 	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return nil, fmt.Errorf("%w: ECDSA curve %s not accepted, want P-256", ErrInvalidCSR, k.Curve.Params().Name)
+		}
+	case ed25519.PublicKey:
 	default:
-		return nil, fmt.Errorf("%w: key type %T not accepted, want ECDSA P-256", ErrInvalidCSR, csr.PublicKey)
+		return nil, fmt.Errorf("%w: key type %T not accepted, want ECDSA P-256 or Ed25519", ErrInvalidCSR, csr.PublicKey)
 	}
 	return csr.PublicKey, nil
 }

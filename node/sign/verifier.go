@@ -23,9 +23,10 @@ const DefaultCacheSize = 4096
 type Verifier struct {
 	size int
 
-	mu    sync.Mutex
-	certs map[[sha256.Size]byte]spiffeid.ID // by certificate and roots
-	roots map[[sha256.Size]byte]struct{}    // verified root signatures
+	mu     sync.Mutex
+	certs  map[[sha256.Size]byte]spiffeid.ID       // by certificate and roots
+	roots  map[[sha256.Size]byte]struct{}          // verified root signatures
+	parsed map[[sha256.Size]byte]*x509.Certificate // sent certificates, by DER hash
 }
 
 // NewVerifier returns a Verifier keeping at most size entries per cache
@@ -34,11 +35,15 @@ func NewVerifier(size int) *Verifier {
 	if size <= 0 {
 		size = DefaultCacheSize
 	}
-	return &Verifier{size: size, certs: map[[sha256.Size]byte]spiffeid.ID{}, roots: map[[sha256.Size]byte]struct{}{}}
+	return &Verifier{size: size, certs: map[[sha256.Size]byte]spiffeid.ID{}, roots: map[[sha256.Size]byte]struct{}{},
+		parsed: map[[sha256.Size]byte]*x509.Certificate{}}
 }
 
 // Verify has the contract of the package function Verify.
 func (v *Verifier) Verify(s *Signature, digest []byte, cert *x509.Certificate, roots []*x509.Certificate, at time.Time) (spiffeid.ID, error) {
+	if cert == nil && len(s.Chain) > 0 {
+		cert = v.parse(s.Chain[0]) // nil if it does not parse: resolveCert reports it
+	}
 	cert, err := s.resolveCert(cert)
 	if err != nil {
 		return spiffeid.ID{}, err
@@ -97,4 +102,27 @@ func (v *Verifier) Verify(s *Signature, digest []byte, cert *x509.Certificate, r
 	v.roots[sigKey] = struct{}{}
 	v.mu.Unlock()
 	return id, nil
+}
+
+// parse returns the parsed certificate of der from the cache, parsing it the
+// first time; nil if it does not parse.
+func (v *Verifier) parse(der []byte) *x509.Certificate {
+	key := sha256.Sum256(der)
+	v.mu.Lock()
+	c := v.parsed[key]
+	v.mu.Unlock()
+	if c != nil {
+		return c
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil
+	}
+	v.mu.Lock()
+	if len(v.parsed) >= v.size {
+		clear(v.parsed)
+	}
+	v.parsed[key] = c
+	v.mu.Unlock()
+	return c
 }
