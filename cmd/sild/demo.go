@@ -49,5 +49,6 @@ With --once it exits after the scenario: 0 if every step succeeded, 1 if not.`,
 	f.StringVar(&cfg.Dir, "dir", "", "where to create the temporary data directory (default: the system's temp dir)")
 	f.StringVar(&cfg.Command, "command", "go run ./cmd/sild", "how the printed commands invoke sild")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what the servers do to stderr")
+	cmd.AddCommand(newDemoBackendCmd())
 	return cmd
 }
