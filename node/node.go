@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/sildmesh/sild/gateway"
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/ledger"
@@ -167,23 +168,17 @@ func (n *Node) setRoots(roots []*x509.Certificate) {
 func (n *Node) Run(ctx context.Context) error {
 	defer n.closeListeners()
 	id, err := loadIdentity(n.cfg.DataDir)
+	var joinConfig *signedConfig // the configuration a first join returns
 	switch {
 	case err == nil:
 	case errors.Is(err, os.ErrNotExist):
 		n.log.Info("no identity yet: joining", "registry", n.cfg.Registry)
-		var sc *signedConfig
-		id, sc, err = n.join(ctx)
+		id, joinConfig, err = n.join(ctx)
 		if err != nil {
 			return err
 		}
 		if err := id.save(n.cfg.DataDir); err != nil {
 			return err
-		}
-		if sc != nil {
-			n.setRoots(id.roots)
-			if err := n.acceptConfig(sc); err != nil {
-				n.log.Warn("configuration from join", "err", err)
-			}
 		}
 	default:
 		return err
@@ -197,6 +192,11 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	if err := n.loadCachedConfig(); err != nil {
 		n.log.Warn("cached configuration", "err", err)
+	}
+	if joinConfig != nil {
+		if err := n.acceptConfig(joinConfig); err != nil && !errors.Is(err, errStale) {
+			n.log.Warn("configuration from join", "err", err)
+		}
 	}
 	if n.access, err = access.Open(access.Config{Dir: filepath.Join(n.cfg.DataDir, dirAccess), Logger: n.log}); err != nil {
 		return err
@@ -331,6 +331,9 @@ func (n *Node) ready() error {
 	}
 	if top.Expired(time.Now()) {
 		return errors.New("global configuration expired at " + top.Expires.UTC().Format(time.RFC3339))
+	}
+	if rec := top.Node(n.self); rec == nil || rec.GetState() != registryv1.NodeState_NODE_STATE_ACTIVE {
+		return errors.New("this node is not active in the global configuration (yet)")
 	}
 	if _, err := n.svids.GetX509SVID(); err != nil {
 		return err
