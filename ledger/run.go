@@ -92,12 +92,37 @@ func (l *Ledger) checkpointer(ctx context.Context, stampReq chan<- *ledgerv1.Sig
 	for {
 		select {
 		case <-ctx.Done():
+			l.finalCheckpoint()
 			return
 		case <-t.C:
 		}
 		if err := l.checkpoint(stampReq); err != nil {
 			l.logger.Error("ledger checkpoint failed", "err", err)
 		}
+	}
+}
+
+// finalCheckpointTimeout bounds the time-stamp of the checkpoint taken at
+// shutdown.
+const finalCheckpointTimeout = 5 * time.Second
+
+// finalCheckpoint signs a checkpoint of everything committed when the
+// ledger stops, and tries once to have it time-stamped, so that records
+// appended just before a shutdown can be exported at once.
+func (l *Ledger) finalCheckpoint() {
+	req := make(chan *ledgerv1.SignedCheckpoint, 1)
+	if err := l.checkpoint(req); err != nil {
+		l.logger.Error("ledger final checkpoint failed", "err", err)
+		return
+	}
+	select {
+	case sc := <-req:
+		ctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.StampTimeout, finalCheckpointTimeout))
+		defer cancel()
+		if err := l.stamp(ctx, sc); err != nil {
+			l.logger.Warn("ledger final checkpoint not time-stamped; it will be at the next start", "err", err)
+		}
+	default: // nothing new to stamp
 	}
 }
 

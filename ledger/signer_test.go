@@ -48,3 +48,35 @@ func TestSetSigner(t *testing.T) {
 		t.Fatalf("check after the key change: %v (%v)", err, rep)
 	}
 }
+
+// TestShutdownLeavesAStampedCheckpoint: records appended just before a
+// graceful stop can be exported at once from the stopped ledger.
+func TestShutdownLeavesAStampedCheckpoint(t *testing.T) {
+	p := newTestPKI(t)
+	dir := t.TempDir()
+	cfg := testConfig(p, dir)
+	cfg.CheckpointInterval = time.Hour // no periodic checkpoint in this test
+	l := startLedger(t, cfg)
+	ctx := context.Background()
+	rec := testRecord(7, "EE/GOV/1/a", "u")
+	if _, err := l.Append(ctx, rec, nil).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l.stop(t)
+	r, err := OpenReader(dir, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := r.Export(rec.GetMessageId())
+	if err != nil {
+		t.Fatalf("export after shutdown: %v", err)
+	}
+	data, err := marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyBundle(data, p.roots()); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+}
