@@ -117,6 +117,15 @@ Output is a table for people, or JSON (protobuf JSON mapping) with -o json.`,
 // unless that is empty.
 // Flags are looked up in fs and then in the others.
 func bindEnv(fs *pflag.FlagSet, others *pflag.FlagSet, names ...string) error {
+	return bindEnvWith("SILD_", fs, others, names...)
+}
+
+// bindEnvPrefix is bindEnv with another prefix than SILD_.
+func bindEnvPrefix(fs *pflag.FlagSet, prefix string, names ...string) error {
+	return bindEnvWith(prefix, fs, nil, names...)
+}
+
+func bindEnvWith(prefix string, fs *pflag.FlagSet, others *pflag.FlagSet, names ...string) error {
 	for _, name := range names {
 		f := fs.Lookup(name)
 		if f == nil && others != nil {
@@ -125,7 +134,7 @@ func bindEnv(fs *pflag.FlagSet, others *pflag.FlagSet, names ...string) error {
 		if f == nil || f.Changed {
 			continue
 		}
-		env := envName(name)
+		env := envNameWith(prefix, name)
 		v := os.Getenv(env)
 		if v == "" {
 			continue
@@ -138,9 +147,12 @@ func bindEnv(fs *pflag.FlagSet, others *pflag.FlagSet, names ...string) error {
 	return nil
 }
 
-func envName(flag string) string {
-	return "SILD_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+func envName(flag string) string { return envNameWith("SILD_", flag) }
+
+func envNameWith(prefix, flag string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
+
 
 // ctlRun wraps a subcommand body: it checks the global flags, connects and
 // calls fn with a context bounded by --timeout.

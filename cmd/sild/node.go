@@ -34,7 +34,9 @@ in the data directory, so it keeps working while the registry is unreachable
 (until the configuration expires).
 
 Settings come from a YAML file (--config) and flags; flags win. Every flag can
-also be set in the environment as SILD_<FLAG>, e.g. SILD_TOKEN.
+also be set in the environment as SILD_NODE_<FLAG>, e.g. SILD_NODE_TOKEN (a
+prefix of its own, so that the SILD_REGISTRY and SILD_TRUST of 'sild ctl'
+do not steer a node).
 
 Listeners: --consumer-listen for member systems (gRPC, plaintext: keep it on
 loopback or a private network), --exchange-listen for other nodes (mTLS with
@@ -53,12 +55,12 @@ SPIFFE SVIDs), --admin-listen for the admin gRPC API (access rights) and
     - hash: sha256:...        # from: sild node admin-key
       role: admin
 
-  SILD_TOKEN=... sild node --config node.yaml`,
+  SILD_NODE_TOKEN=... sild node --config node.yaml`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
 			var names []string
 			cmd.Flags().VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
-			return bindEnv(cmd.Flags(), nil, names...)
+			return bindEnvPrefix(cmd.Flags(), "SILD_NODE_", names...)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := o.config(cmd)
@@ -78,7 +80,7 @@ SPIFFE SVIDs), --admin-listen for the admin gRPC API (access rights) and
 	f.StringVar(&c.Node, "node", "", "this node's identifier, e.g. EE/GOV/70000310/ss1")
 	f.StringVar(&c.Registry, "registry", "", "API address of a registry server (host:port)")
 	f.StringVar(&c.TrustBundle, "trust", "", "PEM file with the ecosystem's root certificates (pinned before joining)")
-	f.StringVar(&c.JoinToken, "token", "", "one-time join token (first start only; prefer SILD_TOKEN)")
+	f.StringVar(&c.JoinToken, "token", "", "one-time join token (first start only; prefer SILD_NODE_TOKEN)")
 	f.StringVar(&c.DataDir, "data", "", "data directory: keys, certificates, cached configuration, access rights, ledger")
 	f.StringVar(&c.ConsumerListen, "consumer-listen", c.ConsumerListen, "listen address for member systems (gRPC)")
 	f.StringVar(&c.ExchangeListen, "exchange-listen", c.ExchangeListen, "listen address for other nodes (mTLS)")
