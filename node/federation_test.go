@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
@@ -17,6 +19,7 @@ import (
 	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry"
@@ -142,6 +145,29 @@ func TestCrossBorderExchange(t *testing.T) {
 		recs, err := r.n.Ledger().ByMessageID("fi-1")
 		if err != nil || len(recs) != 1 || recs[0].Record.GetConsumerSignature() == nil || recs[0].Record.GetProviderSignature() == nil {
 			t.Fatalf("%s ledger: %v %v", name, recs, err)
+		}
+	}
+	// An evidence bundle from either side verifies with the two ecosystems'
+	// roots (each record carries both nodes' signatures), not with one.
+	bothRoots := append(append([]*x509.Certificate{}, ee.Roots...), fi.Roots...)
+	for name, r := range map[string]*running{"FI consumer": fiRun, "EE provider": eeRun} {
+		registrytest.WaitFor(t, 20*time.Second, name+" evidence exportable", func() bool {
+			_, err := r.n.Ledger().Export("fi-1")
+			return err == nil
+		})
+		b, err := r.n.Ledger().Export("fi-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := proto.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ledger.VerifyBundle(data, bothRoots); err != nil {
+			t.Fatalf("%s evidence with both roots: %v", name, err)
+		}
+		if _, err := ledger.VerifyBundle(data, ee.Roots); err == nil && name == "FI consumer" {
+			t.Fatalf("%s evidence verified without the FI roots", name)
 		}
 	}
 	// A subsystem EE did not export is not reachable from FI.

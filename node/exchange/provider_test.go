@@ -159,6 +159,14 @@ func TestProviderRefusesUnregisteredCallers(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("foreign node: %v", err)
 	}
+
+	// C with an expired SVID (issued two days ago for an hour) is refused
+	// in the handshake too.
+	expired := newTestNode(t, m.ca, nodeC, time.Now().Add(-48*time.Hour))
+	err = m.rawCall(t, expired, bank, "expired-1", frame, sealWith(t, m.c, nil))
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("expired SVID: %v", err)
+	}
 	if n := m.be.calls.Load(); n != 0 {
 		t.Fatalf("backend called %d times", n)
 	}
