@@ -153,7 +153,6 @@ func envNameWith(prefix, flag string) string {
 	return prefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
-
 // ctlRun wraps a subcommand body: it checks the global flags, connects and
 // calls fn with a context bounded by --timeout.
 func ctlRun(opts *ctlOptions, fn func(ctx context.Context, c *ctl, args []string) error) func(*cobra.Command, []string) error {
