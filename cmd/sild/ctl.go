@@ -147,8 +147,6 @@ func bindEnvWith(prefix string, fs *pflag.FlagSet, others *pflag.FlagSet, names 
 	return nil
 }
 
-func envName(flag string) string { return envNameWith("SILD_", flag) }
-
 func envNameWith(prefix, flag string) string {
 	return prefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
