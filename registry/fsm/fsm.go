@@ -611,6 +611,12 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 	case *registryv1.Command_ServerJoined:
 		o := op.ServerJoined
 		t := s.Tokens[o.GetTokenHash()]
+		if t != nil && t.GetUsed() && t.GetServerId() == o.GetServer().GetId() && proto.Equal(s.Servers[t.GetServerId()], o.GetServer()) {
+			// The same join again (a retry after the first was applied but
+			// its answer lost): nothing to change.
+			configChange = false
+			break
+		}
 		if t == nil || t.GetUsed() || t.GetServerId() == "" || t.GetServerId() != o.GetServer().GetId() {
 			return nil, precondition(ReasonTokenInvalid, "server token is unknown, used, or for another server")
 		}

@@ -136,3 +136,21 @@ func FuzzApply(f *testing.F) {
 		}
 	})
 }
+
+func TestServerJoinIsIdempotent(t *testing.T) {
+	a := newApplier(t)
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddJoinToken{AddJoinToken: &registryv1.JoinToken{
+		Hash: "h", Subject: &registryv1.JoinToken_ServerId{ServerId: "r2"}, ExpiresAt: timestamppb.New(a.now.Add(time.Hour)),
+	}}})
+	info := &registryv1.ServerInfo{Id: "r2", RaftAddress: "127.0.0.1:1", ApiAddress: "127.0.0.1:2"}
+	join := &registryv1.Command{Op: &registryv1.Command_ServerJoined{ServerJoined: &registryv1.ServerJoined{TokenHash: "h", Server: info}}}
+	a.must(join)
+	if err := a.apply(proto.Clone(join).(*registryv1.Command)); err != nil {
+		t.Fatalf("the same join again: %v", err)
+	}
+	other := &registryv1.ServerInfo{Id: "r2", RaftAddress: "127.0.0.1:9", ApiAddress: "127.0.0.1:2"}
+	err := a.apply(&registryv1.Command{Op: &registryv1.Command_ServerJoined{ServerJoined: &registryv1.ServerJoined{TokenHash: "h", Server: other}}})
+	if rpcerr.Reason(err) != ReasonTokenInvalid {
+		t.Fatalf("a spent token for other addresses: %v", err)
+	}
+}
