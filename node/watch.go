@@ -26,14 +26,25 @@ type signedConfig = registryv1.SignedConfig
 // errStale refuses a configuration older than the one in use.
 var errStale = errors.New("older than the configuration in use")
 
-// roots returns the roots the node trusts now.
+// roots returns the roots the node trusts now: those it joined or last
+// renewed with, and those of the verified configuration in use (which is
+// how a new root of a CA rotation reaches it before anything is signed
+// under it).
 func (n *Node) roots() []*x509.Certificate {
 	n.idMu.Lock()
-	defer n.idMu.Unlock()
-	if n.id == nil {
-		return nil
+	var out []*x509.Certificate
+	if n.id != nil {
+		out = append(out, n.id.roots...)
 	}
-	return n.id.roots
+	n.idMu.Unlock()
+	if top := n.Topology(); top != nil {
+		for _, r := range top.Roots {
+			if !slices.ContainsFunc(out, r.Equal) {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
 }
 
 // acceptConfig verifies sc and, if it is newer than the one in use, makes

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
@@ -408,4 +409,52 @@ func (a *adminAPI) Backup(ctx context.Context, _ *registryv1.BackupRequest) (*re
 	}
 	a.s.log.Info("backup taken", "index", index)
 	return &registryv1.BackupResponse{State: data, Index: index}, nil
+}
+
+// RotateCA moves a root CA rotation one phase on.
+func (a *adminAPI) RotateCA(ctx context.Context, r *registryv1.RotateCARequest) (*registryv1.RotateCAResponse, error) {
+	now := time.Now()
+	rot := &registryv1.CARotation{Phase: r.GetPhase()}
+	var st *fsm.State
+	a.s.fsm.Read(func(s *fsm.State, _ uint64) { st = fsm.FromProto(s.Proto()) })
+	switch r.GetPhase() {
+	case registryv1.CARotationPhase_CA_ROTATION_PHASE_PREPARE:
+		td, err := spiffeid.TrustDomainFromString(st.TrustDomain)
+		if err != nil {
+			return nil, unavailable("trust domain: " + err.Error())
+		}
+		ca, err := pki.NewCA(td, st.Instance+" sild root", a.s.cfg.CAValidity, now)
+		if err != nil {
+			return nil, err
+		}
+		key, err := pkcs8(ca.Key)
+		if err != nil {
+			return nil, err
+		}
+		rot.NextCa = &registryv1.KeyPair{Certificate: ca.Cert.Raw, Key: key}
+	case registryv1.CARotationPhase_CA_ROTATION_PHASE_ACTIVATE:
+		if st.NextCA == nil {
+			return nil, rpcerr.New(codes.FailedPrecondition, fsm.ReasonInUse, "registry", "no CA rotation prepared")
+		}
+		next, err := stateCA(&fsm.State{CA: st.NextCA, TrustDomain: st.TrustDomain})
+		if err != nil {
+			return nil, unavailable("next ca: " + err.Error())
+		}
+		if rot.ConfigSigner, err = issueKeyPair(next, pki.KindSigning, "config", a.s.cfg.CAValidity, now); err != nil {
+			return nil, err
+		}
+		if rot.Tsa, err = issueKeyPair(next, pki.KindTSA, "tsa", a.s.cfg.CAValidity, now); err != nil {
+			return nil, err
+		}
+	case registryv1.CARotationPhase_CA_ROTATION_PHASE_FINISH:
+	default:
+		return nil, badArg("phase: want PREPARE, ACTIVATE or FINISH")
+	}
+	if err := a.do(ctx, &registryv1.Command{Op: &registryv1.Command_CaRotation{CaRotation: rot}}); err != nil {
+		return nil, err
+	}
+	resp := &registryv1.RotateCAResponse{}
+	a.s.fsm.Read(func(s *fsm.State, _ uint64) { resp.Roots = s.Roots() })
+	a.s.log.Info("root CA rotation", "phase", r.GetPhase().String(), "roots", len(resp.Roots))
+	return resp, nil
 }

@@ -126,7 +126,9 @@ func (c *clusterAPI) JoinCluster(ctx context.Context, r *registryv1.JoinClusterR
 		return nil, unavailable("add to raft: " + err.Error())
 	}
 	c.s.log.Info("registry server joined", "id", info.GetId(), "voter", voter, "raft", info.GetRaftAddress())
+	var roots [][]byte
+	c.s.fsm.Read(func(st *fsm.State, _ uint64) { roots = st.Roots() })
 	return &registryv1.JoinClusterResponse{Certificates: &registryv1.Certificates{
-		SvidChain: [][]byte{cert.Raw}, TrustBundle: [][]byte{ca.Cert.Raw},
+		SvidChain: [][]byte{cert.Raw}, TrustBundle: roots,
 	}}, nil
 }

@@ -371,21 +371,37 @@ func (s *Server) renewSelf(now time.Time) {
 		return
 	}
 	leaf := svid.Certificates[0]
-	if now.Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)) {
-		return
-	}
 	var ca *pki.CA
+	var roots [][]byte
 	s.fsm.Read(func(st *fsm.State, _ uint64) {
 		if st.Initialized() {
 			ca, err = stateCA(st)
+			roots = st.Roots()
 		}
 	})
 	if ca == nil || err != nil {
 		return
 	}
+	trusted, err := parseDERs(roots)
+	if err != nil {
+		return
+	}
+	halfLife := now.Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2))
+	fromCurrentCA := leaf.CheckSignatureFrom(ca.Cert) == nil
+	if halfLife && fromCurrentCA {
+		// Still young and from the current root: only make sure the roots
+		// trusted for peers follow the state (a CA rotation).
+		if !sameRoots(s.bundle, svid.ID.TrustDomain(), trusted) {
+			err = s.setIdentity(svid.PrivateKey, svid.Certificates, trusted, true)
+			if err != nil {
+				s.log.Warn("update trust bundle", "err", err)
+			}
+		}
+		return
+	}
 	key, chain, err := s.issueSelf(ca, now)
 	if err == nil {
-		err = s.setIdentity(key, chain, []*x509.Certificate{ca.Cert}, true)
+		err = s.setIdentity(key, chain, trusted, true)
 	}
 	if err != nil {
 		s.log.Warn("renew own svid", "err", err)
@@ -419,4 +435,22 @@ func (s *Server) restoreIdentity() (*registryv1.Init, error) {
 	}
 	s.log.Info("restoring the ecosystem from a backup", "instance", st.Instance, "members", len(st.Members), "nodes", len(st.Nodes))
 	return in, nil
+}
+
+// sameRoots reports whether the bundle source holds exactly roots for td.
+func sameRoots(src *pki.BundleSource, td spiffeid.TrustDomain, roots []*x509.Certificate) bool {
+	b, err := src.GetX509BundleForTrustDomain(td)
+	if err != nil {
+		return false
+	}
+	have := b.X509Authorities()
+	if len(have) != len(roots) {
+		return false
+	}
+	for i := range roots {
+		if !have[i].Equal(roots[i]) {
+			return false
+		}
+	}
+	return true
 }

@@ -77,8 +77,10 @@ func (s *Server) issueNode(n ident.Node, svidPub, signPub crypto.PublicKey) (*re
 	if err != nil {
 		return nil, rpcerr.New(codes.Internal, rpcerr.ReasonInternal, "registry", "issue signing certificate")
 	}
+	var roots [][]byte
+	s.fsm.Read(func(st *fsm.State, _ uint64) { roots = st.Roots() })
 	return &registryv1.Certificates{
-		SvidChain: [][]byte{svid.Raw}, SigningChain: [][]byte{sign.Raw}, TrustBundle: [][]byte{ca.Cert.Raw},
+		SvidChain: [][]byte{svid.Raw}, SigningChain: [][]byte{sign.Raw}, TrustBundle: roots,
 	}, nil
 }
 

@@ -45,9 +45,7 @@ func (s *State) Config(now time.Time, ttl time.Duration, tsaURLs, registryAddrs 
 		Settings:          s.Settings,
 		Federated:         s.Federated(),
 	}
-	if s.CA != nil {
-		c.TrustBundle = [][]byte{s.CA.GetCertificate()}
-	}
+	c.TrustBundle = s.Roots()
 	if s.TSA != nil {
 		c.TsaCertificate = s.TSA.GetCertificate()
 	}

@@ -82,6 +82,22 @@ type State struct {
 	Servers    map[string]*registryv1.ServerInfo
 	Links      map[string]*registryv1.FederationLink // by peer instance
 	Exports    map[string]*registryv1.Export         // by subsystem
+	// NextCA and RetiredRoots: a root CA rotation (see registryv1.State).
+	NextCA       *registryv1.KeyPair
+	RetiredRoots [][]byte
+}
+
+// Roots returns the ecosystem's trusted root certificates (DER): the
+// current CA, a prepared next one, and retired ones still trusted.
+func (s *State) Roots() [][]byte {
+	var out [][]byte
+	if s.CA != nil {
+		out = append(out, s.CA.GetCertificate())
+	}
+	if s.NextCA != nil {
+		out = append(out, s.NextCA.GetCertificate())
+	}
+	return append(out, s.RetiredRoots...)
 }
 
 func newState() *State {
@@ -638,6 +654,36 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 		}
 		delete(s.Servers, op.RemoveServer.GetServerId())
 
+	case *registryv1.Command_CaRotation:
+		r := op.CaRotation
+		switch r.GetPhase() {
+		case registryv1.CARotationPhase_CA_ROTATION_PHASE_PREPARE:
+			if s.NextCA != nil {
+				return nil, precondition(ReasonInUse, "a CA rotation is already prepared; activate it")
+			}
+			if len(r.GetNextCa().GetCertificate()) == 0 || len(r.GetNextCa().GetKey()) == 0 {
+				return nil, invalid("ca rotation: next CA required")
+			}
+			s.NextCA = r.GetNextCa()
+		case registryv1.CARotationPhase_CA_ROTATION_PHASE_ACTIVATE:
+			if s.NextCA == nil {
+				return nil, precondition(ReasonInUse, "no CA rotation prepared")
+			}
+			if r.GetConfigSigner() == nil || r.GetTsa() == nil {
+				return nil, invalid("ca rotation: config signer and TSA key pairs issued by the next CA required")
+			}
+			s.RetiredRoots = append(s.RetiredRoots, s.CA.GetCertificate())
+			s.CA, s.NextCA = s.NextCA, nil
+			s.ConfigSigner, s.TSA = r.GetConfigSigner(), r.GetTsa()
+		case registryv1.CARotationPhase_CA_ROTATION_PHASE_FINISH:
+			if s.NextCA != nil || len(s.RetiredRoots) == 0 {
+				return nil, precondition(ReasonInUse, "no activated CA rotation to finish")
+			}
+			s.RetiredRoots = nil
+		default:
+			return nil, invalid("ca rotation: unknown phase")
+		}
+
 	case *registryv1.Command_AddLink, *registryv1.Command_RemoveLink, *registryv1.Command_SuspendLink,
 		*registryv1.Command_UpdateLink, *registryv1.Command_AddExport, *registryv1.Command_RemoveExport:
 		if err := f.applyFederation(cmd); err != nil {
@@ -818,16 +864,18 @@ func (s *State) wire() *registryv1.State {
 	p := &registryv1.State{
 		Instance: s.Instance, TrustDomain: s.TrustDomain, Ca: s.CA, ConfigSigner: s.ConfigSigner, Tsa: s.TSA,
 		ConfigVersion: s.ConfigVersion, Settings: s.Settings, NextRequestId: s.NextReq,
-		Members:    sorted(s.Members),
-		Subsystems: sorted(s.Subsystems),
-		Nodes:      sorted(s.Nodes),
-		Groups:     sorted(s.Groups),
-		Services:   sorted(s.Services),
-		JoinTokens: sorted(s.Tokens),
-		ApiKeys:    sorted(s.APIKeys),
-		Servers:    sorted(s.Servers),
-		Links:      sorted(s.Links),
-		Exports:    sorted(s.Exports),
+		Members:      sorted(s.Members),
+		Subsystems:   sorted(s.Subsystems),
+		Nodes:        sorted(s.Nodes),
+		Groups:       sorted(s.Groups),
+		Services:     sorted(s.Services),
+		JoinTokens:   sorted(s.Tokens),
+		ApiKeys:      sorted(s.APIKeys),
+		Servers:      sorted(s.Servers),
+		Links:        sorted(s.Links),
+		Exports:      sorted(s.Exports),
+		NextCa:       s.NextCA,
+		RetiredRoots: s.RetiredRoots,
 	}
 	for _, id := range sortedKeys(s.Requests) {
 		p.Requests = append(p.Requests, s.Requests[id])
@@ -881,6 +929,7 @@ func FromProto(p *registryv1.State) *State {
 	for _, e := range p.GetExports() {
 		s.Exports[key(e.GetSubsystem())] = e
 	}
+	s.NextCA, s.RetiredRoots = p.GetNextCa(), p.GetRetiredRoots()
 	return s
 }
 

@@ -128,6 +128,58 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{1}
 }
 
+type CARotationPhase int32
+
+const (
+	CARotationPhase_CA_ROTATION_PHASE_UNSPECIFIED CARotationPhase = 0
+	CARotationPhase_CA_ROTATION_PHASE_PREPARE     CARotationPhase = 1
+	CARotationPhase_CA_ROTATION_PHASE_ACTIVATE    CARotationPhase = 2
+	CARotationPhase_CA_ROTATION_PHASE_FINISH      CARotationPhase = 3
+)
+
+// Enum value maps for CARotationPhase.
+var (
+	CARotationPhase_name = map[int32]string{
+		0: "CA_ROTATION_PHASE_UNSPECIFIED",
+		1: "CA_ROTATION_PHASE_PREPARE",
+		2: "CA_ROTATION_PHASE_ACTIVATE",
+		3: "CA_ROTATION_PHASE_FINISH",
+	}
+	CARotationPhase_value = map[string]int32{
+		"CA_ROTATION_PHASE_UNSPECIFIED": 0,
+		"CA_ROTATION_PHASE_PREPARE":     1,
+		"CA_ROTATION_PHASE_ACTIVATE":    2,
+		"CA_ROTATION_PHASE_FINISH":      3,
+	}
+)
+
+func (x CARotationPhase) Enum() *CARotationPhase {
+	p := new(CARotationPhase)
+	*p = x
+	return p
+}
+
+func (x CARotationPhase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CARotationPhase) Descriptor() protoreflect.EnumDescriptor {
+	return file_sild_registry_v1_admin_proto_enumTypes[2].Descriptor()
+}
+
+func (CARotationPhase) Type() protoreflect.EnumType {
+	return &file_sild_registry_v1_admin_proto_enumTypes[2]
+}
+
+func (x CARotationPhase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CARotationPhase.Descriptor instead.
+func (CARotationPhase) EnumDescriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
 // ReadOptions is carried by every read request.
 type ReadOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4079,6 +4131,95 @@ func (x *BackupResponse) GetIndex() uint64 {
 	return 0
 }
 
+type RotateCARequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Phase         CARotationPhase        `protobuf:"varint,1,opt,name=phase,proto3,enum=sild.registry.v1.CARotationPhase" json:"phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCARequest) Reset() {
+	*x = RotateCARequest{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCARequest) ProtoMessage() {}
+
+func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
+func (*RotateCARequest) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *RotateCARequest) GetPhase() CARotationPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return CARotationPhase_CA_ROTATION_PHASE_UNSPECIFIED
+}
+
+type RotateCAResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// roots is the trust bundle after the phase (DER).
+	Roots         [][]byte `protobuf:"bytes,1,rep,name=roots,proto3" json:"roots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCAResponse) Reset() {
+	*x = RotateCAResponse{}
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCAResponse) ProtoMessage() {}
+
+func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_admin_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
+func (*RotateCAResponse) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_admin_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *RotateCAResponse) GetRoots() [][]byte {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
 var File_sild_registry_v1_admin_proto protoreflect.FileDescriptor
 
 const file_sild_registry_v1_admin_proto_rawDesc = "" +
@@ -4285,7 +4426,11 @@ const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\rBackupRequest\"<\n" +
 	"\x0eBackupResponse\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\fR\x05state\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index*\x80\x01\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"J\n" +
+	"\x0fRotateCARequest\x127\n" +
+	"\x05phase\x18\x01 \x01(\x0e2!.sild.registry.v1.CARotationPhaseR\x05phase\"(\n" +
+	"\x10RotateCAResponse\x12\x14\n" +
+	"\x05roots\x18\x01 \x03(\fR\x05roots*\x80\x01\n" +
 	"\fRequestState\x12\x1d\n" +
 	"\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REQUEST_STATE_PENDING\x10\x01\x12\x1a\n" +
@@ -4296,7 +4441,12 @@ const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\vROLE_READER\x10\x01\x12\x11\n" +
 	"\rROLE_OPERATOR\x10\x02\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x032\xdf\x1f\n" +
+	"ROLE_ADMIN\x10\x03*\x91\x01\n" +
+	"\x0fCARotationPhase\x12!\n" +
+	"\x1dCA_ROTATION_PHASE_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19CA_ROTATION_PHASE_PREPARE\x10\x01\x12\x1e\n" +
+	"\x1aCA_ROTATION_PHASE_ACTIVATE\x10\x02\x12\x1c\n" +
+	"\x18CA_ROTATION_PHASE_FINISH\x10\x032\xb2 \n" +
 	"\fAdminService\x12T\n" +
 	"\tAddMember\x12\".sild.registry.v1.AddMemberRequest\x1a#.sild.registry.v1.AddMemberResponse\x12]\n" +
 	"\fRemoveMember\x12%.sild.registry.v1.RemoveMemberRequest\x1a&.sild.registry.v1.RemoveMemberResponse\x12Z\n" +
@@ -4341,7 +4491,8 @@ const file_sild_registry_v1_admin_proto_rawDesc = "" +
 	"\vListExports\x12$.sild.registry.v1.ListExportsRequest\x1a%.sild.registry.v1.ListExportsResponse\x12f\n" +
 	"\x0fGetGlobalConfig\x12(.sild.registry.v1.GetGlobalConfigRequest\x1a).sild.registry.v1.GetGlobalConfigResponse\x12K\n" +
 	"\x06Backup\x12\x1f.sild.registry.v1.BackupRequest\x1a .sild.registry.v1.BackupResponse\x12f\n" +
-	"\x0fRotateConfigKey\x12(.sild.registry.v1.RotateConfigKeyRequest\x1a).sild.registry.v1.RotateConfigKeyResponseB\xbe\x01\n" +
+	"\x0fRotateConfigKey\x12(.sild.registry.v1.RotateConfigKeyRequest\x1a).sild.registry.v1.RotateConfigKeyResponse\x12Q\n" +
+	"\bRotateCA\x12!.sild.registry.v1.RotateCARequest\x1a\".sild.registry.v1.RotateCAResponseB\xbe\x01\n" +
 	"\x14com.sild.registry.v1B\n" +
 	"AdminProtoP\x01Z8github.com/sildmesh/sild/gen/sild/registry/v1;registryv1\xa2\x02\x03SRX\xaa\x02\x10Sild.Registry.V1\xca\x02\x10Sild\\Registry\\V1\xe2\x02\x1cSild\\Registry\\V1\\GPBMetadata\xea\x02\x12Sild::Registry::V1b\x06proto3"
 
@@ -4357,253 +4508,259 @@ func file_sild_registry_v1_admin_proto_rawDescGZIP() []byte {
 	return file_sild_registry_v1_admin_proto_rawDescData
 }
 
-var file_sild_registry_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sild_registry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
+var file_sild_registry_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_sild_registry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
 var file_sild_registry_v1_admin_proto_goTypes = []any{
 	(RequestState)(0),                          // 0: sild.registry.v1.RequestState
 	(Role)(0),                                  // 1: sild.registry.v1.Role
-	(*ReadOptions)(nil),                        // 2: sild.registry.v1.ReadOptions
-	(*AddMemberRequest)(nil),                   // 3: sild.registry.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),                  // 4: sild.registry.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),                // 5: sild.registry.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),               // 6: sild.registry.v1.RemoveMemberResponse
-	(*ListMembersRequest)(nil),                 // 7: sild.registry.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),                // 8: sild.registry.v1.ListMembersResponse
-	(*AddSubsystemRequest)(nil),                // 9: sild.registry.v1.AddSubsystemRequest
-	(*AddSubsystemResponse)(nil),               // 10: sild.registry.v1.AddSubsystemResponse
-	(*RemoveSubsystemRequest)(nil),             // 11: sild.registry.v1.RemoveSubsystemRequest
-	(*RemoveSubsystemResponse)(nil),            // 12: sild.registry.v1.RemoveSubsystemResponse
-	(*ListSubsystemsRequest)(nil),              // 13: sild.registry.v1.ListSubsystemsRequest
-	(*ListSubsystemsResponse)(nil),             // 14: sild.registry.v1.ListSubsystemsResponse
-	(*AddNodeRequest)(nil),                     // 15: sild.registry.v1.AddNodeRequest
-	(*AddNodeResponse)(nil),                    // 16: sild.registry.v1.AddNodeResponse
-	(*CreateJoinTokenRequest)(nil),             // 17: sild.registry.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),            // 18: sild.registry.v1.CreateJoinTokenResponse
-	(*RemoveNodeRequest)(nil),                  // 19: sild.registry.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),                 // 20: sild.registry.v1.RemoveNodeResponse
-	(*ListNodesRequest)(nil),                   // 21: sild.registry.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),                  // 22: sild.registry.v1.ListNodesResponse
-	(*RegisterSubsystemRequest)(nil),           // 23: sild.registry.v1.RegisterSubsystemRequest
-	(*RegisterSubsystemResponse)(nil),          // 24: sild.registry.v1.RegisterSubsystemResponse
-	(*UnregisterSubsystemRequest)(nil),         // 25: sild.registry.v1.UnregisterSubsystemRequest
-	(*UnregisterSubsystemResponse)(nil),        // 26: sild.registry.v1.UnregisterSubsystemResponse
-	(*AddGroupRequest)(nil),                    // 27: sild.registry.v1.AddGroupRequest
-	(*AddGroupResponse)(nil),                   // 28: sild.registry.v1.AddGroupResponse
-	(*RemoveGroupRequest)(nil),                 // 29: sild.registry.v1.RemoveGroupRequest
-	(*RemoveGroupResponse)(nil),                // 30: sild.registry.v1.RemoveGroupResponse
-	(*AddGroupMemberRequest)(nil),              // 31: sild.registry.v1.AddGroupMemberRequest
-	(*AddGroupMemberResponse)(nil),             // 32: sild.registry.v1.AddGroupMemberResponse
-	(*RemoveGroupMemberRequest)(nil),           // 33: sild.registry.v1.RemoveGroupMemberRequest
-	(*RemoveGroupMemberResponse)(nil),          // 34: sild.registry.v1.RemoveGroupMemberResponse
-	(*ListGroupsRequest)(nil),                  // 35: sild.registry.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),                 // 36: sild.registry.v1.ListGroupsResponse
-	(*PublishServiceRequest)(nil),              // 37: sild.registry.v1.PublishServiceRequest
-	(*PublishServiceResponse)(nil),             // 38: sild.registry.v1.PublishServiceResponse
-	(*SetServiceEnabledRequest)(nil),           // 39: sild.registry.v1.SetServiceEnabledRequest
-	(*SetServiceEnabledResponse)(nil),          // 40: sild.registry.v1.SetServiceEnabledResponse
-	(*RemoveServiceRequest)(nil),               // 41: sild.registry.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),              // 42: sild.registry.v1.RemoveServiceResponse
-	(*ListServicesRequest)(nil),                // 43: sild.registry.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),               // 44: sild.registry.v1.ListServicesResponse
-	(*ManagementRequest)(nil),                  // 45: sild.registry.v1.ManagementRequest
-	(*ListRequestsRequest)(nil),                // 46: sild.registry.v1.ListRequestsRequest
-	(*ListRequestsResponse)(nil),               // 47: sild.registry.v1.ListRequestsResponse
-	(*ApproveRequestRequest)(nil),              // 48: sild.registry.v1.ApproveRequestRequest
-	(*ApproveRequestResponse)(nil),             // 49: sild.registry.v1.ApproveRequestResponse
-	(*RejectRequestRequest)(nil),               // 50: sild.registry.v1.RejectRequestRequest
-	(*RejectRequestResponse)(nil),              // 51: sild.registry.v1.RejectRequestResponse
-	(*SetAutoApproveRequest)(nil),              // 52: sild.registry.v1.SetAutoApproveRequest
-	(*SetAutoApproveResponse)(nil),             // 53: sild.registry.v1.SetAutoApproveResponse
-	(*ApiKey)(nil),                             // 54: sild.registry.v1.ApiKey
-	(*CreateApiKeyRequest)(nil),                // 55: sild.registry.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),               // 56: sild.registry.v1.CreateApiKeyResponse
-	(*RevokeApiKeyRequest)(nil),                // 57: sild.registry.v1.RevokeApiKeyRequest
-	(*RevokeApiKeyResponse)(nil),               // 58: sild.registry.v1.RevokeApiKeyResponse
-	(*ListApiKeysRequest)(nil),                 // 59: sild.registry.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),                // 60: sild.registry.v1.ListApiKeysResponse
-	(*RaftServer)(nil),                         // 61: sild.registry.v1.RaftServer
-	(*RaftStatusRequest)(nil),                  // 62: sild.registry.v1.RaftStatusRequest
-	(*RaftStatusResponse)(nil),                 // 63: sild.registry.v1.RaftStatusResponse
-	(*CreateServerTokenRequest)(nil),           // 64: sild.registry.v1.CreateServerTokenRequest
-	(*CreateServerTokenResponse)(nil),          // 65: sild.registry.v1.CreateServerTokenResponse
-	(*RemoveServerRequest)(nil),                // 66: sild.registry.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),               // 67: sild.registry.v1.RemoveServerResponse
-	(*GetGlobalConfigRequest)(nil),             // 68: sild.registry.v1.GetGlobalConfigRequest
-	(*GetGlobalConfigResponse)(nil),            // 69: sild.registry.v1.GetGlobalConfigResponse
-	(*RotateConfigKeyRequest)(nil),             // 70: sild.registry.v1.RotateConfigKeyRequest
-	(*RotateConfigKeyResponse)(nil),            // 71: sild.registry.v1.RotateConfigKeyResponse
-	(*AddFederationLinkRequest)(nil),           // 72: sild.registry.v1.AddFederationLinkRequest
-	(*AddFederationLinkResponse)(nil),          // 73: sild.registry.v1.AddFederationLinkResponse
-	(*RemoveFederationLinkRequest)(nil),        // 74: sild.registry.v1.RemoveFederationLinkRequest
-	(*RemoveFederationLinkResponse)(nil),       // 75: sild.registry.v1.RemoveFederationLinkResponse
-	(*SetFederationLinkSuspendedRequest)(nil),  // 76: sild.registry.v1.SetFederationLinkSuspendedRequest
-	(*SetFederationLinkSuspendedResponse)(nil), // 77: sild.registry.v1.SetFederationLinkSuspendedResponse
-	(*ListFederationLinksRequest)(nil),         // 78: sild.registry.v1.ListFederationLinksRequest
-	(*ListFederationLinksResponse)(nil),        // 79: sild.registry.v1.ListFederationLinksResponse
-	(*AddExportRequest)(nil),                   // 80: sild.registry.v1.AddExportRequest
-	(*AddExportResponse)(nil),                  // 81: sild.registry.v1.AddExportResponse
-	(*RemoveExportRequest)(nil),                // 82: sild.registry.v1.RemoveExportRequest
-	(*RemoveExportResponse)(nil),               // 83: sild.registry.v1.RemoveExportResponse
-	(*ListExportsRequest)(nil),                 // 84: sild.registry.v1.ListExportsRequest
-	(*ListExportsResponse)(nil),                // 85: sild.registry.v1.ListExportsResponse
-	(*BackupRequest)(nil),                      // 86: sild.registry.v1.BackupRequest
-	(*BackupResponse)(nil),                     // 87: sild.registry.v1.BackupResponse
-	(*v1.MemberId)(nil),                        // 88: sild.ident.v1.MemberId
-	(*Member)(nil),                             // 89: sild.registry.v1.Member
-	(*v1.SubsystemId)(nil),                     // 90: sild.ident.v1.SubsystemId
-	(*Subsystem)(nil),                          // 91: sild.registry.v1.Subsystem
-	(*v1.NodeId)(nil),                          // 92: sild.ident.v1.NodeId
-	(*durationpb.Duration)(nil),                // 93: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),              // 94: google.protobuf.Timestamp
-	(*Node)(nil),                               // 95: sild.registry.v1.Node
-	(*GlobalGroup)(nil),                        // 96: sild.registry.v1.GlobalGroup
-	(*v1.ServiceId)(nil),                       // 97: sild.ident.v1.ServiceId
-	(*CatalogEntry)(nil),                       // 98: sild.registry.v1.CatalogEntry
-	(*GlobalConfig)(nil),                       // 99: sild.registry.v1.GlobalConfig
-	(*SignedConfig)(nil),                       // 100: sild.registry.v1.SignedConfig
-	(*FederationLink)(nil),                     // 101: sild.registry.v1.FederationLink
-	(*Export)(nil),                             // 102: sild.registry.v1.Export
+	(CARotationPhase)(0),                       // 2: sild.registry.v1.CARotationPhase
+	(*ReadOptions)(nil),                        // 3: sild.registry.v1.ReadOptions
+	(*AddMemberRequest)(nil),                   // 4: sild.registry.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),                  // 5: sild.registry.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),                // 6: sild.registry.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),               // 7: sild.registry.v1.RemoveMemberResponse
+	(*ListMembersRequest)(nil),                 // 8: sild.registry.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),                // 9: sild.registry.v1.ListMembersResponse
+	(*AddSubsystemRequest)(nil),                // 10: sild.registry.v1.AddSubsystemRequest
+	(*AddSubsystemResponse)(nil),               // 11: sild.registry.v1.AddSubsystemResponse
+	(*RemoveSubsystemRequest)(nil),             // 12: sild.registry.v1.RemoveSubsystemRequest
+	(*RemoveSubsystemResponse)(nil),            // 13: sild.registry.v1.RemoveSubsystemResponse
+	(*ListSubsystemsRequest)(nil),              // 14: sild.registry.v1.ListSubsystemsRequest
+	(*ListSubsystemsResponse)(nil),             // 15: sild.registry.v1.ListSubsystemsResponse
+	(*AddNodeRequest)(nil),                     // 16: sild.registry.v1.AddNodeRequest
+	(*AddNodeResponse)(nil),                    // 17: sild.registry.v1.AddNodeResponse
+	(*CreateJoinTokenRequest)(nil),             // 18: sild.registry.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),            // 19: sild.registry.v1.CreateJoinTokenResponse
+	(*RemoveNodeRequest)(nil),                  // 20: sild.registry.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),                 // 21: sild.registry.v1.RemoveNodeResponse
+	(*ListNodesRequest)(nil),                   // 22: sild.registry.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),                  // 23: sild.registry.v1.ListNodesResponse
+	(*RegisterSubsystemRequest)(nil),           // 24: sild.registry.v1.RegisterSubsystemRequest
+	(*RegisterSubsystemResponse)(nil),          // 25: sild.registry.v1.RegisterSubsystemResponse
+	(*UnregisterSubsystemRequest)(nil),         // 26: sild.registry.v1.UnregisterSubsystemRequest
+	(*UnregisterSubsystemResponse)(nil),        // 27: sild.registry.v1.UnregisterSubsystemResponse
+	(*AddGroupRequest)(nil),                    // 28: sild.registry.v1.AddGroupRequest
+	(*AddGroupResponse)(nil),                   // 29: sild.registry.v1.AddGroupResponse
+	(*RemoveGroupRequest)(nil),                 // 30: sild.registry.v1.RemoveGroupRequest
+	(*RemoveGroupResponse)(nil),                // 31: sild.registry.v1.RemoveGroupResponse
+	(*AddGroupMemberRequest)(nil),              // 32: sild.registry.v1.AddGroupMemberRequest
+	(*AddGroupMemberResponse)(nil),             // 33: sild.registry.v1.AddGroupMemberResponse
+	(*RemoveGroupMemberRequest)(nil),           // 34: sild.registry.v1.RemoveGroupMemberRequest
+	(*RemoveGroupMemberResponse)(nil),          // 35: sild.registry.v1.RemoveGroupMemberResponse
+	(*ListGroupsRequest)(nil),                  // 36: sild.registry.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),                 // 37: sild.registry.v1.ListGroupsResponse
+	(*PublishServiceRequest)(nil),              // 38: sild.registry.v1.PublishServiceRequest
+	(*PublishServiceResponse)(nil),             // 39: sild.registry.v1.PublishServiceResponse
+	(*SetServiceEnabledRequest)(nil),           // 40: sild.registry.v1.SetServiceEnabledRequest
+	(*SetServiceEnabledResponse)(nil),          // 41: sild.registry.v1.SetServiceEnabledResponse
+	(*RemoveServiceRequest)(nil),               // 42: sild.registry.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),              // 43: sild.registry.v1.RemoveServiceResponse
+	(*ListServicesRequest)(nil),                // 44: sild.registry.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),               // 45: sild.registry.v1.ListServicesResponse
+	(*ManagementRequest)(nil),                  // 46: sild.registry.v1.ManagementRequest
+	(*ListRequestsRequest)(nil),                // 47: sild.registry.v1.ListRequestsRequest
+	(*ListRequestsResponse)(nil),               // 48: sild.registry.v1.ListRequestsResponse
+	(*ApproveRequestRequest)(nil),              // 49: sild.registry.v1.ApproveRequestRequest
+	(*ApproveRequestResponse)(nil),             // 50: sild.registry.v1.ApproveRequestResponse
+	(*RejectRequestRequest)(nil),               // 51: sild.registry.v1.RejectRequestRequest
+	(*RejectRequestResponse)(nil),              // 52: sild.registry.v1.RejectRequestResponse
+	(*SetAutoApproveRequest)(nil),              // 53: sild.registry.v1.SetAutoApproveRequest
+	(*SetAutoApproveResponse)(nil),             // 54: sild.registry.v1.SetAutoApproveResponse
+	(*ApiKey)(nil),                             // 55: sild.registry.v1.ApiKey
+	(*CreateApiKeyRequest)(nil),                // 56: sild.registry.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),               // 57: sild.registry.v1.CreateApiKeyResponse
+	(*RevokeApiKeyRequest)(nil),                // 58: sild.registry.v1.RevokeApiKeyRequest
+	(*RevokeApiKeyResponse)(nil),               // 59: sild.registry.v1.RevokeApiKeyResponse
+	(*ListApiKeysRequest)(nil),                 // 60: sild.registry.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),                // 61: sild.registry.v1.ListApiKeysResponse
+	(*RaftServer)(nil),                         // 62: sild.registry.v1.RaftServer
+	(*RaftStatusRequest)(nil),                  // 63: sild.registry.v1.RaftStatusRequest
+	(*RaftStatusResponse)(nil),                 // 64: sild.registry.v1.RaftStatusResponse
+	(*CreateServerTokenRequest)(nil),           // 65: sild.registry.v1.CreateServerTokenRequest
+	(*CreateServerTokenResponse)(nil),          // 66: sild.registry.v1.CreateServerTokenResponse
+	(*RemoveServerRequest)(nil),                // 67: sild.registry.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),               // 68: sild.registry.v1.RemoveServerResponse
+	(*GetGlobalConfigRequest)(nil),             // 69: sild.registry.v1.GetGlobalConfigRequest
+	(*GetGlobalConfigResponse)(nil),            // 70: sild.registry.v1.GetGlobalConfigResponse
+	(*RotateConfigKeyRequest)(nil),             // 71: sild.registry.v1.RotateConfigKeyRequest
+	(*RotateConfigKeyResponse)(nil),            // 72: sild.registry.v1.RotateConfigKeyResponse
+	(*AddFederationLinkRequest)(nil),           // 73: sild.registry.v1.AddFederationLinkRequest
+	(*AddFederationLinkResponse)(nil),          // 74: sild.registry.v1.AddFederationLinkResponse
+	(*RemoveFederationLinkRequest)(nil),        // 75: sild.registry.v1.RemoveFederationLinkRequest
+	(*RemoveFederationLinkResponse)(nil),       // 76: sild.registry.v1.RemoveFederationLinkResponse
+	(*SetFederationLinkSuspendedRequest)(nil),  // 77: sild.registry.v1.SetFederationLinkSuspendedRequest
+	(*SetFederationLinkSuspendedResponse)(nil), // 78: sild.registry.v1.SetFederationLinkSuspendedResponse
+	(*ListFederationLinksRequest)(nil),         // 79: sild.registry.v1.ListFederationLinksRequest
+	(*ListFederationLinksResponse)(nil),        // 80: sild.registry.v1.ListFederationLinksResponse
+	(*AddExportRequest)(nil),                   // 81: sild.registry.v1.AddExportRequest
+	(*AddExportResponse)(nil),                  // 82: sild.registry.v1.AddExportResponse
+	(*RemoveExportRequest)(nil),                // 83: sild.registry.v1.RemoveExportRequest
+	(*RemoveExportResponse)(nil),               // 84: sild.registry.v1.RemoveExportResponse
+	(*ListExportsRequest)(nil),                 // 85: sild.registry.v1.ListExportsRequest
+	(*ListExportsResponse)(nil),                // 86: sild.registry.v1.ListExportsResponse
+	(*BackupRequest)(nil),                      // 87: sild.registry.v1.BackupRequest
+	(*BackupResponse)(nil),                     // 88: sild.registry.v1.BackupResponse
+	(*RotateCARequest)(nil),                    // 89: sild.registry.v1.RotateCARequest
+	(*RotateCAResponse)(nil),                   // 90: sild.registry.v1.RotateCAResponse
+	(*v1.MemberId)(nil),                        // 91: sild.ident.v1.MemberId
+	(*Member)(nil),                             // 92: sild.registry.v1.Member
+	(*v1.SubsystemId)(nil),                     // 93: sild.ident.v1.SubsystemId
+	(*Subsystem)(nil),                          // 94: sild.registry.v1.Subsystem
+	(*v1.NodeId)(nil),                          // 95: sild.ident.v1.NodeId
+	(*durationpb.Duration)(nil),                // 96: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),              // 97: google.protobuf.Timestamp
+	(*Node)(nil),                               // 98: sild.registry.v1.Node
+	(*GlobalGroup)(nil),                        // 99: sild.registry.v1.GlobalGroup
+	(*v1.ServiceId)(nil),                       // 100: sild.ident.v1.ServiceId
+	(*CatalogEntry)(nil),                       // 101: sild.registry.v1.CatalogEntry
+	(*GlobalConfig)(nil),                       // 102: sild.registry.v1.GlobalConfig
+	(*SignedConfig)(nil),                       // 103: sild.registry.v1.SignedConfig
+	(*FederationLink)(nil),                     // 104: sild.registry.v1.FederationLink
+	(*Export)(nil),                             // 105: sild.registry.v1.Export
 }
 var file_sild_registry_v1_admin_proto_depIdxs = []int32{
-	88,  // 0: sild.registry.v1.AddMemberRequest.id:type_name -> sild.ident.v1.MemberId
-	88,  // 1: sild.registry.v1.RemoveMemberRequest.id:type_name -> sild.ident.v1.MemberId
-	2,   // 2: sild.registry.v1.ListMembersRequest.read:type_name -> sild.registry.v1.ReadOptions
-	89,  // 3: sild.registry.v1.ListMembersResponse.members:type_name -> sild.registry.v1.Member
-	90,  // 4: sild.registry.v1.AddSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
-	90,  // 5: sild.registry.v1.RemoveSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
-	2,   // 6: sild.registry.v1.ListSubsystemsRequest.read:type_name -> sild.registry.v1.ReadOptions
-	91,  // 7: sild.registry.v1.ListSubsystemsResponse.subsystems:type_name -> sild.registry.v1.Subsystem
-	92,  // 8: sild.registry.v1.AddNodeRequest.id:type_name -> sild.ident.v1.NodeId
-	92,  // 9: sild.registry.v1.CreateJoinTokenRequest.node:type_name -> sild.ident.v1.NodeId
-	93,  // 10: sild.registry.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	94,  // 11: sild.registry.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	92,  // 12: sild.registry.v1.RemoveNodeRequest.id:type_name -> sild.ident.v1.NodeId
-	2,   // 13: sild.registry.v1.ListNodesRequest.read:type_name -> sild.registry.v1.ReadOptions
-	95,  // 14: sild.registry.v1.ListNodesResponse.nodes:type_name -> sild.registry.v1.Node
-	90,  // 15: sild.registry.v1.RegisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	92,  // 16: sild.registry.v1.RegisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
-	45,  // 17: sild.registry.v1.RegisterSubsystemResponse.request:type_name -> sild.registry.v1.ManagementRequest
-	90,  // 18: sild.registry.v1.UnregisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	92,  // 19: sild.registry.v1.UnregisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
-	90,  // 20: sild.registry.v1.AddGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
-	90,  // 21: sild.registry.v1.RemoveGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
-	2,   // 22: sild.registry.v1.ListGroupsRequest.read:type_name -> sild.registry.v1.ReadOptions
-	96,  // 23: sild.registry.v1.ListGroupsResponse.groups:type_name -> sild.registry.v1.GlobalGroup
-	97,  // 24: sild.registry.v1.PublishServiceRequest.service:type_name -> sild.ident.v1.ServiceId
-	97,  // 25: sild.registry.v1.SetServiceEnabledRequest.service:type_name -> sild.ident.v1.ServiceId
-	97,  // 26: sild.registry.v1.RemoveServiceRequest.service:type_name -> sild.ident.v1.ServiceId
-	2,   // 27: sild.registry.v1.ListServicesRequest.read:type_name -> sild.registry.v1.ReadOptions
-	98,  // 28: sild.registry.v1.ListServicesResponse.services:type_name -> sild.registry.v1.CatalogEntry
+	91,  // 0: sild.registry.v1.AddMemberRequest.id:type_name -> sild.ident.v1.MemberId
+	91,  // 1: sild.registry.v1.RemoveMemberRequest.id:type_name -> sild.ident.v1.MemberId
+	3,   // 2: sild.registry.v1.ListMembersRequest.read:type_name -> sild.registry.v1.ReadOptions
+	92,  // 3: sild.registry.v1.ListMembersResponse.members:type_name -> sild.registry.v1.Member
+	93,  // 4: sild.registry.v1.AddSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
+	93,  // 5: sild.registry.v1.RemoveSubsystemRequest.id:type_name -> sild.ident.v1.SubsystemId
+	3,   // 6: sild.registry.v1.ListSubsystemsRequest.read:type_name -> sild.registry.v1.ReadOptions
+	94,  // 7: sild.registry.v1.ListSubsystemsResponse.subsystems:type_name -> sild.registry.v1.Subsystem
+	95,  // 8: sild.registry.v1.AddNodeRequest.id:type_name -> sild.ident.v1.NodeId
+	95,  // 9: sild.registry.v1.CreateJoinTokenRequest.node:type_name -> sild.ident.v1.NodeId
+	96,  // 10: sild.registry.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	97,  // 11: sild.registry.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	95,  // 12: sild.registry.v1.RemoveNodeRequest.id:type_name -> sild.ident.v1.NodeId
+	3,   // 13: sild.registry.v1.ListNodesRequest.read:type_name -> sild.registry.v1.ReadOptions
+	98,  // 14: sild.registry.v1.ListNodesResponse.nodes:type_name -> sild.registry.v1.Node
+	93,  // 15: sild.registry.v1.RegisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	95,  // 16: sild.registry.v1.RegisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
+	46,  // 17: sild.registry.v1.RegisterSubsystemResponse.request:type_name -> sild.registry.v1.ManagementRequest
+	93,  // 18: sild.registry.v1.UnregisterSubsystemRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	95,  // 19: sild.registry.v1.UnregisterSubsystemRequest.node:type_name -> sild.ident.v1.NodeId
+	93,  // 20: sild.registry.v1.AddGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
+	93,  // 21: sild.registry.v1.RemoveGroupMemberRequest.member:type_name -> sild.ident.v1.SubsystemId
+	3,   // 22: sild.registry.v1.ListGroupsRequest.read:type_name -> sild.registry.v1.ReadOptions
+	99,  // 23: sild.registry.v1.ListGroupsResponse.groups:type_name -> sild.registry.v1.GlobalGroup
+	100, // 24: sild.registry.v1.PublishServiceRequest.service:type_name -> sild.ident.v1.ServiceId
+	100, // 25: sild.registry.v1.SetServiceEnabledRequest.service:type_name -> sild.ident.v1.ServiceId
+	100, // 26: sild.registry.v1.RemoveServiceRequest.service:type_name -> sild.ident.v1.ServiceId
+	3,   // 27: sild.registry.v1.ListServicesRequest.read:type_name -> sild.registry.v1.ReadOptions
+	101, // 28: sild.registry.v1.ListServicesResponse.services:type_name -> sild.registry.v1.CatalogEntry
 	0,   // 29: sild.registry.v1.ManagementRequest.state:type_name -> sild.registry.v1.RequestState
-	94,  // 30: sild.registry.v1.ManagementRequest.created_at:type_name -> google.protobuf.Timestamp
-	94,  // 31: sild.registry.v1.ManagementRequest.decided_at:type_name -> google.protobuf.Timestamp
-	2,   // 32: sild.registry.v1.ListRequestsRequest.read:type_name -> sild.registry.v1.ReadOptions
+	97,  // 30: sild.registry.v1.ManagementRequest.created_at:type_name -> google.protobuf.Timestamp
+	97,  // 31: sild.registry.v1.ManagementRequest.decided_at:type_name -> google.protobuf.Timestamp
+	3,   // 32: sild.registry.v1.ListRequestsRequest.read:type_name -> sild.registry.v1.ReadOptions
 	0,   // 33: sild.registry.v1.ListRequestsRequest.state:type_name -> sild.registry.v1.RequestState
-	45,  // 34: sild.registry.v1.ListRequestsResponse.requests:type_name -> sild.registry.v1.ManagementRequest
+	46,  // 34: sild.registry.v1.ListRequestsResponse.requests:type_name -> sild.registry.v1.ManagementRequest
 	1,   // 35: sild.registry.v1.ApiKey.role:type_name -> sild.registry.v1.Role
-	94,  // 36: sild.registry.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
+	97,  // 36: sild.registry.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
 	1,   // 37: sild.registry.v1.CreateApiKeyRequest.role:type_name -> sild.registry.v1.Role
-	54,  // 38: sild.registry.v1.CreateApiKeyResponse.key:type_name -> sild.registry.v1.ApiKey
-	2,   // 39: sild.registry.v1.ListApiKeysRequest.read:type_name -> sild.registry.v1.ReadOptions
-	54,  // 40: sild.registry.v1.ListApiKeysResponse.keys:type_name -> sild.registry.v1.ApiKey
-	61,  // 41: sild.registry.v1.RaftStatusResponse.servers:type_name -> sild.registry.v1.RaftServer
-	93,  // 42: sild.registry.v1.CreateServerTokenRequest.ttl:type_name -> google.protobuf.Duration
-	94,  // 43: sild.registry.v1.CreateServerTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	99,  // 44: sild.registry.v1.GetGlobalConfigResponse.config:type_name -> sild.registry.v1.GlobalConfig
-	100, // 45: sild.registry.v1.GetGlobalConfigResponse.signed:type_name -> sild.registry.v1.SignedConfig
-	2,   // 46: sild.registry.v1.ListFederationLinksRequest.read:type_name -> sild.registry.v1.ReadOptions
-	101, // 47: sild.registry.v1.ListFederationLinksResponse.links:type_name -> sild.registry.v1.FederationLink
-	90,  // 48: sild.registry.v1.AddExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	90,  // 49: sild.registry.v1.RemoveExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	2,   // 50: sild.registry.v1.ListExportsRequest.read:type_name -> sild.registry.v1.ReadOptions
-	102, // 51: sild.registry.v1.ListExportsResponse.exports:type_name -> sild.registry.v1.Export
-	3,   // 52: sild.registry.v1.AdminService.AddMember:input_type -> sild.registry.v1.AddMemberRequest
-	5,   // 53: sild.registry.v1.AdminService.RemoveMember:input_type -> sild.registry.v1.RemoveMemberRequest
-	7,   // 54: sild.registry.v1.AdminService.ListMembers:input_type -> sild.registry.v1.ListMembersRequest
-	9,   // 55: sild.registry.v1.AdminService.AddSubsystem:input_type -> sild.registry.v1.AddSubsystemRequest
-	11,  // 56: sild.registry.v1.AdminService.RemoveSubsystem:input_type -> sild.registry.v1.RemoveSubsystemRequest
-	13,  // 57: sild.registry.v1.AdminService.ListSubsystems:input_type -> sild.registry.v1.ListSubsystemsRequest
-	15,  // 58: sild.registry.v1.AdminService.AddNode:input_type -> sild.registry.v1.AddNodeRequest
-	17,  // 59: sild.registry.v1.AdminService.CreateJoinToken:input_type -> sild.registry.v1.CreateJoinTokenRequest
-	19,  // 60: sild.registry.v1.AdminService.RemoveNode:input_type -> sild.registry.v1.RemoveNodeRequest
-	21,  // 61: sild.registry.v1.AdminService.ListNodes:input_type -> sild.registry.v1.ListNodesRequest
-	23,  // 62: sild.registry.v1.AdminService.RegisterSubsystem:input_type -> sild.registry.v1.RegisterSubsystemRequest
-	25,  // 63: sild.registry.v1.AdminService.UnregisterSubsystem:input_type -> sild.registry.v1.UnregisterSubsystemRequest
-	27,  // 64: sild.registry.v1.AdminService.AddGroup:input_type -> sild.registry.v1.AddGroupRequest
-	29,  // 65: sild.registry.v1.AdminService.RemoveGroup:input_type -> sild.registry.v1.RemoveGroupRequest
-	31,  // 66: sild.registry.v1.AdminService.AddGroupMember:input_type -> sild.registry.v1.AddGroupMemberRequest
-	33,  // 67: sild.registry.v1.AdminService.RemoveGroupMember:input_type -> sild.registry.v1.RemoveGroupMemberRequest
-	35,  // 68: sild.registry.v1.AdminService.ListGroups:input_type -> sild.registry.v1.ListGroupsRequest
-	37,  // 69: sild.registry.v1.AdminService.PublishService:input_type -> sild.registry.v1.PublishServiceRequest
-	39,  // 70: sild.registry.v1.AdminService.SetServiceEnabled:input_type -> sild.registry.v1.SetServiceEnabledRequest
-	41,  // 71: sild.registry.v1.AdminService.RemoveService:input_type -> sild.registry.v1.RemoveServiceRequest
-	43,  // 72: sild.registry.v1.AdminService.ListServices:input_type -> sild.registry.v1.ListServicesRequest
-	46,  // 73: sild.registry.v1.AdminService.ListRequests:input_type -> sild.registry.v1.ListRequestsRequest
-	48,  // 74: sild.registry.v1.AdminService.ApproveRequest:input_type -> sild.registry.v1.ApproveRequestRequest
-	50,  // 75: sild.registry.v1.AdminService.RejectRequest:input_type -> sild.registry.v1.RejectRequestRequest
-	52,  // 76: sild.registry.v1.AdminService.SetAutoApprove:input_type -> sild.registry.v1.SetAutoApproveRequest
-	55,  // 77: sild.registry.v1.AdminService.CreateApiKey:input_type -> sild.registry.v1.CreateApiKeyRequest
-	57,  // 78: sild.registry.v1.AdminService.RevokeApiKey:input_type -> sild.registry.v1.RevokeApiKeyRequest
-	59,  // 79: sild.registry.v1.AdminService.ListApiKeys:input_type -> sild.registry.v1.ListApiKeysRequest
-	62,  // 80: sild.registry.v1.AdminService.RaftStatus:input_type -> sild.registry.v1.RaftStatusRequest
-	64,  // 81: sild.registry.v1.AdminService.CreateServerToken:input_type -> sild.registry.v1.CreateServerTokenRequest
-	66,  // 82: sild.registry.v1.AdminService.RemoveServer:input_type -> sild.registry.v1.RemoveServerRequest
-	72,  // 83: sild.registry.v1.AdminService.AddFederationLink:input_type -> sild.registry.v1.AddFederationLinkRequest
-	74,  // 84: sild.registry.v1.AdminService.RemoveFederationLink:input_type -> sild.registry.v1.RemoveFederationLinkRequest
-	76,  // 85: sild.registry.v1.AdminService.SetFederationLinkSuspended:input_type -> sild.registry.v1.SetFederationLinkSuspendedRequest
-	78,  // 86: sild.registry.v1.AdminService.ListFederationLinks:input_type -> sild.registry.v1.ListFederationLinksRequest
-	80,  // 87: sild.registry.v1.AdminService.AddExport:input_type -> sild.registry.v1.AddExportRequest
-	82,  // 88: sild.registry.v1.AdminService.RemoveExport:input_type -> sild.registry.v1.RemoveExportRequest
-	84,  // 89: sild.registry.v1.AdminService.ListExports:input_type -> sild.registry.v1.ListExportsRequest
-	68,  // 90: sild.registry.v1.AdminService.GetGlobalConfig:input_type -> sild.registry.v1.GetGlobalConfigRequest
-	86,  // 91: sild.registry.v1.AdminService.Backup:input_type -> sild.registry.v1.BackupRequest
-	70,  // 92: sild.registry.v1.AdminService.RotateConfigKey:input_type -> sild.registry.v1.RotateConfigKeyRequest
-	4,   // 93: sild.registry.v1.AdminService.AddMember:output_type -> sild.registry.v1.AddMemberResponse
-	6,   // 94: sild.registry.v1.AdminService.RemoveMember:output_type -> sild.registry.v1.RemoveMemberResponse
-	8,   // 95: sild.registry.v1.AdminService.ListMembers:output_type -> sild.registry.v1.ListMembersResponse
-	10,  // 96: sild.registry.v1.AdminService.AddSubsystem:output_type -> sild.registry.v1.AddSubsystemResponse
-	12,  // 97: sild.registry.v1.AdminService.RemoveSubsystem:output_type -> sild.registry.v1.RemoveSubsystemResponse
-	14,  // 98: sild.registry.v1.AdminService.ListSubsystems:output_type -> sild.registry.v1.ListSubsystemsResponse
-	16,  // 99: sild.registry.v1.AdminService.AddNode:output_type -> sild.registry.v1.AddNodeResponse
-	18,  // 100: sild.registry.v1.AdminService.CreateJoinToken:output_type -> sild.registry.v1.CreateJoinTokenResponse
-	20,  // 101: sild.registry.v1.AdminService.RemoveNode:output_type -> sild.registry.v1.RemoveNodeResponse
-	22,  // 102: sild.registry.v1.AdminService.ListNodes:output_type -> sild.registry.v1.ListNodesResponse
-	24,  // 103: sild.registry.v1.AdminService.RegisterSubsystem:output_type -> sild.registry.v1.RegisterSubsystemResponse
-	26,  // 104: sild.registry.v1.AdminService.UnregisterSubsystem:output_type -> sild.registry.v1.UnregisterSubsystemResponse
-	28,  // 105: sild.registry.v1.AdminService.AddGroup:output_type -> sild.registry.v1.AddGroupResponse
-	30,  // 106: sild.registry.v1.AdminService.RemoveGroup:output_type -> sild.registry.v1.RemoveGroupResponse
-	32,  // 107: sild.registry.v1.AdminService.AddGroupMember:output_type -> sild.registry.v1.AddGroupMemberResponse
-	34,  // 108: sild.registry.v1.AdminService.RemoveGroupMember:output_type -> sild.registry.v1.RemoveGroupMemberResponse
-	36,  // 109: sild.registry.v1.AdminService.ListGroups:output_type -> sild.registry.v1.ListGroupsResponse
-	38,  // 110: sild.registry.v1.AdminService.PublishService:output_type -> sild.registry.v1.PublishServiceResponse
-	40,  // 111: sild.registry.v1.AdminService.SetServiceEnabled:output_type -> sild.registry.v1.SetServiceEnabledResponse
-	42,  // 112: sild.registry.v1.AdminService.RemoveService:output_type -> sild.registry.v1.RemoveServiceResponse
-	44,  // 113: sild.registry.v1.AdminService.ListServices:output_type -> sild.registry.v1.ListServicesResponse
-	47,  // 114: sild.registry.v1.AdminService.ListRequests:output_type -> sild.registry.v1.ListRequestsResponse
-	49,  // 115: sild.registry.v1.AdminService.ApproveRequest:output_type -> sild.registry.v1.ApproveRequestResponse
-	51,  // 116: sild.registry.v1.AdminService.RejectRequest:output_type -> sild.registry.v1.RejectRequestResponse
-	53,  // 117: sild.registry.v1.AdminService.SetAutoApprove:output_type -> sild.registry.v1.SetAutoApproveResponse
-	56,  // 118: sild.registry.v1.AdminService.CreateApiKey:output_type -> sild.registry.v1.CreateApiKeyResponse
-	58,  // 119: sild.registry.v1.AdminService.RevokeApiKey:output_type -> sild.registry.v1.RevokeApiKeyResponse
-	60,  // 120: sild.registry.v1.AdminService.ListApiKeys:output_type -> sild.registry.v1.ListApiKeysResponse
-	63,  // 121: sild.registry.v1.AdminService.RaftStatus:output_type -> sild.registry.v1.RaftStatusResponse
-	65,  // 122: sild.registry.v1.AdminService.CreateServerToken:output_type -> sild.registry.v1.CreateServerTokenResponse
-	67,  // 123: sild.registry.v1.AdminService.RemoveServer:output_type -> sild.registry.v1.RemoveServerResponse
-	73,  // 124: sild.registry.v1.AdminService.AddFederationLink:output_type -> sild.registry.v1.AddFederationLinkResponse
-	75,  // 125: sild.registry.v1.AdminService.RemoveFederationLink:output_type -> sild.registry.v1.RemoveFederationLinkResponse
-	77,  // 126: sild.registry.v1.AdminService.SetFederationLinkSuspended:output_type -> sild.registry.v1.SetFederationLinkSuspendedResponse
-	79,  // 127: sild.registry.v1.AdminService.ListFederationLinks:output_type -> sild.registry.v1.ListFederationLinksResponse
-	81,  // 128: sild.registry.v1.AdminService.AddExport:output_type -> sild.registry.v1.AddExportResponse
-	83,  // 129: sild.registry.v1.AdminService.RemoveExport:output_type -> sild.registry.v1.RemoveExportResponse
-	85,  // 130: sild.registry.v1.AdminService.ListExports:output_type -> sild.registry.v1.ListExportsResponse
-	69,  // 131: sild.registry.v1.AdminService.GetGlobalConfig:output_type -> sild.registry.v1.GetGlobalConfigResponse
-	87,  // 132: sild.registry.v1.AdminService.Backup:output_type -> sild.registry.v1.BackupResponse
-	71,  // 133: sild.registry.v1.AdminService.RotateConfigKey:output_type -> sild.registry.v1.RotateConfigKeyResponse
-	93,  // [93:134] is the sub-list for method output_type
-	52,  // [52:93] is the sub-list for method input_type
-	52,  // [52:52] is the sub-list for extension type_name
-	52,  // [52:52] is the sub-list for extension extendee
-	0,   // [0:52] is the sub-list for field type_name
+	55,  // 38: sild.registry.v1.CreateApiKeyResponse.key:type_name -> sild.registry.v1.ApiKey
+	3,   // 39: sild.registry.v1.ListApiKeysRequest.read:type_name -> sild.registry.v1.ReadOptions
+	55,  // 40: sild.registry.v1.ListApiKeysResponse.keys:type_name -> sild.registry.v1.ApiKey
+	62,  // 41: sild.registry.v1.RaftStatusResponse.servers:type_name -> sild.registry.v1.RaftServer
+	96,  // 42: sild.registry.v1.CreateServerTokenRequest.ttl:type_name -> google.protobuf.Duration
+	97,  // 43: sild.registry.v1.CreateServerTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	102, // 44: sild.registry.v1.GetGlobalConfigResponse.config:type_name -> sild.registry.v1.GlobalConfig
+	103, // 45: sild.registry.v1.GetGlobalConfigResponse.signed:type_name -> sild.registry.v1.SignedConfig
+	3,   // 46: sild.registry.v1.ListFederationLinksRequest.read:type_name -> sild.registry.v1.ReadOptions
+	104, // 47: sild.registry.v1.ListFederationLinksResponse.links:type_name -> sild.registry.v1.FederationLink
+	93,  // 48: sild.registry.v1.AddExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	93,  // 49: sild.registry.v1.RemoveExportRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	3,   // 50: sild.registry.v1.ListExportsRequest.read:type_name -> sild.registry.v1.ReadOptions
+	105, // 51: sild.registry.v1.ListExportsResponse.exports:type_name -> sild.registry.v1.Export
+	2,   // 52: sild.registry.v1.RotateCARequest.phase:type_name -> sild.registry.v1.CARotationPhase
+	4,   // 53: sild.registry.v1.AdminService.AddMember:input_type -> sild.registry.v1.AddMemberRequest
+	6,   // 54: sild.registry.v1.AdminService.RemoveMember:input_type -> sild.registry.v1.RemoveMemberRequest
+	8,   // 55: sild.registry.v1.AdminService.ListMembers:input_type -> sild.registry.v1.ListMembersRequest
+	10,  // 56: sild.registry.v1.AdminService.AddSubsystem:input_type -> sild.registry.v1.AddSubsystemRequest
+	12,  // 57: sild.registry.v1.AdminService.RemoveSubsystem:input_type -> sild.registry.v1.RemoveSubsystemRequest
+	14,  // 58: sild.registry.v1.AdminService.ListSubsystems:input_type -> sild.registry.v1.ListSubsystemsRequest
+	16,  // 59: sild.registry.v1.AdminService.AddNode:input_type -> sild.registry.v1.AddNodeRequest
+	18,  // 60: sild.registry.v1.AdminService.CreateJoinToken:input_type -> sild.registry.v1.CreateJoinTokenRequest
+	20,  // 61: sild.registry.v1.AdminService.RemoveNode:input_type -> sild.registry.v1.RemoveNodeRequest
+	22,  // 62: sild.registry.v1.AdminService.ListNodes:input_type -> sild.registry.v1.ListNodesRequest
+	24,  // 63: sild.registry.v1.AdminService.RegisterSubsystem:input_type -> sild.registry.v1.RegisterSubsystemRequest
+	26,  // 64: sild.registry.v1.AdminService.UnregisterSubsystem:input_type -> sild.registry.v1.UnregisterSubsystemRequest
+	28,  // 65: sild.registry.v1.AdminService.AddGroup:input_type -> sild.registry.v1.AddGroupRequest
+	30,  // 66: sild.registry.v1.AdminService.RemoveGroup:input_type -> sild.registry.v1.RemoveGroupRequest
+	32,  // 67: sild.registry.v1.AdminService.AddGroupMember:input_type -> sild.registry.v1.AddGroupMemberRequest
+	34,  // 68: sild.registry.v1.AdminService.RemoveGroupMember:input_type -> sild.registry.v1.RemoveGroupMemberRequest
+	36,  // 69: sild.registry.v1.AdminService.ListGroups:input_type -> sild.registry.v1.ListGroupsRequest
+	38,  // 70: sild.registry.v1.AdminService.PublishService:input_type -> sild.registry.v1.PublishServiceRequest
+	40,  // 71: sild.registry.v1.AdminService.SetServiceEnabled:input_type -> sild.registry.v1.SetServiceEnabledRequest
+	42,  // 72: sild.registry.v1.AdminService.RemoveService:input_type -> sild.registry.v1.RemoveServiceRequest
+	44,  // 73: sild.registry.v1.AdminService.ListServices:input_type -> sild.registry.v1.ListServicesRequest
+	47,  // 74: sild.registry.v1.AdminService.ListRequests:input_type -> sild.registry.v1.ListRequestsRequest
+	49,  // 75: sild.registry.v1.AdminService.ApproveRequest:input_type -> sild.registry.v1.ApproveRequestRequest
+	51,  // 76: sild.registry.v1.AdminService.RejectRequest:input_type -> sild.registry.v1.RejectRequestRequest
+	53,  // 77: sild.registry.v1.AdminService.SetAutoApprove:input_type -> sild.registry.v1.SetAutoApproveRequest
+	56,  // 78: sild.registry.v1.AdminService.CreateApiKey:input_type -> sild.registry.v1.CreateApiKeyRequest
+	58,  // 79: sild.registry.v1.AdminService.RevokeApiKey:input_type -> sild.registry.v1.RevokeApiKeyRequest
+	60,  // 80: sild.registry.v1.AdminService.ListApiKeys:input_type -> sild.registry.v1.ListApiKeysRequest
+	63,  // 81: sild.registry.v1.AdminService.RaftStatus:input_type -> sild.registry.v1.RaftStatusRequest
+	65,  // 82: sild.registry.v1.AdminService.CreateServerToken:input_type -> sild.registry.v1.CreateServerTokenRequest
+	67,  // 83: sild.registry.v1.AdminService.RemoveServer:input_type -> sild.registry.v1.RemoveServerRequest
+	73,  // 84: sild.registry.v1.AdminService.AddFederationLink:input_type -> sild.registry.v1.AddFederationLinkRequest
+	75,  // 85: sild.registry.v1.AdminService.RemoveFederationLink:input_type -> sild.registry.v1.RemoveFederationLinkRequest
+	77,  // 86: sild.registry.v1.AdminService.SetFederationLinkSuspended:input_type -> sild.registry.v1.SetFederationLinkSuspendedRequest
+	79,  // 87: sild.registry.v1.AdminService.ListFederationLinks:input_type -> sild.registry.v1.ListFederationLinksRequest
+	81,  // 88: sild.registry.v1.AdminService.AddExport:input_type -> sild.registry.v1.AddExportRequest
+	83,  // 89: sild.registry.v1.AdminService.RemoveExport:input_type -> sild.registry.v1.RemoveExportRequest
+	85,  // 90: sild.registry.v1.AdminService.ListExports:input_type -> sild.registry.v1.ListExportsRequest
+	69,  // 91: sild.registry.v1.AdminService.GetGlobalConfig:input_type -> sild.registry.v1.GetGlobalConfigRequest
+	87,  // 92: sild.registry.v1.AdminService.Backup:input_type -> sild.registry.v1.BackupRequest
+	71,  // 93: sild.registry.v1.AdminService.RotateConfigKey:input_type -> sild.registry.v1.RotateConfigKeyRequest
+	89,  // 94: sild.registry.v1.AdminService.RotateCA:input_type -> sild.registry.v1.RotateCARequest
+	5,   // 95: sild.registry.v1.AdminService.AddMember:output_type -> sild.registry.v1.AddMemberResponse
+	7,   // 96: sild.registry.v1.AdminService.RemoveMember:output_type -> sild.registry.v1.RemoveMemberResponse
+	9,   // 97: sild.registry.v1.AdminService.ListMembers:output_type -> sild.registry.v1.ListMembersResponse
+	11,  // 98: sild.registry.v1.AdminService.AddSubsystem:output_type -> sild.registry.v1.AddSubsystemResponse
+	13,  // 99: sild.registry.v1.AdminService.RemoveSubsystem:output_type -> sild.registry.v1.RemoveSubsystemResponse
+	15,  // 100: sild.registry.v1.AdminService.ListSubsystems:output_type -> sild.registry.v1.ListSubsystemsResponse
+	17,  // 101: sild.registry.v1.AdminService.AddNode:output_type -> sild.registry.v1.AddNodeResponse
+	19,  // 102: sild.registry.v1.AdminService.CreateJoinToken:output_type -> sild.registry.v1.CreateJoinTokenResponse
+	21,  // 103: sild.registry.v1.AdminService.RemoveNode:output_type -> sild.registry.v1.RemoveNodeResponse
+	23,  // 104: sild.registry.v1.AdminService.ListNodes:output_type -> sild.registry.v1.ListNodesResponse
+	25,  // 105: sild.registry.v1.AdminService.RegisterSubsystem:output_type -> sild.registry.v1.RegisterSubsystemResponse
+	27,  // 106: sild.registry.v1.AdminService.UnregisterSubsystem:output_type -> sild.registry.v1.UnregisterSubsystemResponse
+	29,  // 107: sild.registry.v1.AdminService.AddGroup:output_type -> sild.registry.v1.AddGroupResponse
+	31,  // 108: sild.registry.v1.AdminService.RemoveGroup:output_type -> sild.registry.v1.RemoveGroupResponse
+	33,  // 109: sild.registry.v1.AdminService.AddGroupMember:output_type -> sild.registry.v1.AddGroupMemberResponse
+	35,  // 110: sild.registry.v1.AdminService.RemoveGroupMember:output_type -> sild.registry.v1.RemoveGroupMemberResponse
+	37,  // 111: sild.registry.v1.AdminService.ListGroups:output_type -> sild.registry.v1.ListGroupsResponse
+	39,  // 112: sild.registry.v1.AdminService.PublishService:output_type -> sild.registry.v1.PublishServiceResponse
+	41,  // 113: sild.registry.v1.AdminService.SetServiceEnabled:output_type -> sild.registry.v1.SetServiceEnabledResponse
+	43,  // 114: sild.registry.v1.AdminService.RemoveService:output_type -> sild.registry.v1.RemoveServiceResponse
+	45,  // 115: sild.registry.v1.AdminService.ListServices:output_type -> sild.registry.v1.ListServicesResponse
+	48,  // 116: sild.registry.v1.AdminService.ListRequests:output_type -> sild.registry.v1.ListRequestsResponse
+	50,  // 117: sild.registry.v1.AdminService.ApproveRequest:output_type -> sild.registry.v1.ApproveRequestResponse
+	52,  // 118: sild.registry.v1.AdminService.RejectRequest:output_type -> sild.registry.v1.RejectRequestResponse
+	54,  // 119: sild.registry.v1.AdminService.SetAutoApprove:output_type -> sild.registry.v1.SetAutoApproveResponse
+	57,  // 120: sild.registry.v1.AdminService.CreateApiKey:output_type -> sild.registry.v1.CreateApiKeyResponse
+	59,  // 121: sild.registry.v1.AdminService.RevokeApiKey:output_type -> sild.registry.v1.RevokeApiKeyResponse
+	61,  // 122: sild.registry.v1.AdminService.ListApiKeys:output_type -> sild.registry.v1.ListApiKeysResponse
+	64,  // 123: sild.registry.v1.AdminService.RaftStatus:output_type -> sild.registry.v1.RaftStatusResponse
+	66,  // 124: sild.registry.v1.AdminService.CreateServerToken:output_type -> sild.registry.v1.CreateServerTokenResponse
+	68,  // 125: sild.registry.v1.AdminService.RemoveServer:output_type -> sild.registry.v1.RemoveServerResponse
+	74,  // 126: sild.registry.v1.AdminService.AddFederationLink:output_type -> sild.registry.v1.AddFederationLinkResponse
+	76,  // 127: sild.registry.v1.AdminService.RemoveFederationLink:output_type -> sild.registry.v1.RemoveFederationLinkResponse
+	78,  // 128: sild.registry.v1.AdminService.SetFederationLinkSuspended:output_type -> sild.registry.v1.SetFederationLinkSuspendedResponse
+	80,  // 129: sild.registry.v1.AdminService.ListFederationLinks:output_type -> sild.registry.v1.ListFederationLinksResponse
+	82,  // 130: sild.registry.v1.AdminService.AddExport:output_type -> sild.registry.v1.AddExportResponse
+	84,  // 131: sild.registry.v1.AdminService.RemoveExport:output_type -> sild.registry.v1.RemoveExportResponse
+	86,  // 132: sild.registry.v1.AdminService.ListExports:output_type -> sild.registry.v1.ListExportsResponse
+	70,  // 133: sild.registry.v1.AdminService.GetGlobalConfig:output_type -> sild.registry.v1.GetGlobalConfigResponse
+	88,  // 134: sild.registry.v1.AdminService.Backup:output_type -> sild.registry.v1.BackupResponse
+	72,  // 135: sild.registry.v1.AdminService.RotateConfigKey:output_type -> sild.registry.v1.RotateConfigKeyResponse
+	90,  // 136: sild.registry.v1.AdminService.RotateCA:output_type -> sild.registry.v1.RotateCAResponse
+	95,  // [95:137] is the sub-list for method output_type
+	53,  // [53:95] is the sub-list for method input_type
+	53,  // [53:53] is the sub-list for extension type_name
+	53,  // [53:53] is the sub-list for extension extendee
+	0,   // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_sild_registry_v1_admin_proto_init() }
@@ -4618,8 +4775,8 @@ func file_sild_registry_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sild_registry_v1_admin_proto_rawDesc), len(file_sild_registry_v1_admin_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   86,
+			NumEnums:      3,
+			NumMessages:   88,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -60,6 +60,7 @@ const (
 	AdminService_GetGlobalConfig_FullMethodName            = "/sild.registry.v1.AdminService/GetGlobalConfig"
 	AdminService_Backup_FullMethodName                     = "/sild.registry.v1.AdminService/Backup"
 	AdminService_RotateConfigKey_FullMethodName            = "/sild.registry.v1.AdminService/RotateConfigKey"
+	AdminService_RotateCA_FullMethodName                   = "/sild.registry.v1.AdminService/RotateCA"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -127,6 +128,12 @@ type AdminServiceClient interface {
 	// --restore FILE` starts a new cluster from it.
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error)
 	RotateConfigKey(ctx context.Context, in *RotateConfigKeyRequest, opts ...grpc.CallOption) (*RotateConfigKeyResponse, error)
+	// RotateCA moves a root CA rotation one phase on: PREPARE publishes a new
+	// root next to the current one (nodes and federated peers learn it);
+	// ACTIVATE issues with it from now on (the old root stays trusted);
+	// FINISH stops trusting the old root once every certificate it issued
+	// has been renewed.
+	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error)
 }
 
 type adminServiceClient struct {
@@ -547,6 +554,16 @@ func (c *adminServiceClient) RotateConfigKey(ctx context.Context, in *RotateConf
 	return out, nil
 }
 
+func (c *adminServiceClient) RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateCAResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -612,6 +629,12 @@ type AdminServiceServer interface {
 	// --restore FILE` starts a new cluster from it.
 	Backup(context.Context, *BackupRequest) (*BackupResponse, error)
 	RotateConfigKey(context.Context, *RotateConfigKeyRequest) (*RotateConfigKeyResponse, error)
+	// RotateCA moves a root CA rotation one phase on: PREPARE publishes a new
+	// root next to the current one (nodes and federated peers learn it);
+	// ACTIVATE issues with it from now on (the old root stays trusted);
+	// FINISH stops trusting the old root once every certificate it issued
+	// has been renewed.
+	RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -744,6 +767,9 @@ func (UnimplementedAdminServiceServer) Backup(context.Context, *BackupRequest) (
 }
 func (UnimplementedAdminServiceServer) RotateConfigKey(context.Context, *RotateConfigKeyRequest) (*RotateConfigKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateConfigKey not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateCA not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -1504,6 +1530,24 @@ func _AdminService_RotateConfigKey_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RotateCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateCA(ctx, req.(*RotateCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1674,6 +1718,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateConfigKey",
 			Handler:    _AdminService_RotateConfigKey_Handler,
+		},
+		{
+			MethodName: "RotateCA",
+			Handler:    _AdminService_RotateCA_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

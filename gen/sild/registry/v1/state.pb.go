@@ -53,7 +53,12 @@ type State struct {
 	Exports       []*Export            `protobuf:"bytes,20,rep,name=exports,proto3" json:"exports,omitempty"`
 	// applied_index is the Raft index the state reflects (set in snapshots
 	// only, so that a restored server knows where it stands).
-	AppliedIndex  uint64 `protobuf:"varint,21,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	AppliedIndex uint64 `protobuf:"varint,21,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// A root CA rotation in progress: next_ca is published in the trust
+	// bundle before it issues (prepare); at activation it becomes ca and the
+	// old root moves to retired_roots, still trusted until finish.
+	NextCa        *KeyPair `protobuf:"bytes,22,opt,name=next_ca,json=nextCa,proto3" json:"next_ca,omitempty"`
+	RetiredRoots  [][]byte `protobuf:"bytes,23,rep,name=retired_roots,json=retiredRoots,proto3" json:"retired_roots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -233,6 +238,20 @@ func (x *State) GetAppliedIndex() uint64 {
 		return x.AppliedIndex
 	}
 	return 0
+}
+
+func (x *State) GetNextCa() *KeyPair {
+	if x != nil {
+		return x.NextCa
+	}
+	return nil
+}
+
+func (x *State) GetRetiredRoots() [][]byte {
+	if x != nil {
+		return x.RetiredRoots
+	}
+	return nil
 }
 
 type KeyPair struct {
@@ -564,6 +583,7 @@ type Command struct {
 	//	*Command_UpdateLink
 	//	*Command_AddExport
 	//	*Command_RemoveExport
+	//	*Command_CaRotation
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -919,6 +939,15 @@ func (x *Command) GetRemoveExport() *RemoveExportRequest {
 	return nil
 }
 
+func (x *Command) GetCaRotation() *CARotation {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CaRotation); ok {
+			return x.CaRotation
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1059,6 +1088,10 @@ type Command_RemoveExport struct {
 	RemoveExport *RemoveExportRequest `protobuf:"bytes,35,opt,name=remove_export,json=removeExport,proto3,oneof"`
 }
 
+type Command_CaRotation struct {
+	CaRotation *CARotation `protobuf:"bytes,36,opt,name=ca_rotation,json=caRotation,proto3,oneof"`
+}
+
 func (*Command_Init) isCommand_Op() {}
 
 func (*Command_AddMember) isCommand_Op() {}
@@ -1126,6 +1159,8 @@ func (*Command_UpdateLink) isCommand_Op() {}
 func (*Command_AddExport) isCommand_Op() {}
 
 func (*Command_RemoveExport) isCommand_Op() {}
+
+func (*Command_CaRotation) isCommand_Op() {}
 
 // Init is the first command of a new ecosystem.
 type Init struct {
@@ -1507,11 +1542,82 @@ func (x *LinkUpdate) GetDirectory() *ExportDirectory {
 	return nil
 }
 
+// CARotation is one phase of a root CA rotation (see State.next_ca).
+type CARotation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Phase CARotationPhase        `protobuf:"varint,1,opt,name=phase,proto3,enum=sild.registry.v1.CARotationPhase" json:"phase,omitempty"`
+	// prepare: the new root; activate: the configuration-signing and TSA
+	// key pairs issued by it.
+	NextCa        *KeyPair `protobuf:"bytes,2,opt,name=next_ca,json=nextCa,proto3" json:"next_ca,omitempty"`
+	ConfigSigner  *KeyPair `protobuf:"bytes,3,opt,name=config_signer,json=configSigner,proto3" json:"config_signer,omitempty"`
+	Tsa           *KeyPair `protobuf:"bytes,4,opt,name=tsa,proto3" json:"tsa,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CARotation) Reset() {
+	*x = CARotation{}
+	mi := &file_sild_registry_v1_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CARotation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CARotation) ProtoMessage() {}
+
+func (x *CARotation) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_registry_v1_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CARotation.ProtoReflect.Descriptor instead.
+func (*CARotation) Descriptor() ([]byte, []int) {
+	return file_sild_registry_v1_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CARotation) GetPhase() CARotationPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return CARotationPhase_CA_ROTATION_PHASE_UNSPECIFIED
+}
+
+func (x *CARotation) GetNextCa() *KeyPair {
+	if x != nil {
+		return x.NextCa
+	}
+	return nil
+}
+
+func (x *CARotation) GetConfigSigner() *KeyPair {
+	if x != nil {
+		return x.ConfigSigner
+	}
+	return nil
+}
+
+func (x *CARotation) GetTsa() *KeyPair {
+	if x != nil {
+		return x.Tsa
+	}
+	return nil
+}
+
 var File_sild_registry_v1_state_proto protoreflect.FileDescriptor
 
 const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1csild/registry/v1/state.proto\x12\x10sild.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1csild/registry/v1/admin.proto\x1a\x1dsild/registry/v1/config.proto\x1a!sild/registry/v1/federation.proto\"\xa3\b\n" +
+	"\x1csild/registry/v1/state.proto\x12\x10sild.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1csild/registry/v1/admin.proto\x1a\x1dsild/registry/v1/config.proto\x1a!sild/registry/v1/federation.proto\"\xfc\b\n" +
 	"\x05State\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12)\n" +
@@ -1537,7 +1643,9 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\bsettings\x18\x12 \x01(\v2 .sild.registry.v1.ConfigSettingsR\bsettings\x126\n" +
 	"\x05links\x18\x13 \x03(\v2 .sild.registry.v1.FederationLinkR\x05links\x122\n" +
 	"\aexports\x18\x14 \x03(\v2\x18.sild.registry.v1.ExportR\aexports\x12#\n" +
-	"\rapplied_index\x18\x15 \x01(\x04R\fappliedIndex\"=\n" +
+	"\rapplied_index\x18\x15 \x01(\x04R\fappliedIndex\x122\n" +
+	"\anext_ca\x18\x16 \x01(\v2\x19.sild.registry.v1.KeyPairR\x06nextCa\x12#\n" +
+	"\rretired_roots\x18\x17 \x03(\fR\fretiredRoots\"=\n" +
 	"\aKeyPair\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"\xdb\x01\n" +
@@ -1560,7 +1668,7 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
 	"apiAddress\x12!\n" +
-	"\fhttp_address\x18\x04 \x01(\tR\vhttpAddress\"\xf4\x14\n" +
+	"\fhttp_address\x18\x04 \x01(\tR\vhttpAddress\"\xb5\x15\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12,\n" +
 	"\x04init\x18\x02 \x01(\v2\x16.sild.registry.v1.InitH\x00R\x04init\x12C\n" +
@@ -1603,7 +1711,9 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"updateLink\x12C\n" +
 	"\n" +
 	"add_export\x18\" \x01(\v2\".sild.registry.v1.AddExportRequestH\x00R\taddExport\x12L\n" +
-	"\rremove_export\x18# \x01(\v2%.sild.registry.v1.RemoveExportRequestH\x00R\fremoveExportB\x04\n" +
+	"\rremove_export\x18# \x01(\v2%.sild.registry.v1.RemoveExportRequestH\x00R\fremoveExport\x12?\n" +
+	"\vca_rotation\x18$ \x01(\v2\x1c.sild.registry.v1.CARotationH\x00R\n" +
+	"caRotationB\x04\n" +
 	"\x02op\"\x8b\x03\n" +
 	"\x04Init\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
@@ -1638,7 +1748,13 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x1f\n" +
 	"\vpeer_bundle\x18\x04 \x03(\fR\n" +
 	"peerBundle\x12?\n" +
-	"\tdirectory\x18\x05 \x01(\v2!.sild.registry.v1.ExportDirectoryR\tdirectoryB\xbe\x01\n" +
+	"\tdirectory\x18\x05 \x01(\v2!.sild.registry.v1.ExportDirectoryR\tdirectory\"\xe6\x01\n" +
+	"\n" +
+	"CARotation\x127\n" +
+	"\x05phase\x18\x01 \x01(\x0e2!.sild.registry.v1.CARotationPhaseR\x05phase\x122\n" +
+	"\anext_ca\x18\x02 \x01(\v2\x19.sild.registry.v1.KeyPairR\x06nextCa\x12>\n" +
+	"\rconfig_signer\x18\x03 \x01(\v2\x19.sild.registry.v1.KeyPairR\fconfigSigner\x12+\n" +
+	"\x03tsa\x18\x04 \x01(\v2\x19.sild.registry.v1.KeyPairR\x03tsaB\xbe\x01\n" +
 	"\x14com.sild.registry.v1B\n" +
 	"StateProtoP\x01Z8github.com/sildmesh/sild/gen/sild/registry/v1;registryv1\xa2\x02\x03SRX\xaa\x02\x10Sild.Registry.V1\xca\x02\x10Sild\\Registry\\V1\xe2\x02\x1cSild\\Registry\\V1\\GPBMetadata\xea\x02\x12Sild::Registry::V1b\x06proto3"
 
@@ -1654,7 +1770,7 @@ func file_sild_registry_v1_state_proto_rawDescGZIP() []byte {
 	return file_sild_registry_v1_state_proto_rawDescData
 }
 
-var file_sild_registry_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_sild_registry_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_sild_registry_v1_state_proto_goTypes = []any{
 	(*State)(nil),                             // 0: sild.registry.v1.State
 	(*KeyPair)(nil),                           // 1: sild.registry.v1.KeyPair
@@ -1667,116 +1783,124 @@ var file_sild_registry_v1_state_proto_goTypes = []any{
 	(*NodeRenewed)(nil),                       // 8: sild.registry.v1.NodeRenewed
 	(*ServerJoined)(nil),                      // 9: sild.registry.v1.ServerJoined
 	(*LinkUpdate)(nil),                        // 10: sild.registry.v1.LinkUpdate
-	(*Member)(nil),                            // 11: sild.registry.v1.Member
-	(*Subsystem)(nil),                         // 12: sild.registry.v1.Subsystem
-	(*Node)(nil),                              // 13: sild.registry.v1.Node
-	(*GlobalGroup)(nil),                       // 14: sild.registry.v1.GlobalGroup
-	(*CatalogEntry)(nil),                      // 15: sild.registry.v1.CatalogEntry
-	(*ManagementRequest)(nil),                 // 16: sild.registry.v1.ManagementRequest
-	(*ConfigSettings)(nil),                    // 17: sild.registry.v1.ConfigSettings
-	(*FederationLink)(nil),                    // 18: sild.registry.v1.FederationLink
-	(*Export)(nil),                            // 19: sild.registry.v1.Export
-	(*v1.NodeId)(nil),                         // 20: sild.ident.v1.NodeId
-	(*timestamppb.Timestamp)(nil),             // 21: google.protobuf.Timestamp
-	(*ApiKey)(nil),                            // 22: sild.registry.v1.ApiKey
-	(*AddMemberRequest)(nil),                  // 23: sild.registry.v1.AddMemberRequest
-	(*RemoveMemberRequest)(nil),               // 24: sild.registry.v1.RemoveMemberRequest
-	(*AddSubsystemRequest)(nil),               // 25: sild.registry.v1.AddSubsystemRequest
-	(*RemoveSubsystemRequest)(nil),            // 26: sild.registry.v1.RemoveSubsystemRequest
-	(*AddNodeRequest)(nil),                    // 27: sild.registry.v1.AddNodeRequest
-	(*RemoveNodeRequest)(nil),                 // 28: sild.registry.v1.RemoveNodeRequest
-	(*RegisterSubsystemRequest)(nil),          // 29: sild.registry.v1.RegisterSubsystemRequest
-	(*UnregisterSubsystemRequest)(nil),        // 30: sild.registry.v1.UnregisterSubsystemRequest
-	(*AddGroupRequest)(nil),                   // 31: sild.registry.v1.AddGroupRequest
-	(*RemoveGroupRequest)(nil),                // 32: sild.registry.v1.RemoveGroupRequest
-	(*AddGroupMemberRequest)(nil),             // 33: sild.registry.v1.AddGroupMemberRequest
-	(*RemoveGroupMemberRequest)(nil),          // 34: sild.registry.v1.RemoveGroupMemberRequest
-	(*PublishServiceRequest)(nil),             // 35: sild.registry.v1.PublishServiceRequest
-	(*SetServiceEnabledRequest)(nil),          // 36: sild.registry.v1.SetServiceEnabledRequest
-	(*RemoveServiceRequest)(nil),              // 37: sild.registry.v1.RemoveServiceRequest
-	(*ApproveRequestRequest)(nil),             // 38: sild.registry.v1.ApproveRequestRequest
-	(*RejectRequestRequest)(nil),              // 39: sild.registry.v1.RejectRequestRequest
-	(*SetAutoApproveRequest)(nil),             // 40: sild.registry.v1.SetAutoApproveRequest
-	(*RevokeApiKeyRequest)(nil),               // 41: sild.registry.v1.RevokeApiKeyRequest
-	(*RemoveServerRequest)(nil),               // 42: sild.registry.v1.RemoveServerRequest
-	(*AddFederationLinkRequest)(nil),          // 43: sild.registry.v1.AddFederationLinkRequest
-	(*RemoveFederationLinkRequest)(nil),       // 44: sild.registry.v1.RemoveFederationLinkRequest
-	(*SetFederationLinkSuspendedRequest)(nil), // 45: sild.registry.v1.SetFederationLinkSuspendedRequest
-	(*AddExportRequest)(nil),                  // 46: sild.registry.v1.AddExportRequest
-	(*RemoveExportRequest)(nil),               // 47: sild.registry.v1.RemoveExportRequest
-	(LinkState)(0),                            // 48: sild.registry.v1.LinkState
-	(*ExportDirectory)(nil),                   // 49: sild.registry.v1.ExportDirectory
+	(*CARotation)(nil),                        // 11: sild.registry.v1.CARotation
+	(*Member)(nil),                            // 12: sild.registry.v1.Member
+	(*Subsystem)(nil),                         // 13: sild.registry.v1.Subsystem
+	(*Node)(nil),                              // 14: sild.registry.v1.Node
+	(*GlobalGroup)(nil),                       // 15: sild.registry.v1.GlobalGroup
+	(*CatalogEntry)(nil),                      // 16: sild.registry.v1.CatalogEntry
+	(*ManagementRequest)(nil),                 // 17: sild.registry.v1.ManagementRequest
+	(*ConfigSettings)(nil),                    // 18: sild.registry.v1.ConfigSettings
+	(*FederationLink)(nil),                    // 19: sild.registry.v1.FederationLink
+	(*Export)(nil),                            // 20: sild.registry.v1.Export
+	(*v1.NodeId)(nil),                         // 21: sild.ident.v1.NodeId
+	(*timestamppb.Timestamp)(nil),             // 22: google.protobuf.Timestamp
+	(*ApiKey)(nil),                            // 23: sild.registry.v1.ApiKey
+	(*AddMemberRequest)(nil),                  // 24: sild.registry.v1.AddMemberRequest
+	(*RemoveMemberRequest)(nil),               // 25: sild.registry.v1.RemoveMemberRequest
+	(*AddSubsystemRequest)(nil),               // 26: sild.registry.v1.AddSubsystemRequest
+	(*RemoveSubsystemRequest)(nil),            // 27: sild.registry.v1.RemoveSubsystemRequest
+	(*AddNodeRequest)(nil),                    // 28: sild.registry.v1.AddNodeRequest
+	(*RemoveNodeRequest)(nil),                 // 29: sild.registry.v1.RemoveNodeRequest
+	(*RegisterSubsystemRequest)(nil),          // 30: sild.registry.v1.RegisterSubsystemRequest
+	(*UnregisterSubsystemRequest)(nil),        // 31: sild.registry.v1.UnregisterSubsystemRequest
+	(*AddGroupRequest)(nil),                   // 32: sild.registry.v1.AddGroupRequest
+	(*RemoveGroupRequest)(nil),                // 33: sild.registry.v1.RemoveGroupRequest
+	(*AddGroupMemberRequest)(nil),             // 34: sild.registry.v1.AddGroupMemberRequest
+	(*RemoveGroupMemberRequest)(nil),          // 35: sild.registry.v1.RemoveGroupMemberRequest
+	(*PublishServiceRequest)(nil),             // 36: sild.registry.v1.PublishServiceRequest
+	(*SetServiceEnabledRequest)(nil),          // 37: sild.registry.v1.SetServiceEnabledRequest
+	(*RemoveServiceRequest)(nil),              // 38: sild.registry.v1.RemoveServiceRequest
+	(*ApproveRequestRequest)(nil),             // 39: sild.registry.v1.ApproveRequestRequest
+	(*RejectRequestRequest)(nil),              // 40: sild.registry.v1.RejectRequestRequest
+	(*SetAutoApproveRequest)(nil),             // 41: sild.registry.v1.SetAutoApproveRequest
+	(*RevokeApiKeyRequest)(nil),               // 42: sild.registry.v1.RevokeApiKeyRequest
+	(*RemoveServerRequest)(nil),               // 43: sild.registry.v1.RemoveServerRequest
+	(*AddFederationLinkRequest)(nil),          // 44: sild.registry.v1.AddFederationLinkRequest
+	(*RemoveFederationLinkRequest)(nil),       // 45: sild.registry.v1.RemoveFederationLinkRequest
+	(*SetFederationLinkSuspendedRequest)(nil), // 46: sild.registry.v1.SetFederationLinkSuspendedRequest
+	(*AddExportRequest)(nil),                  // 47: sild.registry.v1.AddExportRequest
+	(*RemoveExportRequest)(nil),               // 48: sild.registry.v1.RemoveExportRequest
+	(LinkState)(0),                            // 49: sild.registry.v1.LinkState
+	(*ExportDirectory)(nil),                   // 50: sild.registry.v1.ExportDirectory
+	(CARotationPhase)(0),                      // 51: sild.registry.v1.CARotationPhase
 }
 var file_sild_registry_v1_state_proto_depIdxs = []int32{
 	1,  // 0: sild.registry.v1.State.ca:type_name -> sild.registry.v1.KeyPair
 	1,  // 1: sild.registry.v1.State.config_signer:type_name -> sild.registry.v1.KeyPair
 	1,  // 2: sild.registry.v1.State.tsa:type_name -> sild.registry.v1.KeyPair
-	11, // 3: sild.registry.v1.State.members:type_name -> sild.registry.v1.Member
-	12, // 4: sild.registry.v1.State.subsystems:type_name -> sild.registry.v1.Subsystem
-	13, // 5: sild.registry.v1.State.nodes:type_name -> sild.registry.v1.Node
-	14, // 6: sild.registry.v1.State.groups:type_name -> sild.registry.v1.GlobalGroup
-	15, // 7: sild.registry.v1.State.services:type_name -> sild.registry.v1.CatalogEntry
+	12, // 3: sild.registry.v1.State.members:type_name -> sild.registry.v1.Member
+	13, // 4: sild.registry.v1.State.subsystems:type_name -> sild.registry.v1.Subsystem
+	14, // 5: sild.registry.v1.State.nodes:type_name -> sild.registry.v1.Node
+	15, // 6: sild.registry.v1.State.groups:type_name -> sild.registry.v1.GlobalGroup
+	16, // 7: sild.registry.v1.State.services:type_name -> sild.registry.v1.CatalogEntry
 	2,  // 8: sild.registry.v1.State.join_tokens:type_name -> sild.registry.v1.JoinToken
 	3,  // 9: sild.registry.v1.State.api_keys:type_name -> sild.registry.v1.StoredApiKey
-	16, // 10: sild.registry.v1.State.requests:type_name -> sild.registry.v1.ManagementRequest
+	17, // 10: sild.registry.v1.State.requests:type_name -> sild.registry.v1.ManagementRequest
 	4,  // 11: sild.registry.v1.State.servers:type_name -> sild.registry.v1.ServerInfo
-	17, // 12: sild.registry.v1.State.settings:type_name -> sild.registry.v1.ConfigSettings
-	18, // 13: sild.registry.v1.State.links:type_name -> sild.registry.v1.FederationLink
-	19, // 14: sild.registry.v1.State.exports:type_name -> sild.registry.v1.Export
-	20, // 15: sild.registry.v1.JoinToken.node:type_name -> sild.ident.v1.NodeId
-	21, // 16: sild.registry.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 17: sild.registry.v1.StoredApiKey.key:type_name -> sild.registry.v1.ApiKey
-	21, // 18: sild.registry.v1.Command.time:type_name -> google.protobuf.Timestamp
-	6,  // 19: sild.registry.v1.Command.init:type_name -> sild.registry.v1.Init
-	23, // 20: sild.registry.v1.Command.add_member:type_name -> sild.registry.v1.AddMemberRequest
-	24, // 21: sild.registry.v1.Command.remove_member:type_name -> sild.registry.v1.RemoveMemberRequest
-	25, // 22: sild.registry.v1.Command.add_subsystem:type_name -> sild.registry.v1.AddSubsystemRequest
-	26, // 23: sild.registry.v1.Command.remove_subsystem:type_name -> sild.registry.v1.RemoveSubsystemRequest
-	27, // 24: sild.registry.v1.Command.add_node:type_name -> sild.registry.v1.AddNodeRequest
-	28, // 25: sild.registry.v1.Command.remove_node:type_name -> sild.registry.v1.RemoveNodeRequest
-	2,  // 26: sild.registry.v1.Command.add_join_token:type_name -> sild.registry.v1.JoinToken
-	7,  // 27: sild.registry.v1.Command.node_joined:type_name -> sild.registry.v1.NodeJoined
-	8,  // 28: sild.registry.v1.Command.node_renewed:type_name -> sild.registry.v1.NodeRenewed
-	29, // 29: sild.registry.v1.Command.register_subsystem:type_name -> sild.registry.v1.RegisterSubsystemRequest
-	30, // 30: sild.registry.v1.Command.unregister_subsystem:type_name -> sild.registry.v1.UnregisterSubsystemRequest
-	31, // 31: sild.registry.v1.Command.add_group:type_name -> sild.registry.v1.AddGroupRequest
-	32, // 32: sild.registry.v1.Command.remove_group:type_name -> sild.registry.v1.RemoveGroupRequest
-	33, // 33: sild.registry.v1.Command.add_group_member:type_name -> sild.registry.v1.AddGroupMemberRequest
-	34, // 34: sild.registry.v1.Command.remove_group_member:type_name -> sild.registry.v1.RemoveGroupMemberRequest
-	35, // 35: sild.registry.v1.Command.publish_service:type_name -> sild.registry.v1.PublishServiceRequest
-	36, // 36: sild.registry.v1.Command.set_service_enabled:type_name -> sild.registry.v1.SetServiceEnabledRequest
-	37, // 37: sild.registry.v1.Command.remove_service:type_name -> sild.registry.v1.RemoveServiceRequest
-	38, // 38: sild.registry.v1.Command.approve_request:type_name -> sild.registry.v1.ApproveRequestRequest
-	39, // 39: sild.registry.v1.Command.reject_request:type_name -> sild.registry.v1.RejectRequestRequest
-	40, // 40: sild.registry.v1.Command.set_auto_approve:type_name -> sild.registry.v1.SetAutoApproveRequest
-	3,  // 41: sild.registry.v1.Command.add_api_key:type_name -> sild.registry.v1.StoredApiKey
-	41, // 42: sild.registry.v1.Command.revoke_api_key:type_name -> sild.registry.v1.RevokeApiKeyRequest
-	1,  // 43: sild.registry.v1.Command.rotate_config_key:type_name -> sild.registry.v1.KeyPair
-	9,  // 44: sild.registry.v1.Command.server_joined:type_name -> sild.registry.v1.ServerJoined
-	4,  // 45: sild.registry.v1.Command.announce_server:type_name -> sild.registry.v1.ServerInfo
-	42, // 46: sild.registry.v1.Command.remove_server:type_name -> sild.registry.v1.RemoveServerRequest
-	43, // 47: sild.registry.v1.Command.add_link:type_name -> sild.registry.v1.AddFederationLinkRequest
-	44, // 48: sild.registry.v1.Command.remove_link:type_name -> sild.registry.v1.RemoveFederationLinkRequest
-	45, // 49: sild.registry.v1.Command.suspend_link:type_name -> sild.registry.v1.SetFederationLinkSuspendedRequest
-	10, // 50: sild.registry.v1.Command.update_link:type_name -> sild.registry.v1.LinkUpdate
-	46, // 51: sild.registry.v1.Command.add_export:type_name -> sild.registry.v1.AddExportRequest
-	47, // 52: sild.registry.v1.Command.remove_export:type_name -> sild.registry.v1.RemoveExportRequest
-	1,  // 53: sild.registry.v1.Init.ca:type_name -> sild.registry.v1.KeyPair
-	1,  // 54: sild.registry.v1.Init.config_signer:type_name -> sild.registry.v1.KeyPair
-	1,  // 55: sild.registry.v1.Init.tsa:type_name -> sild.registry.v1.KeyPair
-	3,  // 56: sild.registry.v1.Init.admin_key:type_name -> sild.registry.v1.StoredApiKey
-	17, // 57: sild.registry.v1.Init.settings:type_name -> sild.registry.v1.ConfigSettings
-	0,  // 58: sild.registry.v1.Init.restore:type_name -> sild.registry.v1.State
-	20, // 59: sild.registry.v1.NodeJoined.node:type_name -> sild.ident.v1.NodeId
-	20, // 60: sild.registry.v1.NodeRenewed.node:type_name -> sild.ident.v1.NodeId
-	4,  // 61: sild.registry.v1.ServerJoined.server:type_name -> sild.registry.v1.ServerInfo
-	48, // 62: sild.registry.v1.LinkUpdate.state:type_name -> sild.registry.v1.LinkState
-	49, // 63: sild.registry.v1.LinkUpdate.directory:type_name -> sild.registry.v1.ExportDirectory
-	64, // [64:64] is the sub-list for method output_type
-	64, // [64:64] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	18, // 12: sild.registry.v1.State.settings:type_name -> sild.registry.v1.ConfigSettings
+	19, // 13: sild.registry.v1.State.links:type_name -> sild.registry.v1.FederationLink
+	20, // 14: sild.registry.v1.State.exports:type_name -> sild.registry.v1.Export
+	1,  // 15: sild.registry.v1.State.next_ca:type_name -> sild.registry.v1.KeyPair
+	21, // 16: sild.registry.v1.JoinToken.node:type_name -> sild.ident.v1.NodeId
+	22, // 17: sild.registry.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 18: sild.registry.v1.StoredApiKey.key:type_name -> sild.registry.v1.ApiKey
+	22, // 19: sild.registry.v1.Command.time:type_name -> google.protobuf.Timestamp
+	6,  // 20: sild.registry.v1.Command.init:type_name -> sild.registry.v1.Init
+	24, // 21: sild.registry.v1.Command.add_member:type_name -> sild.registry.v1.AddMemberRequest
+	25, // 22: sild.registry.v1.Command.remove_member:type_name -> sild.registry.v1.RemoveMemberRequest
+	26, // 23: sild.registry.v1.Command.add_subsystem:type_name -> sild.registry.v1.AddSubsystemRequest
+	27, // 24: sild.registry.v1.Command.remove_subsystem:type_name -> sild.registry.v1.RemoveSubsystemRequest
+	28, // 25: sild.registry.v1.Command.add_node:type_name -> sild.registry.v1.AddNodeRequest
+	29, // 26: sild.registry.v1.Command.remove_node:type_name -> sild.registry.v1.RemoveNodeRequest
+	2,  // 27: sild.registry.v1.Command.add_join_token:type_name -> sild.registry.v1.JoinToken
+	7,  // 28: sild.registry.v1.Command.node_joined:type_name -> sild.registry.v1.NodeJoined
+	8,  // 29: sild.registry.v1.Command.node_renewed:type_name -> sild.registry.v1.NodeRenewed
+	30, // 30: sild.registry.v1.Command.register_subsystem:type_name -> sild.registry.v1.RegisterSubsystemRequest
+	31, // 31: sild.registry.v1.Command.unregister_subsystem:type_name -> sild.registry.v1.UnregisterSubsystemRequest
+	32, // 32: sild.registry.v1.Command.add_group:type_name -> sild.registry.v1.AddGroupRequest
+	33, // 33: sild.registry.v1.Command.remove_group:type_name -> sild.registry.v1.RemoveGroupRequest
+	34, // 34: sild.registry.v1.Command.add_group_member:type_name -> sild.registry.v1.AddGroupMemberRequest
+	35, // 35: sild.registry.v1.Command.remove_group_member:type_name -> sild.registry.v1.RemoveGroupMemberRequest
+	36, // 36: sild.registry.v1.Command.publish_service:type_name -> sild.registry.v1.PublishServiceRequest
+	37, // 37: sild.registry.v1.Command.set_service_enabled:type_name -> sild.registry.v1.SetServiceEnabledRequest
+	38, // 38: sild.registry.v1.Command.remove_service:type_name -> sild.registry.v1.RemoveServiceRequest
+	39, // 39: sild.registry.v1.Command.approve_request:type_name -> sild.registry.v1.ApproveRequestRequest
+	40, // 40: sild.registry.v1.Command.reject_request:type_name -> sild.registry.v1.RejectRequestRequest
+	41, // 41: sild.registry.v1.Command.set_auto_approve:type_name -> sild.registry.v1.SetAutoApproveRequest
+	3,  // 42: sild.registry.v1.Command.add_api_key:type_name -> sild.registry.v1.StoredApiKey
+	42, // 43: sild.registry.v1.Command.revoke_api_key:type_name -> sild.registry.v1.RevokeApiKeyRequest
+	1,  // 44: sild.registry.v1.Command.rotate_config_key:type_name -> sild.registry.v1.KeyPair
+	9,  // 45: sild.registry.v1.Command.server_joined:type_name -> sild.registry.v1.ServerJoined
+	4,  // 46: sild.registry.v1.Command.announce_server:type_name -> sild.registry.v1.ServerInfo
+	43, // 47: sild.registry.v1.Command.remove_server:type_name -> sild.registry.v1.RemoveServerRequest
+	44, // 48: sild.registry.v1.Command.add_link:type_name -> sild.registry.v1.AddFederationLinkRequest
+	45, // 49: sild.registry.v1.Command.remove_link:type_name -> sild.registry.v1.RemoveFederationLinkRequest
+	46, // 50: sild.registry.v1.Command.suspend_link:type_name -> sild.registry.v1.SetFederationLinkSuspendedRequest
+	10, // 51: sild.registry.v1.Command.update_link:type_name -> sild.registry.v1.LinkUpdate
+	47, // 52: sild.registry.v1.Command.add_export:type_name -> sild.registry.v1.AddExportRequest
+	48, // 53: sild.registry.v1.Command.remove_export:type_name -> sild.registry.v1.RemoveExportRequest
+	11, // 54: sild.registry.v1.Command.ca_rotation:type_name -> sild.registry.v1.CARotation
+	1,  // 55: sild.registry.v1.Init.ca:type_name -> sild.registry.v1.KeyPair
+	1,  // 56: sild.registry.v1.Init.config_signer:type_name -> sild.registry.v1.KeyPair
+	1,  // 57: sild.registry.v1.Init.tsa:type_name -> sild.registry.v1.KeyPair
+	3,  // 58: sild.registry.v1.Init.admin_key:type_name -> sild.registry.v1.StoredApiKey
+	18, // 59: sild.registry.v1.Init.settings:type_name -> sild.registry.v1.ConfigSettings
+	0,  // 60: sild.registry.v1.Init.restore:type_name -> sild.registry.v1.State
+	21, // 61: sild.registry.v1.NodeJoined.node:type_name -> sild.ident.v1.NodeId
+	21, // 62: sild.registry.v1.NodeRenewed.node:type_name -> sild.ident.v1.NodeId
+	4,  // 63: sild.registry.v1.ServerJoined.server:type_name -> sild.registry.v1.ServerInfo
+	49, // 64: sild.registry.v1.LinkUpdate.state:type_name -> sild.registry.v1.LinkState
+	50, // 65: sild.registry.v1.LinkUpdate.directory:type_name -> sild.registry.v1.ExportDirectory
+	51, // 66: sild.registry.v1.CARotation.phase:type_name -> sild.registry.v1.CARotationPhase
+	1,  // 67: sild.registry.v1.CARotation.next_ca:type_name -> sild.registry.v1.KeyPair
+	1,  // 68: sild.registry.v1.CARotation.config_signer:type_name -> sild.registry.v1.KeyPair
+	1,  // 69: sild.registry.v1.CARotation.tsa:type_name -> sild.registry.v1.KeyPair
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_sild_registry_v1_state_proto_init() }
@@ -1826,6 +1950,7 @@ func file_sild_registry_v1_state_proto_init() {
 		(*Command_UpdateLink)(nil),
 		(*Command_AddExport)(nil),
 		(*Command_RemoveExport)(nil),
+		(*Command_CaRotation)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1833,7 +1958,7 @@ func file_sild_registry_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sild_registry_v1_state_proto_rawDesc), len(file_sild_registry_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
