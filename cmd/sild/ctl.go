@@ -108,6 +108,7 @@ Output is a table for people, or JSON (protobuf JSON mapping) with -o json.`,
 		newCtlFederationCmd(opts),
 		newCtlExportCmd(opts),
 		newCtlBackupCmd(opts),
+		newCtlCACmd(opts),
 	)
 	return cmd
 }
