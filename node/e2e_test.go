@@ -2,7 +2,10 @@ package node_test
 
 import (
 	"context"
+	"crypto/x509"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +25,7 @@ import (
 	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node"
+	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry"
 	"github.com/sildmesh/sild/registry/registrytest"
 )
@@ -82,11 +86,12 @@ func dial(t *testing.T, addr string) *grpc.ClientConn {
 type twoNodes struct {
 	c                 *registrytest.Cluster
 	a, b              *running
+	dirA, dirB        string
 	licensing, bizreg ident.Subsystem
 	adminKey          string // B's admin API key
 }
 
-func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Config)) *twoNodes {
+func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Config), nodeAdjust ...func(*node.Config)) *twoNodes {
 	t.Helper()
 	c := registrytest.StartWith(t, 1, adjust)
 	adm := c.AdminClient(c.Servers[0])
@@ -114,11 +119,16 @@ func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Conf
 		t.Fatal(err)
 	}
 	adminKey, _ := apikey.Generate()
-	cfgA := nodeConfig(c, nodeA.String(), t.TempDir(), tokA)
+	dirA, dirB := t.TempDir(), t.TempDir()
+	cfgA := nodeConfig(c, nodeA.String(), dirA, tokA)
 	cfgA.Subsystems = []node.SubsystemConfig{{ID: licensing.String()}}
-	cfgB := nodeConfig(c, nodeB.String(), t.TempDir(), tokB)
+	cfgB := nodeConfig(c, nodeB.String(), dirB, tokB)
 	cfgB.Subsystems = []node.SubsystemConfig{{ID: bizreg.String(), Backend: startBackend(t)}}
 	cfgB.AdminKeys = []node.AdminKey{{Hash: apikey.Hash(adminKey), Role: "admin"}}
+	for _, adj := range nodeAdjust {
+		adj(&cfgA)
+		adj(&cfgB)
+	}
 	a, b := startNode(t, cfgA), startNode(t, cfgB)
 	for _, r := range []*running{a, b} {
 		registrytest.WaitFor(t, 30*time.Second, "node ready", func() bool {
@@ -127,7 +137,7 @@ func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Conf
 			return code == 200 && top != nil && len(top.Hosts(licensing)) == 1 && len(top.Hosts(bizreg)) == 1
 		})
 	}
-	return &twoNodes{c: c, a: a, b: b, licensing: licensing, bizreg: bizreg, adminKey: adminKey}
+	return &twoNodes{c: c, a: a, b: b, dirA: dirA, dirB: dirB, licensing: licensing, bizreg: bizreg, adminKey: adminKey}
 }
 
 // grant gives licensing the whole echo service on B.
@@ -238,4 +248,73 @@ func TestRegistryDownUntilConfigExpires(t *testing.T) {
 		_, err := m.call(t, ctx, "")
 		return rpcerr.Reason(err) == rpcerr.ReasonConfigExpired
 	})
+}
+
+// TestRootRotationUnderTraffic: the ecosystem's root CA rotates while two
+// nodes exchange; they accept the configurations signed under the new root
+// and keep exchanging through all three phases.
+func TestRootRotationUnderTraffic(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	// Nodes renew every ~2 s here, so that they hold certificates of the new
+	// root before the old one is dropped (in production: within the SVID
+	// lifetime, which is what an operator waits for before finish).
+	m := startTwoNodes(t, ctx, nil, func(c *node.Config) { c.RenewBefore = 24*time.Hour - 2*time.Second })
+	m.grant(t, ctx)
+	registrytest.WaitFor(t, 10*time.Second, "grant in effect", func() bool { _, err := m.call(t, ctx, ""); return err == nil })
+	adm := m.c.AdminClient(m.c.Servers[0])
+	var newRoot *x509.Certificate
+	for _, phase := range []registryv1.CARotationPhase{
+		registryv1.CARotationPhase_CA_ROTATION_PHASE_PREPARE,
+		registryv1.CARotationPhase_CA_ROTATION_PHASE_ACTIVATE,
+		registryv1.CARotationPhase_CA_ROTATION_PHASE_FINISH,
+	} {
+		resp, err := adm.RotateCA(m.c.Ctx(ctx), &registryv1.RotateCARequest{Phase: phase})
+		if err != nil {
+			t.Fatalf("%s: %v", phase, err)
+		}
+		if phase == registryv1.CARotationPhase_CA_ROTATION_PHASE_PREPARE {
+			// Operators refresh the pinned bundle after prepare.
+			var roots []*x509.Certificate
+			for _, der := range resp.GetRoots() {
+				c, _ := x509.ParseCertificate(der)
+				roots = append(roots, c)
+			}
+			m.c.Roots = roots
+			newRoot = roots[1]
+		}
+		if phase == registryv1.CARotationPhase_CA_ROTATION_PHASE_FINISH {
+			continue // checked below, after the nodes renewed
+		}
+		want := len(resp.GetRoots())
+		for _, r := range []*running{m.a, m.b} {
+			registrytest.WaitFor(t, 10*time.Second, phase.String()+" reaches "+r.n.ID().String(), func() bool {
+				top := r.n.Topology()
+				return top != nil && len(top.Roots) == want
+			})
+		}
+		if _, err := m.call(t, ctx, ""); err != nil {
+			t.Fatalf("exchange after %s: %v", phase, err)
+		}
+		if phase == registryv1.CARotationPhase_CA_ROTATION_PHASE_ACTIVATE {
+			// Both nodes renew under the new root.
+			for _, dir := range []string{m.dirA, m.dirB} {
+				registrytest.WaitFor(t, 20*time.Second, "renewal under the new root", func() bool {
+					for _, f := range []string{"svid.crt", "signing.crt"} {
+						pemBytes, err := os.ReadFile(filepath.Join(dir, f))
+						if err != nil {
+							return false
+						}
+						certs, err := pki.DecodeCerts(pemBytes)
+						if err != nil || len(certs) == 0 || certs[0].CheckSignatureFrom(newRoot) != nil {
+							return false
+						}
+					}
+					return true
+				})
+			}
+		}
+	}
+	// After finish only the new root is trusted, and exchanges go on.
+	registrytest.WaitFor(t, 10*time.Second, "exchange after finish", func() bool { _, err := m.call(t, ctx, ""); return err == nil })
 }
