@@ -38,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -173,11 +174,12 @@ type Signer struct {
 	maxBatch int
 	workers  int
 
-	mu      sync.Mutex
-	pending []*request // FIFO, each with a caller waiting
-	signing int        // batches being signed
-	closed  bool
-	wg      sync.WaitGroup // every signing caller or goroutine
+	mu       sync.Mutex
+	pending  []*request // FIFO, each with a caller waiting
+	signing  int        // batches being signed
+	lingered int        // scheduling rounds the current leader waited for company
+	closed   bool
+	wg       sync.WaitGroup // every signing caller or goroutine
 
 	batches, digests atomic.Uint64
 	largest          atomic.Uint64
@@ -300,6 +302,16 @@ func (s *Signer) lead(own *request) {
 			go s.lead(nil)
 			return
 		}
+		if len(s.pending) == 1 && s.lingered < maxLinger {
+			// One digest alone: give goroutines about to call Sign one
+			// scheduling round to join this batch (one signature, and one
+			// verification at the receiver, then covers them all).
+			s.lingered++
+			s.mu.Unlock()
+			runtime.Gosched()
+			continue
+		}
+		s.lingered = 0
 		n := min(len(s.pending), s.maxBatch)
 		batch := make([]*request, n)
 		copy(batch, s.pending)
@@ -310,6 +322,10 @@ func (s *Signer) lead(own *request) {
 		s.signBatch(batch)
 	}
 }
+
+// maxLinger is how many scheduling rounds a leader holding a single digest
+// yields for others to join its batch.
+const maxLinger = 1
 
 // Close stops signing after the batches being signed; digests still queued
 // get ErrClosed, and Sign refuses new ones. It returns once no signing is
