@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -140,13 +139,13 @@ func newKeys() (svid, sign crypto.Signer, svidCSR, signCSR []byte, err error) {
 func certsFrom(c *registryv1.Certificates, svidKey, signKey crypto.Signer, self ident.Node) (*identity, error) {
 	id := &identity{svidKey: svidKey, signKey: signKey}
 	var err error
-	if id.svidChain, err = parseDERs(c.GetSvidChain()); err != nil || len(id.svidChain) == 0 {
+	if id.svidChain, err = pki.ParseDERs(c.GetSvidChain()); err != nil || len(id.svidChain) == 0 {
 		return nil, fmt.Errorf("svid chain: %v", err)
 	}
-	if id.signChain, err = parseDERs(c.GetSigningChain()); err != nil || len(id.signChain) == 0 {
+	if id.signChain, err = pki.ParseDERs(c.GetSigningChain()); err != nil || len(id.signChain) == 0 {
 		return nil, fmt.Errorf("signing chain: %v", err)
 	}
-	if id.roots, err = parseDERs(c.GetTrustBundle()); err != nil || len(id.roots) == 0 {
+	if id.roots, err = pki.ParseDERs(c.GetTrustBundle()); err != nil || len(id.roots) == 0 {
 		return nil, fmt.Errorf("trust bundle: %v", err)
 	}
 	svid, err := pki.NewSVID(svidKey, id.svidChain...)
@@ -163,40 +162,6 @@ func certsFrom(c *registryv1.Certificates, svidKey, signKey crypto.Signer, self 
 	return id, nil
 }
 
-func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for _, d := range ders {
-		c, err := x509.ParseCertificate(d)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, nil
-}
-
-// registryAuthorizer accepts registry servers of td only.
-func registryAuthorizer(td spiffeid.TrustDomain) tlsconfig.Authorizer {
-	return tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
-			return fmt.Errorf("%s is not a registry server of %s", id, td)
-		}
-		return nil
-	})
-}
-
-// trustDomainOf returns the trust domain named by a root's URI SAN.
-func trustDomainOf(roots []*x509.Certificate) (spiffeid.TrustDomain, error) {
-	for _, r := range roots {
-		if len(r.URIs) == 1 {
-			if td, err := spiffeid.TrustDomainFromURI(r.URIs[0]); err == nil {
-				return td, nil
-			}
-		}
-	}
-	return spiffeid.TrustDomain{}, errors.New("trust bundle: no root names a trust domain")
-}
-
 // join obtains the node's first identity with its join token.
 func (n *Node) join(ctx context.Context) (*identity, *registryv1.SignedConfig, error) {
 	roots, err := n.cfg.roots()
@@ -206,11 +171,11 @@ func (n *Node) join(ctx context.Context) (*identity, *registryv1.SignedConfig, e
 	if n.cfg.JoinToken == "" {
 		return nil, nil, errors.New("join_token: required on the first start (sild ctl node token " + n.self.String() + ")")
 	}
-	td, err := trustDomainOf(roots)
+	td, err := pki.TrustDomainOf(roots)
 	if err != nil {
 		return nil, nil, err
 	}
-	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, roots), registryAuthorizer(td))
+	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, roots), pki.AuthorizeRegistry(td))
 	conn, err := grpc.NewClient(n.cfg.Registry, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		return nil, nil, fmt.Errorf("join: %w", err)

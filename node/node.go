@@ -156,7 +156,7 @@ func (n *Node) exchangeAdvertise() string {
 
 // setRoots trusts roots (the ecosystem's bundle) for new handshakes.
 func (n *Node) setRoots(roots []*x509.Certificate) {
-	td, err := trustDomainOf(roots)
+	td, err := pki.TrustDomainOf(roots)
 	if err != nil {
 		n.log.Error("trust bundle", "err", err)
 		return

@@ -18,6 +18,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/internal/atomicfile"
 	"github.com/sildmesh/sild/node/topology"
+	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry/gconf"
 )
 
@@ -164,11 +165,11 @@ func (n *Node) registryConn() (*grpc.ClientConn, error) {
 	if n.regAddr == "" {
 		n.regAddr = n.cfg.Registry
 	}
-	td, err := trustDomainOf(n.roots())
+	td, err := pki.TrustDomainOf(n.roots())
 	if err != nil {
 		return nil, err
 	}
-	tc := tlsconfig.MTLSClientConfig(n.svids, n.bundles, registryAuthorizer(td))
+	tc := tlsconfig.MTLSClientConfig(n.svids, n.bundles, pki.AuthorizeRegistry(td))
 	c, err := grpc.NewClient(n.regAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		return nil, err

@@ -30,6 +30,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry/fsm"
 )
 
@@ -109,7 +110,7 @@ func (f *federationAPI) GetExportDirectory(ctx context.Context, _ *registryv1.Ge
 				continue
 			}
 			td, err := spiffeid.TrustDomainFromString(l.GetTrustDomain())
-			roots, err2 := parseDERs(l.GetPeerBundle())
+			roots, err2 := pki.ParseDERs(l.GetPeerBundle())
 			if err != nil || err2 != nil {
 				continue
 			}
@@ -231,7 +232,7 @@ func (s *Server) fetchPeerBundle(ctx context.Context, l *registryv1.FederationLi
 		return nil, err
 	}
 	if len(l.GetPeerBundle()) > 0 {
-		roots, err := parseDERs(l.GetPeerBundle())
+		roots, err := pki.ParseDERs(l.GetPeerBundle())
 		if err != nil {
 			return nil, err
 		}
@@ -314,7 +315,7 @@ func (s *Server) fetchDirectory(ctx context.Context, l *registryv1.FederationLin
 	if err != nil {
 		return nil, err
 	}
-	roots, err := parseDERs(peerRoots)
+	roots, err := pki.ParseDERs(peerRoots)
 	if err != nil {
 		return nil, err
 	}
@@ -322,12 +323,7 @@ func (s *Server) fetchDirectory(ctx context.Context, l *registryv1.FederationLin
 	if err != nil {
 		return nil, err
 	}
-	tc := tlsconfig.MTLSClientConfig(s.svids, x509bundle.FromX509Authorities(td, roots), tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
-			return fmt.Errorf("%s is not a registry server of %s", id, td)
-		}
-		return nil
-	}))
+	tc := tlsconfig.MTLSClientConfig(s.svids, x509bundle.FromX509Authorities(td, roots), pki.AuthorizeRegistry(td))
 	conn, err := grpc.NewClient(u.Host, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		return nil, err

@@ -304,9 +304,9 @@ func newToken() (token, hash string, err error) {
 // joinCluster obtains this server's SVID from a running server.
 func (s *Server) joinCluster(ctx context.Context) error {
 	roots := s.cfg.TrustBundle
-	td, err := spiffeid.TrustDomainFromURI(roots[0].URIs[0])
-	if len(roots[0].URIs) == 0 || err != nil {
-		return errors.New("join: the trust bundle's root carries no trust domain")
+	td, err := pki.TrustDomainOf(roots)
+	if err != nil {
+		return fmt.Errorf("join: %w", err)
 	}
 	key, err := pki.NewKey()
 	if err != nil {
@@ -316,12 +316,7 @@ func (s *Server) joinCluster(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, roots), tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
-			return fmt.Errorf("%s is not a registry server of %s", id, td)
-		}
-		return nil
-	}))
+	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, roots), pki.AuthorizeRegistry(td))
 	conn, err := grpc.NewClient(s.cfg.Join, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		return fmt.Errorf("join %s: %w", s.cfg.Join, err)
@@ -339,28 +334,16 @@ func (s *Server) joinCluster(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("join %s: %w", s.cfg.Join, err)
 	}
-	chain, err := parseDERs(resp.GetCertificates().GetSvidChain())
+	chain, err := pki.ParseDERs(resp.GetCertificates().GetSvidChain())
 	if err != nil {
 		return fmt.Errorf("join: svid: %w", err)
 	}
-	bundle, err := parseDERs(resp.GetCertificates().GetTrustBundle())
+	bundle, err := pki.ParseDERs(resp.GetCertificates().GetTrustBundle())
 	if err != nil || len(bundle) == 0 {
 		return fmt.Errorf("join: trust bundle: %v", err)
 	}
 	s.log.Info("joined the registry cluster", "via", s.cfg.Join)
 	return s.setIdentity(key, chain, bundle, true)
-}
-
-func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for _, d := range ders {
-		c, err := x509.ParseCertificate(d)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, nil
 }
 
 // renewSelf re-issues this server's SVID from the replicated CA once half of
@@ -382,7 +365,7 @@ func (s *Server) renewSelf(now time.Time) {
 	if ca == nil || err != nil {
 		return
 	}
-	trusted, err := parseDERs(roots)
+	trusted, err := pki.ParseDERs(roots)
 	if err != nil {
 		return
 	}

@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -19,8 +18,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
-	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry/fsm"
 )
 
@@ -139,12 +138,7 @@ func (s *Server) peerConn(addr string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := tlsconfig.MTLSClientConfig(s.svids, s.bundle, tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
-			return fmt.Errorf("%s is not a registry server", id)
-		}
-		return nil
-	}))
+	tc := tlsconfig.MTLSClientConfig(s.svids, s.bundle, pki.AuthorizeRegistry(td))
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		return nil, err

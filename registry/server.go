@@ -245,16 +245,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	// Raft peers must be registry servers of the trust domain of our own
 	// SVID (known only once prepareIdentity ran, hence checked per handshake).
-	authorize := tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
+	authorize := func(id spiffeid.ID, chains [][]*x509.Certificate) error {
 		svid, err := s.svids.GetX509SVID()
 		if err != nil {
 			return err
 		}
-		if id.TrustDomain() != svid.ID.TrustDomain() || !ident.IsRegistrySPIFFEID(id) {
-			return fmt.Errorf("%s is not a registry server of %s", id, svid.ID.TrustDomain())
-		}
-		return nil
-	})
+		return pki.AuthorizeRegistry(svid.ID.TrustDomain())(id, chains)
+	}
 	s.stream = &tlsStream{
 		Listener: tls.NewListener(s.raftLn, tlsconfig.MTLSServerConfig(s.svids, s.bundle, authorize)),
 		client:   tlsconfig.MTLSClientConfig(s.svids, s.bundle, authorize),

@@ -27,7 +27,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
-	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/pki"
@@ -200,12 +199,7 @@ func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
 	}
 	// Only a registry server may receive the API key: a node's SVID from the
 	// same CA does not do.
-	tc := tlsconfig.TLSClientConfig(bundle, tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
-			return fmt.Errorf("%s is not a registry server of %s", id, td)
-		}
-		return nil
-	}))
+	tc := tlsconfig.TLSClientConfig(bundle, pki.AuthorizeRegistry(td))
 	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithPerRPCCredentials(apikey.Credentials(strings.TrimSpace(opts.apiKey), true)),

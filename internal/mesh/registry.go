@@ -158,12 +158,7 @@ func (r *Registry) loadBootstrap(dir string) error {
 // ecosystem's roots (a registry server's SVID), the admin API key on every
 // call.
 func (r *Registry) Dial(i int) (*grpc.ClientConn, error) {
-	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(r.TrustDomain, r.Roots), tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != r.TrustDomain || !ident.IsRegistrySPIFFEID(id) {
-			return fmt.Errorf("%s is not a registry server of %s", id, r.TrustDomain)
-		}
-		return nil
-	}))
+	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(r.TrustDomain, r.Roots), pki.AuthorizeRegistry(r.TrustDomain))
 	return grpc.NewClient(r.Servers[i].APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithPerRPCCredentials(apikey.Credentials(r.AdminKey, true)))
 }

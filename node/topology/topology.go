@@ -17,6 +17,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/node/access"
+	"github.com/sildmesh/sild/pki"
 )
 
 // Topology is the index of one configuration. Build it with New.
@@ -86,15 +87,11 @@ func New(cfg *registryv1.GlobalConfig) (*Topology, error) {
 }
 
 func parseRoots(ders [][]byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for _, der := range ders {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, fmt.Errorf("topology: trust bundle: %w", err)
-		}
-		out = append(out, c)
+	roots, err := pki.ParseDERs(ders)
+	if err != nil {
+		return nil, fmt.Errorf("topology: trust bundle: %w", err)
 	}
-	return out, nil
+	return roots, nil
 }
 
 // indexEntries adds the nodes, subsystems and services of one instance;

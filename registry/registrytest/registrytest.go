@@ -20,7 +20,6 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -240,16 +239,11 @@ var connsMu sync.Mutex
 // Conn dials a server's API as an operator would (TLS, no client cert).
 func (c *Cluster) Conn(m *Member) *grpc.ClientConn {
 	c.t.Helper()
-	td, err := spiffeid.TrustDomainFromURI(c.Roots[0].URIs[0])
+	td, err := pki.TrustDomainOf(c.Roots)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, c.Roots), tlsconfig.AdaptMatcher(func(id spiffeid.ID) error {
-		if id.TrustDomain() != td || !ident.IsRegistrySPIFFEID(id) {
-			return fmt.Errorf("%s is not a registry server", id)
-		}
-		return nil
-	}))
+	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, c.Roots), pki.AuthorizeRegistry(td))
 	conn, err := grpc.NewClient(m.api, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		c.t.Fatal(err)
