@@ -186,7 +186,7 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 	if !ok {
 		return c.refuse(codes.Internal, rpcerr.ReasonInternal, "no method")
 	}
-	topo, err := currentTopology(c.cfg.Topology, start, ComponentConsumer)
+	topo, err := topology.Current(c.cfg.Topology, start, ComponentConsumer)
 	if err != nil {
 		return err
 	}

@@ -275,18 +275,6 @@ func watchFederation(cfg *Config, instance string, cancel context.CancelFunc) (c
 	return done.Load, func() { close(quit) }
 }
 
-// currentTopology returns the configuration in force or a refusal.
-func currentTopology(get func() *topology.Topology, now time.Time, component string) (*topology.Topology, error) {
-	t := get()
-	if t == nil {
-		return nil, rpcerr.New(codes.Unavailable, rpcerr.ReasonUnavailable, component, "no global configuration yet")
-	}
-	if t.Expired(now) {
-		return nil, rpcerr.New(codes.Unavailable, rpcerr.ReasonConfigExpired, component, "global configuration expired")
-	}
-	return t, nil
-}
-
 func signatureInvalid(component, msg string) error {
 	return rpcerr.New(codes.Unauthenticated, rpcerr.ReasonSignatureInvalid, component, msg)
 }

@@ -150,7 +150,7 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 	if !ok {
 		return refuseP(codes.Internal, rpcerr.ReasonInternal, "no method")
 	}
-	topo, err := currentTopology(p.cfg.Topology, start, ComponentProvider)
+	topo, err := topology.Current(p.cfg.Topology, start, ComponentProvider)
 	if err != nil {
 		return err
 	}

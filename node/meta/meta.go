@@ -16,6 +16,7 @@ package meta
 
 import (
 	"context"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -55,13 +56,10 @@ func refuse(code codes.Code, reason, msg string) error {
 	return rpcerr.New(code, reason, component, msg)
 }
 
-// current returns the topology or a refusal.
+// current returns the configuration in force, or a refusal (none yet, or
+// expired: a node does not describe the mesh from an expired configuration).
 func current(get func() *topology.Topology) (*topology.Topology, error) {
-	top := get()
-	if top == nil {
-		return nil, refuse(codes.Unavailable, rpcerr.ReasonUnavailable, "no global configuration yet")
-	}
-	return top, nil
+	return topology.Current(get, time.Now(), component)
 }
 
 // Consumer is the MetaService on the consumer listener.

@@ -112,3 +112,18 @@ func TestMetaServiceAndReflection(t *testing.T) {
 		t.Fatalf("services of a target that publishes none: %v %v", resp, err)
 	}
 }
+
+func TestExpiredConfigurationIsNotDescribed(t *testing.T) {
+	top := testTopology(t)
+	expired := *top
+	expired.Expires = time.Now().Add(-time.Minute)
+	c := NewConsumer(Config{Topology: func() *topology.Topology { return &expired }})
+	_, err := c.ListClients(context.Background(), &metav1.ListClientsRequest{})
+	if rpcerr.Reason(err) != rpcerr.ReasonConfigExpired {
+		t.Fatalf("expired configuration: %v", err)
+	}
+	c = NewConsumer(Config{Topology: func() *topology.Topology { return nil }})
+	if _, err := c.ListClients(context.Background(), &metav1.ListClientsRequest{}); rpcerr.Reason(err) != rpcerr.ReasonUnavailable {
+		t.Fatalf("no configuration: %v", err)
+	}
+}

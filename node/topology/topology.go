@@ -13,9 +13,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/access"
 	"github.com/sildmesh/sild/pki"
 )
@@ -184,3 +186,17 @@ func (t *Topology) Service(svc ident.Service) *registryv1.CatalogEntry { return 
 // Services returns every catalogue entry of this ecosystem (federated
 // services are found with Service).
 func (t *Topology) Services() []*registryv1.CatalogEntry { return t.Config.GetServices() }
+
+// Current returns the configuration in force from get, or the refusal a
+// node gives without one: UNAVAILABLE before the first configuration,
+// CONFIG_EXPIRED once it has expired (component names the refuser).
+func Current(get func() *Topology, now time.Time, component string) (*Topology, error) {
+	t := get()
+	if t == nil {
+		return nil, rpcerr.New(codes.Unavailable, rpcerr.ReasonUnavailable, component, "no global configuration yet")
+	}
+	if t.Expired(now) {
+		return nil, rpcerr.New(codes.Unavailable, rpcerr.ReasonConfigExpired, component, "global configuration expired")
+	}
+	return t, nil
+}
