@@ -169,15 +169,6 @@ func (c *Consumer) open(ctx context.Context, topo *topology.Topology, hosts []id
 	return nil, ident.Node{}, nil, c.refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "no node of the target is reachable")
 }
 
-// consumerCall is the state of one call.
-type consumerCall struct {
-	mu        sync.Mutex // guards the request side, which may outlive the relay
-	reqChain  *envelope.Chain
-	reqSig    *sign.Signature
-	reqDigest []byte
-	respChain *envelope.Chain // down pump only, then finish
-}
-
 // Handle is the grpc.StreamHandler of the consumer listener.
 func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 	start := c.cfg.Now()
@@ -235,7 +226,7 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 		defer stop()
 	}
 
-	st := &consumerCall{
+	st := &callState{
 		reqChain:  envelope.NewChain(envelope.DirRequest, req),
 		respChain: envelope.NewChain(envelope.DirResponse, req),
 	}

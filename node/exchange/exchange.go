@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -235,6 +236,16 @@ func verifyPeer(v *sign.Verifier, topo *topology.Topology, peer ident.Node, sig 
 		return fmt.Errorf("signed by %s, not by %s", id, want)
 	}
 	return nil
+}
+
+// callState is what one call accumulates on either side: the hash chains of
+// both directions and the request's seal.
+type callState struct {
+	mu        sync.Mutex // guards the request side, which may outlive the relay
+	reqChain  *envelope.Chain
+	reqSig    *sign.Signature
+	reqDigest []byte
+	respChain *envelope.Chain // down pump only, then the final record
 }
 
 // federated reports whether instance is this ecosystem's or an active

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -133,15 +132,6 @@ func CallerNode(ctx context.Context, topo *topology.Topology) (ident.Node, error
 	return n, nil
 }
 
-// providerCall is the state of one call.
-type providerCall struct {
-	mu        sync.Mutex // guards the request side, which may outlive the relay
-	reqChain  *envelope.Chain
-	reqSig    *sign.Signature
-	reqDigest []byte
-	respChain *envelope.Chain // down pump only, then answer
-}
-
 // Handle is the grpc.StreamHandler of the exchange listener.
 func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 	start := p.cfg.Now()
@@ -169,7 +159,7 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 	}
 
 	// From here on every answer is signed and recorded.
-	st := &providerCall{
+	st := &callState{
 		reqChain:  envelope.NewChain(envelope.DirRequest, req),
 		respChain: envelope.NewChain(envelope.DirResponse, req),
 	}
