@@ -11,10 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/sildmesh/sild/gateway"
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
@@ -141,7 +138,14 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	cs := grpc.NewServer(consumer.ServerOptions()...)
 	ps := grpc.NewServer(provider.ServerOptions()...)
 	mcfg := meta.Config{
-		Self: n.self, Topology: n.Topology, Clients: cfg.Clients, Dial: n.dialNode,
+		Self: n.self, Topology: n.Topology, Clients: cfg.Clients,
+		Dial: func(_ context.Context, peer ident.Node) (*grpc.ClientConn, error) {
+			top := n.Topology()
+			if top == nil {
+				return nil, errors.New("no configuration")
+			}
+			return consumer.Conn(top, peer) // pooled with the exchange's connections
+		},
 		Access: n.access, Backends: cfg.Backends, CallerNode: exchange.CallerNode,
 	}
 	meta.NewConsumer(mcfg).Register(cs)
@@ -154,23 +158,4 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	go func() { errc <- serveGRPC(ctx, ps, n.exchangeLn) }()
 	go func() { errc <- gateway.ServeConsumer(ctx, restLn, n.ConsumerAddr(), n.Topology, n.log) }()
 	return errors.Join(<-errc, <-errc, <-errc)
-}
-
-// dialNode connects to another node's exchange listener over mTLS,
-// accepting exactly that node's registered SPIFFE ID.
-func (n *Node) dialNode(_ context.Context, peer ident.Node) (*grpc.ClientConn, error) {
-	top := n.Topology()
-	if top == nil {
-		return nil, errors.New("no configuration")
-	}
-	rec := top.Node(peer)
-	if rec == nil {
-		return nil, fmt.Errorf("node %s not in the configuration", peer)
-	}
-	id, err := spiffeid.FromString(rec.GetSpiffeId())
-	if err != nil {
-		return nil, fmt.Errorf("node %s: %w", peer, err)
-	}
-	tc := tlsconfig.MTLSClientConfig(n.svids, n.bundles, tlsconfig.AuthorizeID(id))
-	return grpc.NewClient(rec.GetAddress(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 }

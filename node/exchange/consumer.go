@@ -86,6 +86,20 @@ func (c *Consumer) refuse(code codes.Code, reason, msg string) error {
 	return rpcerr.New(code, reason, ComponentConsumer, msg)
 }
 
+// errUnusableNode: the configuration gives a node no address or SPIFFE ID.
+var errUnusableNode = errors.New("node has no usable address or SPIFFE ID in the configuration")
+
+// Conn returns the pooled mTLS connection to node n of topo, authorizing
+// exactly its registered SPIFFE ID. The connection is shared: do not close it.
+func (c *Consumer) Conn(topo *topology.Topology, n ident.Node) (*grpc.ClientConn, error) {
+	rec := topo.Node(n)
+	id, err := spiffeid.FromString(rec.GetSpiffeId())
+	if err != nil || rec.GetAddress() == "" {
+		return nil, errUnusableNode
+	}
+	return c.conn(rec.GetAddress(), id)
+}
+
 // conn returns the pooled mTLS connection to the node with SPIFFE ID id at addr.
 func (c *Consumer) conn(addr string, id spiffeid.ID) (*grpc.ClientConn, error) {
 	k := peerKey{addr, id.String()}
@@ -144,13 +158,11 @@ func (c *Consumer) order(hosts []ident.Node) []ident.Node {
 func (c *Consumer) open(ctx context.Context, topo *topology.Topology, hosts []ident.Node, method string) (grpc.ClientStream, ident.Node, func(), error) {
 	opts := callOptions(c.cfg.MaxMessageSize, c.cfg.MaxMessageSize+overhead)
 	for _, n := range c.order(hosts) {
-		rec := topo.Node(n)
-		id, err := spiffeid.FromString(rec.GetSpiffeId())
-		if err != nil || rec.GetAddress() == "" {
+		cc, err := c.Conn(topo, n)
+		if errors.Is(err, errUnusableNode) {
 			c.cfg.Logger.Warn("hosting node unusable in configuration", "node", n.String())
 			continue
 		}
-		cc, err := c.conn(rec.GetAddress(), id)
 		if err != nil {
 			return nil, n, nil, c.refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "node shutting down")
 		}

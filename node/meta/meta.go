@@ -42,8 +42,8 @@ type Config struct {
 	Topology func() *topology.Topology
 	// Clients are the client subsystems of this node's member systems.
 	Clients []ident.Subsystem
-	// Dial connects to another node's exchange listener over mTLS
-	// (consumer side, for AllowedMethods). The caller closes the conn.
+	// Dial returns a connection to another node's exchange listener over
+	// mTLS (consumer side, for AllowedMethods); it is shared, not closed.
 	Dial func(ctx context.Context, n ident.Node) (*grpc.ClientConn, error)
 	// Access and Backends answer AllowedMethods on the provider side;
 	// CallerNode identifies the calling node from its SVID.
@@ -197,7 +197,6 @@ func (c *Consumer) AllowedMethods(ctx context.Context, r *metav1.AllowedMethodsR
 			continue
 		}
 		resp, err := metav1.NewMetaServiceClient(conn).AllowedMethods(ctx, r)
-		conn.Close()
 		if err == nil || rpcerr.Reason(err) != "" {
 			return resp, err
 		}
