@@ -54,7 +54,7 @@ func (a *adminAPI) RemoveMember(ctx context.Context, r *registryv1.RemoveMemberR
 
 func (a *adminAPI) ListMembers(ctx context.Context, r *registryv1.ListMembersRequest) (*registryv1.ListMembersResponse, error) {
 	resp := &registryv1.ListMembersResponse{}
-	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Members = st.Proto().GetMembers() })
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Members = fsm.Copies(st.Members) })
 	return resp, err
 }
 
@@ -68,7 +68,7 @@ func (a *adminAPI) RemoveSubsystem(ctx context.Context, r *registryv1.RemoveSubs
 
 func (a *adminAPI) ListSubsystems(ctx context.Context, r *registryv1.ListSubsystemsRequest) (*registryv1.ListSubsystemsResponse, error) {
 	resp := &registryv1.ListSubsystemsResponse{}
-	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Subsystems = st.Proto().GetSubsystems() })
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Subsystems = fsm.Copies(st.Subsystems) })
 	return resp, err
 }
 
@@ -119,7 +119,7 @@ func (a *adminAPI) RemoveNode(ctx context.Context, r *registryv1.RemoveNodeReque
 
 func (a *adminAPI) ListNodes(ctx context.Context, r *registryv1.ListNodesRequest) (*registryv1.ListNodesResponse, error) {
 	resp := &registryv1.ListNodesResponse{}
-	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Nodes = st.Proto().GetNodes() })
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Nodes = fsm.Copies(st.Nodes) })
 	return resp, err
 }
 
@@ -162,7 +162,7 @@ func (a *adminAPI) RemoveGroupMember(ctx context.Context, r *registryv1.RemoveGr
 
 func (a *adminAPI) ListGroups(ctx context.Context, r *registryv1.ListGroupsRequest) (*registryv1.ListGroupsResponse, error) {
 	resp := &registryv1.ListGroupsResponse{}
-	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Groups = st.Proto().GetGroups() })
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Groups = fsm.Copies(st.Groups) })
 	return resp, err
 }
 
@@ -186,14 +186,14 @@ func (a *adminAPI) RemoveService(ctx context.Context, r *registryv1.RemoveServic
 
 func (a *adminAPI) ListServices(ctx context.Context, r *registryv1.ListServicesRequest) (*registryv1.ListServicesResponse, error) {
 	resp := &registryv1.ListServicesResponse{}
-	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Services = st.Proto().GetServices() })
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Services = fsm.Copies(st.Services) })
 	return resp, err
 }
 
 func (a *adminAPI) ListRequests(ctx context.Context, r *registryv1.ListRequestsRequest) (*registryv1.ListRequestsResponse, error) {
 	resp := &registryv1.ListRequestsResponse{}
 	err := a.read(ctx, r.GetRead(), func(st *fsm.State) {
-		for _, q := range st.Proto().GetRequests() {
+		for _, q := range fsm.Copies(st.Requests) {
 			if r.GetState() == registryv1.RequestState_REQUEST_STATE_UNSPECIFIED || q.GetState() == r.GetState() {
 				resp.Requests = append(resp.Requests, q)
 			}
@@ -238,7 +238,7 @@ func (a *adminAPI) RevokeApiKey(ctx context.Context, r *registryv1.RevokeApiKeyR
 func (a *adminAPI) ListApiKeys(ctx context.Context, r *registryv1.ListApiKeysRequest) (*registryv1.ListApiKeysResponse, error) {
 	resp := &registryv1.ListApiKeysResponse{}
 	err := a.read(ctx, r.GetRead(), func(st *fsm.State) {
-		for _, k := range st.Proto().GetApiKeys() {
+		for _, k := range fsm.Copies(st.APIKeys) {
 			resp.Keys = append(resp.Keys, k.GetKey())
 		}
 	})
@@ -378,7 +378,7 @@ func (a *adminAPI) SetFederationLinkSuspended(ctx context.Context, r *registryv1
 
 func (a *adminAPI) ListFederationLinks(ctx context.Context, r *registryv1.ListFederationLinksRequest) (*registryv1.ListFederationLinksResponse, error) {
 	resp := &registryv1.ListFederationLinksResponse{}
-	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Links = st.Proto().GetLinks() })
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Links = fsm.Copies(st.Links) })
 	return resp, err
 }
 
@@ -392,7 +392,7 @@ func (a *adminAPI) RemoveExport(ctx context.Context, r *registryv1.RemoveExportR
 
 func (a *adminAPI) ListExports(ctx context.Context, r *registryv1.ListExportsRequest) (*registryv1.ListExportsResponse, error) {
 	resp := &registryv1.ListExportsResponse{}
-	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Exports = st.Proto().GetExports() })
+	err := a.read(ctx, r.GetRead(), func(st *fsm.State) { resp.Exports = fsm.Copies(st.Exports) })
 	return resp, err
 }
 
@@ -415,15 +415,18 @@ func (a *adminAPI) Backup(ctx context.Context, _ *registryv1.BackupRequest) (*re
 func (a *adminAPI) RotateCA(ctx context.Context, r *registryv1.RotateCARequest) (*registryv1.RotateCAResponse, error) {
 	now := time.Now()
 	rot := &registryv1.CARotation{Phase: r.GetPhase()}
-	var st *fsm.State
-	a.s.fsm.Read(func(s *fsm.State, _ uint64) { st = fsm.FromProto(s.Proto()) })
+	var instance, trustDomain string
+	var nextCA *registryv1.KeyPair
+	a.s.fsm.Read(func(s *fsm.State, _ uint64) {
+		instance, trustDomain, nextCA = s.Instance, s.TrustDomain, proto.Clone(s.NextCA).(*registryv1.KeyPair)
+	})
 	switch r.GetPhase() {
 	case registryv1.CARotationPhase_CA_ROTATION_PHASE_PREPARE:
-		td, err := spiffeid.TrustDomainFromString(st.TrustDomain)
+		td, err := spiffeid.TrustDomainFromString(trustDomain)
 		if err != nil {
 			return nil, unavailable("trust domain: " + err.Error())
 		}
-		ca, err := pki.NewCA(td, st.Instance+" sild root", a.s.cfg.CAValidity, now)
+		ca, err := pki.NewCA(td, instance+" sild root", a.s.cfg.CAValidity, now)
 		if err != nil {
 			return nil, err
 		}
@@ -433,10 +436,10 @@ func (a *adminAPI) RotateCA(ctx context.Context, r *registryv1.RotateCARequest) 
 		}
 		rot.NextCa = &registryv1.KeyPair{Certificate: ca.Cert.Raw, Key: key}
 	case registryv1.CARotationPhase_CA_ROTATION_PHASE_ACTIVATE:
-		if st.NextCA == nil {
+		if nextCA.GetCertificate() == nil {
 			return nil, rpcerr.New(codes.FailedPrecondition, fsm.ReasonInUse, "registry", "no CA rotation prepared")
 		}
-		next, err := stateCA(&fsm.State{CA: st.NextCA, TrustDomain: st.TrustDomain})
+		next, err := stateCA(&fsm.State{CA: nextCA, TrustDomain: trustDomain})
 		if err != nil {
 			return nil, unavailable("next ca: " + err.Error())
 		}

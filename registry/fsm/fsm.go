@@ -965,3 +965,13 @@ func sorted[V any](m map[string]V) []V {
 	}
 	return out
 }
+
+// Copies returns deep copies of the values of m in key order: a list for an
+// answer that outlives the read lock, without copying the whole state.
+func Copies[K string | uint64, V proto.Message](m map[K]V) []V {
+	out := make([]V, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		out = append(out, proto.Clone(m[k]).(V))
+	}
+	return out
+}
