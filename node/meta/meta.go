@@ -170,13 +170,9 @@ func (c *Consumer) AllowedMethods(ctx context.Context, r *metav1.AllowedMethodsR
 	if err != nil {
 		return nil, err
 	}
-	client, err := ident.SubsystemFromProto(r.GetClient())
+	client, target, err := allowedRequest(r)
 	if err != nil {
-		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "client: "+err.Error())
-	}
-	target, err := ident.SubsystemFromProto(r.GetTarget())
-	if err != nil {
-		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "target: "+err.Error())
+		return nil, err
 	}
 	served := false
 	for _, s := range c.cfg.Clients {
@@ -203,6 +199,17 @@ func (c *Consumer) AllowedMethods(ctx context.Context, r *metav1.AllowedMethodsR
 		last = err
 	}
 	return nil, refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "no node of "+target.String()+" answered: "+errText(last))
+}
+
+// allowedRequest parses the client and target of an AllowedMethods request.
+func allowedRequest(r *metav1.AllowedMethodsRequest) (client, target ident.Subsystem, err error) {
+	if client, err = ident.SubsystemFromProto(r.GetClient()); err != nil {
+		return client, target, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "client: "+err.Error())
+	}
+	if target, err = ident.SubsystemFromProto(r.GetTarget()); err != nil {
+		return client, target, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "target: "+err.Error())
+	}
+	return client, target, nil
 }
 
 func errText(err error) string {
@@ -234,13 +241,9 @@ func (p *Provider) AllowedMethods(ctx context.Context, r *metav1.AllowedMethodsR
 	if err != nil {
 		return nil, err
 	}
-	client, err := ident.SubsystemFromProto(r.GetClient())
+	client, target, err := allowedRequest(r)
 	if err != nil {
-		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "client: "+err.Error())
-	}
-	target, err := ident.SubsystemFromProto(r.GetTarget())
-	if err != nil {
-		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "target: "+err.Error())
+		return nil, err
 	}
 	if !top.Serves(caller, client) {
 		return nil, refuse(codes.Unauthenticated, rpcerr.ReasonUnknownClient, "node "+caller.String()+" is not registered for "+client.String())
