@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 
@@ -16,7 +18,7 @@ func newBenchCmd() *cobra.Command {
 	cfg := bench.DefaultConfig()
 	var (
 		asJSON, verbose, quiet bool
-		levels                 string
+		levels, cpuProfile     string
 		cases                  []string
 	)
 	cmd := &cobra.Command{
@@ -49,6 +51,13 @@ defaults the whole run takes under a minute.`,
 			if verbose {
 				cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 			}
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			rep, err := bench.Run(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -70,7 +79,25 @@ defaults the whole run takes under a minute.`,
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress line on stderr")
 	f.StringVar(&cfg.Dir, "dir", "", "where to create the temporary data directory (default: the system's temp dir)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what the components do to stderr")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (read it with `go tool pprof`)")
 	return cmd
+}
+
+// startCPUProfile profiles the process into path until the returned
+// function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 func parseLevels(s string) ([]int, error) {

@@ -3,6 +3,8 @@ package exchange
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/x509"
 	"io"
 	"net"
@@ -213,7 +215,8 @@ func newTestNode(t testing.TB, ca *pki.CA, n ident.Node, now time.Time) *testNod
 	if err != nil {
 		t.Fatal(err)
 	}
-	skey, err := pki.NewKey()
+	// Ed25519 message-signing keys, as the node daemon makes them.
+	_, skey, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
