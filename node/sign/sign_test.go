@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -580,5 +581,30 @@ func TestWorkers(t *testing.T) {
 	wg.Wait()
 	if st := s.Stats(); st.Digests != 200 || st.Largest > 3 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// keyIDNames must accept exactly pki.KeyHash of the certificate's key.
+func TestKeyIDNames(t *testing.T) {
+	p := newTestPKI(t)
+	for _, alg := range []Algorithm{AlgECDSAP256SHA256, AlgEd25519} {
+		cert := p.issue(t, pki.KindSigning, newKey(t, alg))
+		other := p.issue(t, pki.KindSigning, newKey(t, alg))
+		kid, err := pki.KeyHash(cert.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !keyIDNames(kid, cert) {
+			t.Errorf("%v: KeyHash %s not accepted for its own certificate", alg, kid)
+		}
+		otherID, err := pki.KeyHash(other.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range []string{otherID, "", "sha256:", kid[:len(kid)-1], strings.ToUpper(kid), "sha256:" + strings.ToUpper(kid[len("sha256:"):]), "sha512:" + kid[len("sha256:"):]} {
+			if keyIDNames(bad, cert) {
+				t.Errorf("%v: key id %q accepted", alg, bad)
+			}
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -307,13 +308,23 @@ func (s *Signature) resolveCert(cert *x509.Certificate) (*x509.Certificate, erro
 	case len(s.Chain) > 0 && !bytes.Equal(s.Chain[0], cert.Raw):
 		return nil, fmt.Errorf("%w: sent certificate is not the expected one", ErrCertificate)
 	}
-	if s.KeyID != "" {
-		kid, err := pki.KeyHash(cert.PublicKey)
-		if err != nil || kid != s.KeyID {
-			return nil, fmt.Errorf("%w: key id does not match the certificate", ErrCertificate)
-		}
+	if s.KeyID != "" && !keyIDNames(s.KeyID, cert) {
+		return nil, fmt.Errorf("%w: key id does not match the certificate", ErrCertificate)
 	}
 	return cert, nil
+}
+
+// keyIDNames reports whether kid is pki.KeyHash of cert's key. It hashes the
+// certificate's own encoding of the key first, which is what KeyHash
+// computes for every certificate pki issues, and re-encodes the key only
+// when that differs: this runs for every signature received.
+func keyIDNames(kid string, cert *x509.Certificate) bool {
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	if kid == "sha256:"+hex.EncodeToString(sum[:]) {
+		return true
+	}
+	h, err := pki.KeyHash(cert.PublicKey)
+	return err == nil && h == kid
 }
 
 // CheckCertificate checks that cert is a message-signing certificate issued
