@@ -112,7 +112,7 @@ func (c *Consumer) conn(addr string, id spiffeid.ID) (*grpc.ClientConn, error) {
 		return cc, nil
 	}
 	tc := tlsconfig.MTLSClientConfig(c.cfg.SVID, c.cfg.Bundles, tlsconfig.AuthorizeID(id))
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, windowOptions...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -51,7 +51,7 @@ func NewProvider(cfg Config) (*Provider, error) {
 	p := &Provider{cfg: cfg, replay: envelope.NewReplay(cfg.ReplayWindow, cfg.ReplayMax),
 		backends: map[ident.Subsystem]*grpc.ClientConn{}}
 	for sub, addr := range cfg.Backends {
-		opts := append([]grpc.DialOption{plaintext}, cfg.BackendDialOptions...)
+		opts := append(append([]grpc.DialOption{plaintext}, windowOptions...), cfg.BackendDialOptions...)
 		cc, err := grpc.NewClient(addr, opts...)
 		if err != nil {
 			_ = p.Close()

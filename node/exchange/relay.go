@@ -46,35 +46,39 @@ var errStreamDone = errors.New("stream done")
 
 // relay copies one call between the caller ss and upstream cs (opened on a
 // context that cancel ends) until the upstream status or a local failure.
+// The response direction runs on the calling goroutine, the request
+// direction on one more.
 func relay(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelFunc, h relayHooks) relayResult {
 	upErr := make(chan error, 1)
-	downErr := make(chan error, 1)
-	go func() { upErr <- pumpUp(ss, cs, h) }()
-	go func() { downErr <- pumpDown(cs, ss, h) }()
-	for {
-		select {
-		case e := <-upErr:
-			upErr = nil
-			var le *localError
-			if errors.As(e, &le) {
-				cancel()
-				<-downErr
-				return relayResult{err: le.err, local: true}
-			}
-		case e := <-downErr:
-			var le *localError
-			if errors.As(e, &le) {
-				cancel()
-				if upErr != nil {
-					// The caller's RecvMsg returns once the handler returns;
-					// do not wait for it.
-					go func(c chan error) { <-c }(upErr)
-				}
-				return relayResult{err: le.err, local: true}
-			}
-			return relayResult{err: e, trailer: cs.Trailer()}
+	go func() {
+		err := pumpUp(ss, cs, h)
+		upErr <- err // before cancel: the check below must see why
+		if isLocal(err) {
+			cancel()
 		}
+	}()
+	down := pumpDown(cs, ss, h)
+	select {
+	case e := <-upErr:
+		var le *localError
+		if errors.As(e, &le) {
+			return relayResult{err: le.err, local: true}
+		}
+	default:
+		// The caller's RecvMsg returns once the handler returns; do not
+		// wait for the request direction.
 	}
+	var le *localError
+	if errors.As(down, &le) {
+		cancel()
+		return relayResult{err: le.err, local: true}
+	}
+	return relayResult{err: down, trailer: cs.Trailer()}
+}
+
+func isLocal(err error) bool {
+	var le *localError
+	return errors.As(err, &le)
 }
 
 func pumpUp(ss grpc.ServerStream, cs grpc.ClientStream, h relayHooks) error {
