@@ -33,8 +33,9 @@ It then measures, in the same run, each case at each concurrency level, first
 straight to the backend and then through the two nodes:
   unary-1KiB              a unary call, 1 KiB request and 1 KiB response
   server-stream-10x1KiB   a server-streaming call answering 10 messages of 1 KiB
-and prints calls per second, p50 and p99 latency, and the mesh's throughput as
-a share of direct. A progress line goes to stderr while it runs. With the
+and prints calls per second, p50 and p99 latency, the mesh's throughput as
+a share of direct, and the CPU time the process used per call (everything
+runs in this one process, so mesh minus direct is what the two nodes cost). A progress line goes to stderr while it runs. With the
 defaults the whole run takes under a minute.`,
 		Example: `  go run ./cmd/sild bench
   go run ./cmd/sild bench --duration 1s --concurrency 1,64 --json`,

@@ -111,6 +111,11 @@ type Result struct {
 	// RatioToDirect is CallsPerSec over that of the direct path for the
 	// same case and concurrency (1 for direct itself).
 	RatioToDirect float64 `json:"ratio_to_direct"`
+	// CPUPerCallUs is the CPU time the whole process (client, nodes,
+	// backend and registry alike) used per completed call while measuring,
+	// in microseconds; 0 where it cannot be read. Unlike calls/s it hardly
+	// depends on what else the machine is doing.
+	CPUPerCallUs float64 `json:"cpu_per_call_us"`
 	// FirstError is the text of the first failed call, if any.
 	FirstError string `json:"first_error,omitempty"`
 }
@@ -365,8 +370,12 @@ func (w *world) measure(ctx context.Context, cfg Config, k, path string, conc in
 	defer ticker.Stop()
 	warm := time.NewTimer(cfg.Warmup)
 	defer warm.Stop()
-	var measured time.Time
-	var end <-chan time.Time
+	var (
+		measured time.Time
+		end      <-chan time.Time
+		cpuStart time.Duration
+		cpuOK    bool
+	)
 	progress(cfg.Progress, label+": warming up")
 wait:
 	for {
@@ -375,6 +384,7 @@ wait:
 			break wait
 		case <-warm.C:
 			measured = time.Now()
+			cpuStart, cpuOK = processCPU()
 			counting.Store(true)
 			end = time.After(cfg.Duration)
 		case <-end:
@@ -386,6 +396,7 @@ wait:
 		}
 	}
 	counting.Store(false)
+	cpuEnd, cpuEndOK := processCPU()
 	stop.Store(true)
 	elapsed := time.Since(measured)
 	wg.Wait()
@@ -405,6 +416,9 @@ wait:
 		r.CallsPerSec = float64(r.Calls) / elapsed.Seconds()
 	}
 	r.P50Ms, r.P99Ms = quantile(all, 0.50), quantile(all, 0.99)
+	if cpuOK && cpuEndOK && r.Calls > 0 {
+		r.CPUPerCallUs = float64((cpuEnd - cpuStart).Microseconds()) / float64(r.Calls)
+	}
 	return r, nil
 }
 

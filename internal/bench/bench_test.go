@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,12 @@ func TestShortRun(t *testing.T) {
 			t.Errorf("result %d: %.0f calls/s, p50 %.3f ms, p99 %.3f ms", i, r.CallsPerSec, r.P50Ms, r.P99Ms)
 		case r.Path == PathDirect && r.RatioToDirect != 1, r.Path == PathMesh && (r.RatioToDirect <= 0 || r.RatioToDirect > 100):
 			t.Errorf("result %d: ratio %f", i, r.RatioToDirect)
+		case runtime.GOOS == "linux" && r.CPUPerCallUs <= 0:
+			t.Errorf("result %d: no CPU time per call", i)
+		case r.Path == PathMesh && r.CPUPerCallUs <= back.Results[i-1].CPUPerCallUs:
+			// Two nodes signing, verifying and logging cannot cost less
+			// than the backend alone.
+			t.Errorf("result %d: mesh %.0f CPU µs per call, direct %.0f", i, r.CPUPerCallUs, back.Results[i-1].CPUPerCallUs)
 		}
 	}
 	if !strings.Contains(progress.String(), "[4/4] "+CaseStream+" mesh concurrency 2") {

@@ -9,9 +9,9 @@ import (
 // WriteTable writes the report as a table for people, then the machine.
 func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "case\tpath\tconcurrency\tcalls/s\tp50 ms\tp99 ms\tvs direct\terrors\t\n")
+	fmt.Fprintf(tw, "case\tpath\tconcurrency\tcalls/s\tp50 ms\tp99 ms\tvs direct\tcpu µs/call\terrors\t\n")
 	for _, x := range r.Results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.0f%%\t%d\t\n", x.Case, x.Path, x.Concurrency, x.CallsPerSec, x.P50Ms, x.P99Ms, 100*x.RatioToDirect, x.Errors)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.0f%%\t%.0f\t%d\t\n", x.Case, x.Path, x.Concurrency, x.CallsPerSec, x.P50Ms, x.P99Ms, 100*x.RatioToDirect, x.CPUPerCallUs, x.Errors)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
