@@ -12,7 +12,8 @@ package ledger
 // checks as an evidence bundle, and consecutive files link by hash.
 //
 // Pruning deletes the archived entries, their bodies and their party/time
-// index keys, but keeps the tree's stored nodes (so the root, new
+// index keys, but stores each pruned entry's leaf hash in its place and
+// keeps the tree's stored nodes (so the root, new
 // checkpoints and every proof of the kept records are unaffected), the
 // signed checkpoints, and the message-id index keys (so a query for an
 // archived message names the archive that holds it). For each archive the
@@ -434,6 +435,12 @@ func (l *Ledger) prune(first, end uint64, key, val []byte) error {
 				ts := s.Entry.GetAppendTime().AsTime().UnixNano()
 				if st := s.Record.GetStartTime(); st != nil {
 					ts = st.AsTime().UnixNano()
+				}
+				// The leaf hash replaces the entry in the tree: proofs
+				// of kept leaves may need subtrees below minStoredLevel.
+				h := merkle.HashLeaf(s.Raw)
+				if err := txn.Set(nodeKey(merkle.Node{Level: 0, Index: i}), h[:]); err != nil {
+					return err
 				}
 				keys := [][]byte{entryKey(i), bodyKey(i),
 					timeIndexKey(pfxClient, s.Record.GetClient(), ts, i),

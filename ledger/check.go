@@ -60,7 +60,10 @@ func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckRe
 		rep.Archived, rep.ArchiveSHA256 = archived, head
 		// Index keys expected from the records, checked against the store.
 		want := map[string]bool{}
-		get := txnNodes(txn)
+		get, storedNode := txnNodes(txn), txnStoredNodes(txn)
+		if err := checkNodeKeys(txn, size, archived); err != nil {
+			return err
+		}
 		rng, err := rangeAt(get, archived)
 		if err != nil {
 			return err
@@ -112,10 +115,10 @@ func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckRe
 			}
 			var treeErr error
 			rng.Append(merkle.HashLeaf(raw), func(n merkle.Node, h merkle.Hash) {
-				if treeErr != nil {
-					return
+				if treeErr != nil || n.Level < minStoredLevel {
+					return // lower subtrees are computed from these entries
 				}
-				stored, err := get(n)
+				stored, err := storedNode(n)
 				if err != nil || stored != h {
 					treeErr = fail(ReasonTreeMismatch, -1, "tree node %d/%d at entry %d does not match the entries", n.Level, n.Index, i)
 				}
@@ -177,6 +180,27 @@ func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckRe
 		return nil, err
 	}
 	return rep, nil
+}
+
+// checkNodeKeys checks that every stored tree node is one the layout
+// stores: a complete subtree of the tree from minStoredLevel up, or the
+// leaf hash of an archived leaf. (Their hashes are checked against the
+// entries, or for the archived prefix through the checkpoints.)
+func checkNodeKeys(txn *badger.Txn, size, archived uint64) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfxNode}, PrefetchValues: false})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if len(k) != 10 {
+			return fail(ReasonStoreCorrupt, -1, "tree node key %q malformed", k)
+		}
+		lvl, idx := k[1], keyUint(k[2:])
+		complete := lvl < 64 && idx < size>>lvl
+		if !(lvl >= minStoredLevel && complete) && !(lvl == 0 && idx < archived) {
+			return fail(ReasonTreeMismatch, -1, "tree node %d/%d is not part of the stored tree (size %d, %d archived)", lvl, idx, size, archived)
+		}
+	}
+	return nil
 }
 
 func mustRoot(get merkle.NodeGetter, size uint64) merkle.Hash {

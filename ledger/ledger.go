@@ -6,9 +6,10 @@
 // committer goroutine gathers whatever appends are waiting (up to
 // Config.MaxBatch) into one synced Badger transaction (group commit). Each
 // leaf is a serialized ledgerv1.Entry (index, serialized Record, digest of
-// the kept Body, append time); the complete subtrees of the tree are stored
-// with the entries in the same transaction, so that any prefix the ledger ever
-// acknowledged is a consistent tree.
+// the kept Body, append time); the hashes of the complete subtrees of 16
+// leaves or more are stored with the entries in the same transaction (the
+// smaller ones are recomputed from the entries), so that any prefix the
+// ledger ever acknowledged is a consistent tree.
 //
 // At Config.CheckpointInterval the ledger signs a Checkpoint (origin, tree
 // size, root, time) with Config.Signer and asks Config.Stamp, asynchronously,

@@ -20,7 +20,9 @@ import (
 //
 //	e <index>                 -> serialized Entry (the leaf data)
 //	b <index>                 -> nonce || AES-GCM(serialized Body)
-//	n <level> <index>         -> hash of a complete subtree
+//	n <level> <index>         -> hash of a complete subtree of at least
+//	                             2^minStoredLevel leaves (see txnNodes), and
+//	                             the leaf hash of every archived leaf
 //	k <size>                  -> serialized SignedCheckpoint
 //	z                         -> tree size
 //	m <message id> 0 <index>  -> (index by message id)
@@ -99,7 +101,55 @@ func getSize(txn *badger.Txn) (uint64, error) {
 	return size, err
 }
 
+// minStoredLevel is the height of the smallest subtrees whose hashes are
+// stored. Lower ones (a subtree of fewer than 16 leaves) are recomputed
+// from the entries when a proof needs them: storing every subtree would
+// cost two keys per record in every synced commit, these cost an eighth
+// of a key, and a proof reads at most 15 extra entries per such subtree.
+const minStoredLevel = 4
+
+// txnNodes returns the hash of any complete subtree: stored from
+// minStoredLevel up, else computed from the leaves below it.
 func txnNodes(txn *badger.Txn) merkle.NodeGetter {
+	stored := txnStoredNodes(txn)
+	var get merkle.NodeGetter
+	get = func(n merkle.Node) (merkle.Hash, error) {
+		switch {
+		case n.Level >= minStoredLevel:
+			return stored(n)
+		case n.Level == 0:
+			return txnLeafHash(txn, n.Index, stored)
+		}
+		l, err := get(merkle.Node{Level: n.Level - 1, Index: 2 * n.Index})
+		if err != nil {
+			return l, err
+		}
+		r, err := get(merkle.Node{Level: n.Level - 1, Index: 2*n.Index + 1})
+		if err != nil {
+			return r, err
+		}
+		return merkle.HashChildren(l, r), nil
+	}
+	return get
+}
+
+// txnLeafHash hashes the entry of leaf i, or returns the leaf hash stored
+// when the entry was archived and pruned.
+func txnLeafHash(txn *badger.Txn, i uint64, stored merkle.NodeGetter) (merkle.Hash, error) {
+	it, err := txn.Get(entryKey(i))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return stored(merkle.Node{Level: 0, Index: i})
+	}
+	var h merkle.Hash
+	if err != nil {
+		return h, fmt.Errorf("leaf %d: %w", i, err)
+	}
+	err = it.Value(func(v []byte) error { h = merkle.HashLeaf(v); return nil })
+	return h, err
+}
+
+// txnStoredNodes reads stored subtree hashes only.
+func txnStoredNodes(txn *badger.Txn) merkle.NodeGetter {
 	return func(n merkle.Node) (merkle.Hash, error) {
 		var h merkle.Hash
 		it, err := txn.Get(nodeKey(n))
@@ -210,7 +260,11 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 		if p.user != "" {
 			set(timeIndexKey(pfxUser, p.user, ts, i), nil)
 		}
-		rng.Append(merkle.HashLeaf(eb), func(n merkle.Node, h merkle.Hash) { set(nodeKey(n), h[:]) })
+		rng.Append(merkle.HashLeaf(eb), func(n merkle.Node, h merkle.Hash) {
+			if n.Level >= minStoredLevel {
+				set(nodeKey(n), h[:])
+			}
+		})
 		p.fut.index = i
 	}
 	set(keySize, u64(rng.Size()))
