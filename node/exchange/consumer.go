@@ -38,12 +38,24 @@ type Consumer struct {
 	rr      atomic.Uint64
 
 	mu       sync.Mutex
-	conns    map[peerKey]*grpc.ClientConn
+	conns    map[peerKey]*pooled
+	pruned   *topology.Topology // the configuration conns were last checked against
 	inflight map[ident.Node]*atomic.Int64
 	closed   bool
 }
 
 type peerKey struct{ addr, id string }
+
+// pooled is a connection to one node at one address. Calls hold a reference
+// while they use it; a connection the configuration no longer names (the
+// node moved, was re-registered or removed) leaves the pool and is closed
+// once its last call ends.
+type pooled struct {
+	cc    *grpc.ClientConn
+	node  ident.Node
+	refs  int  // guarded by Consumer.mu
+	stale bool // guarded by Consumer.mu
+}
 
 // NewConsumer validates cfg (the fields both sides need and Clients) and
 // returns a Consumer.
@@ -55,7 +67,7 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 		return nil, fmt.Errorf("new consumer: %w", err)
 	}
 	c := &Consumer{cfg: cfg, clients: map[ident.Subsystem]bool{},
-		conns: map[peerKey]*grpc.ClientConn{}, inflight: map[ident.Node]*atomic.Int64{}}
+		conns: map[peerKey]*pooled{}, inflight: map[ident.Node]*atomic.Int64{}}
 	for _, s := range cfg.Clients {
 		c.clients[s] = true
 	}
@@ -75,8 +87,8 @@ func (c *Consumer) Close() error {
 	defer c.mu.Unlock()
 	c.closed = true
 	var errs []error
-	for k, cc := range c.conns {
-		errs = append(errs, cc.Close())
+	for k, p := range c.conns {
+		errs = append(errs, p.cc.Close())
 		delete(c.conns, k)
 	}
 	return errors.Join(errs...)
@@ -90,34 +102,76 @@ func (c *Consumer) refuse(code codes.Code, reason, msg string) error {
 var errUnusableNode = errors.New("node has no usable address or SPIFFE ID in the configuration")
 
 // Conn returns the pooled mTLS connection to node n of topo, authorizing
-// exactly its registered SPIFFE ID. The connection is shared: do not close it.
+// exactly its registered SPIFFE ID. The connection is shared: do not close
+// it. It is closed when a later configuration no longer names that address
+// and identity for n and no exchange uses it, so use it for short calls.
 func (c *Consumer) Conn(topo *topology.Topology, n ident.Node) (*grpc.ClientConn, error) {
+	p, err := c.acquire(topo, n)
+	if err != nil {
+		return nil, err
+	}
+	c.release(p)
+	return p.cc, nil
+}
+
+// acquire returns the pooled connection to node n of topo with a reference
+// held for the caller, who must release it.
+func (c *Consumer) acquire(topo *topology.Topology, n ident.Node) (*pooled, error) {
 	rec := topo.Node(n)
 	id, err := spiffeid.FromString(rec.GetSpiffeId())
 	if err != nil || rec.GetAddress() == "" {
 		return nil, errUnusableNode
 	}
-	return c.conn(rec.GetAddress(), id)
-}
-
-// conn returns the pooled mTLS connection to the node with SPIFFE ID id at addr.
-func (c *Consumer) conn(addr string, id spiffeid.ID) (*grpc.ClientConn, error) {
-	k := peerKey{addr, id.String()}
+	k := peerKey{rec.GetAddress(), id.String()}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, errors.New("consumer closed")
 	}
-	if cc := c.conns[k]; cc != nil {
-		return cc, nil
+	if topo != c.pruned {
+		c.prune(topo)
 	}
-	tc := tlsconfig.MTLSClientConfig(c.cfg.SVID, c.cfg.Bundles, tlsconfig.AuthorizeID(id))
-	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, windowOptions...)...)
-	if err != nil {
-		return nil, err
+	p := c.conns[k]
+	if p == nil {
+		tc := tlsconfig.MTLSClientConfig(c.cfg.SVID, c.cfg.Bundles, tlsconfig.AuthorizeID(id))
+		cc, err := grpc.NewClient(k.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, windowOptions...)...)
+		if err != nil {
+			return nil, err
+		}
+		p = &pooled{cc: cc, node: n}
+		c.conns[k] = p
 	}
-	c.conns[k] = cc
-	return cc, nil
+	p.refs++
+	return p, nil
+}
+
+// release drops a reference taken by acquire, closing a stale connection
+// with its last one.
+func (c *Consumer) release(p *pooled) {
+	c.mu.Lock()
+	p.refs--
+	last := p.stale && p.refs == 0
+	c.mu.Unlock()
+	if last {
+		_ = p.cc.Close()
+	}
+}
+
+// prune takes out of the pool the connections topo no longer names for
+// their node, closing those no call uses. c.mu is held.
+func (c *Consumer) prune(topo *topology.Topology) {
+	c.pruned = topo
+	for k, p := range c.conns {
+		rec := topo.Node(p.node)
+		if rec != nil && rec.GetAddress() == k.addr && rec.GetSpiffeId() == k.id {
+			continue
+		}
+		delete(c.conns, k)
+		p.stale = true
+		if p.refs == 0 {
+			_ = p.cc.Close() // does not block on calls: none uses it
+		}
+	}
 }
 
 func (c *Consumer) counter(n ident.Node) *atomic.Int64 {
@@ -158,7 +212,7 @@ func (c *Consumer) order(hosts []ident.Node) []ident.Node {
 func (c *Consumer) open(ctx context.Context, topo *topology.Topology, hosts []ident.Node, method string) (grpc.ClientStream, ident.Node, func(), error) {
 	opts := callOptions(c.cfg.MaxMessageSize, c.cfg.MaxMessageSize+overhead)
 	for _, n := range c.order(hosts) {
-		cc, err := c.Conn(topo, n)
+		p, err := c.acquire(topo, n)
 		if errors.Is(err, errUnusableNode) {
 			c.cfg.Logger.Warn("hosting node unusable in configuration", "node", n.String())
 			continue
@@ -168,11 +222,12 @@ func (c *Consumer) open(ctx context.Context, topo *topology.Topology, hosts []id
 		}
 		ctr := c.counter(n)
 		ctr.Add(1)
-		cs, err := cc.NewStream(ctx, fullDuplex, method, opts...)
+		cs, err := p.cc.NewStream(ctx, fullDuplex, method, opts...)
 		if err == nil {
-			return cs, n, func() { ctr.Add(-1) }, nil
+			return cs, n, func() { ctr.Add(-1); c.release(p) }, nil
 		}
 		ctr.Add(-1)
+		c.release(p)
 		if ce, ok := rpcerr.FromContext(ctx.Err()); ok {
 			return nil, n, nil, ce
 		}

@@ -95,8 +95,10 @@
 //
 // A stream is recorded once, when it ends (the ledger has no open/close
 // records yet). Connections to other nodes are pooled by address and SPIFFE
-// ID until Close, also after a node moved. Health is learnt only from
-// failed connection attempts (gRPC's own backoff), not probed.
+// ID; once a configuration no longer names that pair for the node (it moved,
+// was re-registered or removed), the connection leaves the pool and is
+// closed when the last call on it ends. Health is learnt only from failed
+// connection attempts (gRPC's own backoff), not probed.
 //
 // # Wiring in the node daemon
 //

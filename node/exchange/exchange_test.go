@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
@@ -558,5 +561,85 @@ func TestMethodPathTricks(t *testing.T) {
 	}
 	if n := m.be.calls.Load(); n != 0 {
 		t.Fatalf("backend called %d times", n)
+	}
+}
+
+// When the configuration moves a node to another address, new calls go to
+// the new one, a stream open on the old connection carries on, and the old
+// connection is closed once that stream ends.
+func TestPooledConnectionOfMovedNode(t *testing.T) {
+	m := newMesh(t)
+	call := func() {
+		t.Helper()
+		if _, err := m.client.UnaryCall(as(ctxT(t), licensing, registry), &testpb.SimpleRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	call()
+	pool := func() map[peerKey]*pooled {
+		m.cons.mu.Lock()
+		defer m.cons.mu.Unlock()
+		return maps.Clone(m.cons.conns)
+	}
+	old := pool()[peerKey{m.bAddr, m.b.spiffe.String()}]
+	if p := pool(); old == nil || len(p) != 1 {
+		t.Fatalf("pool after the first call: %v", p)
+	}
+	s, err := m.client.FullDuplexCall(as(ctxT(t), licensing, registry))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping := func(b byte) error {
+		if err := s.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte{b}}}); err != nil {
+			return err
+		}
+		r, err := s.Recv()
+		if err == nil && !bytes.Equal(r.GetPayload().GetBody(), []byte{b}) {
+			err = fmt.Errorf("echo %q", r.GetPayload().GetBody())
+		}
+		return err
+	}
+	if err := ping('a'); err != nil {
+		t.Fatal(err)
+	}
+
+	// B moves: the same provider now also listens on a new address, which
+	// the next configuration names.
+	lis := listen(t)
+	serve(t, lis, grpc.NewServer(m.prov.ServerOptions()...))
+	gc := proto.Clone(m.gc).(*registryv1.GlobalConfig)
+	gc.Version++
+	for _, n := range gc.Nodes {
+		if n.GetSpiffeId() == m.b.spiffe.String() {
+			n.Address = lis.Addr().String()
+		}
+	}
+	m.setTopo(t, &m.topoA, gc)
+	before := m.be.calls.Load()
+	call()
+	if m.be.calls.Load() != before+1 {
+		t.Fatal("call after the move did not reach the backend")
+	}
+	if p := pool(); p[peerKey{lis.Addr().String(), m.b.spiffe.String()}] == nil || len(p) != 1 {
+		t.Fatalf("pool after the move: %v", p)
+	}
+	if st := old.cc.GetState(); st == connectivity.Shutdown {
+		t.Fatal("old connection closed while a stream uses it")
+	}
+	if err := ping('b'); err != nil {
+		t.Fatalf("open stream after the move: %v", err)
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != io.EOF {
+		t.Fatalf("end of stream: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for old.cc.GetState() != connectivity.Shutdown {
+		if time.Now().After(deadline) {
+			t.Fatalf("old connection still %v after its last stream ended", old.cc.GetState())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -251,6 +251,8 @@ type mesh struct {
 	ledA, ledB   *ledger.Ledger
 	store        *access.Store
 	aConn        *grpc.ClientConn
+	prov         *Provider
+	cons         *Consumer
 	client       testpb.TestServiceClient // through A
 	direct       testpb.TestServiceClient // to the backend
 }
@@ -362,6 +364,7 @@ func newMeshWith(t testing.TB, realLedgers bool) *mesh {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = prov.Close() })
+	m.prov = prov
 	serve(t, bLis, grpc.NewServer(prov.ServerOptions()...))
 
 	ccfg := DefaultConfig()
@@ -374,6 +377,7 @@ func newMeshWith(t testing.TB, realLedgers bool) *mesh {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cons.Close() })
+	m.cons = cons
 	aLis := listen(t)
 	serve(t, aLis, grpc.NewServer(cons.ServerOptions()...))
 
