@@ -24,6 +24,7 @@ import (
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/node/access"
 	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/node/forward"
 	"github.com/sildmesh/sild/node/sign"
@@ -336,6 +337,28 @@ func TestProviderRefusalsThroughA(t *testing.T) {
 	wantRefusal(t, err, codes.PermissionDenied, rpcerr.ReasonAccessDenied, ComponentProvider)
 	// The refusal is signed and recorded on both sides.
 	checkRefusalEvidence(t, m, "m-denied", codes.PermissionDenied)
+
+	// A right to one method of the service does not cover another.
+	if _, _, err := m.store.Grant(access.Right{Client: access.SubsystemClient(archive),
+		Service: ident.Service{Subsystem: registry, Name: testService}, Method: "StreamingOutputCall"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.client.UnaryCall(as(ctxT(t), archive, registry), &testpb.SimpleRequest{})
+	wantRefusal(t, err, codes.PermissionDenied, rpcerr.ReasonAccessDenied, ComponentProvider)
+	if n := m.be.calls.Load(); n != 0 {
+		t.Fatalf("backend called %d times for methods not granted", n)
+	}
+	s, err := m.client.StreamingOutputCall(as(ctxT(t), archive, registry), &testpb.StreamingOutputCallRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != io.EOF {
+		t.Fatalf("granted method: %v", err)
+	}
+	if n := m.be.calls.Load(); n != 1 {
+		t.Fatalf("granted method: backend called %d times", n)
+	}
+	m.be.calls.Store(0)
 
 	// A replayed message id.
 	ctx := as(ctxT(t), licensing, registry, envelope.HeaderMessageID, "m-replay")
