@@ -1,9 +1,14 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"testing"
+	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	"github.com/sildmesh/sild/ledger/merkle"
 )
 
@@ -87,4 +92,30 @@ func TestProofsAcrossArchivedBoundary(t *testing.T) {
 	}
 	checkProofs(r)
 	mustCheck(t, r, p)
+}
+
+// TestEntryBytesIsMarshal: the directly encoded entry is what proto.Marshal
+// (deterministic) makes of the same Entry, so leaves hash the same.
+func TestEntryBytesIsMarshal(t *testing.T) {
+	rec, _ := marshal(testRecord(7, "EE/GOV/1/full", "EE38001010000"))
+	digest := make([]byte, 32)
+	for _, tc := range []struct {
+		i      uint64
+		digest []byte
+		at     time.Time
+	}{
+		{0, nil, time.Unix(0, 0)},
+		{1, digest, time.Unix(0, 5)},
+		{1 << 40, nil, time.Unix(1700000000, 0)},
+		{^uint64(0), digest, time.Date(2026, 11, 23, 9, 0, 0, 123456789, time.UTC)},
+		{300, nil, time.Unix(-62135596800, 999999999)},
+	} {
+		want, err := marshal(&ledgerv1.Entry{Index: tc.i, Record: rec, BodyDigest: tc.digest, AppendTime: timestamppb.New(tc.at)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := entryBytes(tc.i, rec, tc.digest, tc.at); !bytes.Equal(got, want) {
+			t.Errorf("entry %d at %v: encoded %x, marshal %x", tc.i, tc.at, got, want)
+		}
+	}
 }

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
@@ -224,6 +226,39 @@ func (l *Ledger) open(i uint64, sealed []byte) ([]byte, error) {
 	return l.aead.Open(nil, sealed[:ns], sealed[ns:], bodyAAD(i))
 }
 
+// entryBytes is the serialized ledgerv1.Entry of leaf i, byte for byte what
+// the deterministic proto.Marshal of that message gives, encoded directly:
+// the record, most of the entry, is copied once and nothing else is
+// allocated.
+func entryBytes(i uint64, rec, bodyDigest []byte, appended time.Time) []byte {
+	var ts [2 * (1 + binary.MaxVarintLen64)]byte // google.protobuf.Timestamp
+	t := ts[:0]
+	if s := appended.Unix(); s != 0 {
+		t = protowire.AppendTag(t, 1, protowire.VarintType)
+		t = protowire.AppendVarint(t, uint64(s))
+	}
+	if n := appended.Nanosecond(); n != 0 {
+		t = protowire.AppendTag(t, 2, protowire.VarintType)
+		t = protowire.AppendVarint(t, uint64(n))
+	}
+	// Four fields, each at most a one-byte tag and a varint (value or length).
+	b := make([]byte, 0, 4*(1+binary.MaxVarintLen64)+len(rec)+len(bodyDigest)+len(t))
+	if i != 0 {
+		b = protowire.AppendTag(b, 1, protowire.VarintType)
+		b = protowire.AppendVarint(b, i)
+	}
+	if len(rec) > 0 {
+		b = protowire.AppendTag(b, 2, protowire.BytesType)
+		b = protowire.AppendBytes(b, rec)
+	}
+	if len(bodyDigest) > 0 {
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		b = protowire.AppendBytes(b, bodyDigest)
+	}
+	b = protowire.AppendTag(b, 4, protowire.BytesType)
+	return protowire.AppendBytes(b, t)
+}
+
 // writeBatch writes batch as the next leaves into one transaction and
 // commits it synchronously. On success rng holds the new tree.
 func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
@@ -238,16 +273,13 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 	}
 	for _, p := range batch {
 		i := rng.Size()
-		e := &ledgerv1.Entry{Index: i, Record: p.rec, AppendTime: timestamppbOf(now)}
+		var digest []byte
 		if p.body != nil {
 			sum := sha256.Sum256(p.body)
-			e.BodyDigest = sum[:]
+			digest = sum[:]
 			set(bodyKey(i), l.seal(i, p.body))
 		}
-		eb, err := marshal(e)
-		if err != nil {
-			return err
-		}
+		eb := entryBytes(i, p.rec, digest, now)
 		set(entryKey(i), eb)
 		set(msgKey(p.msgID, i), nil)
 		start := p.start
