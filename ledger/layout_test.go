@@ -119,3 +119,34 @@ func TestEntryBytesIsMarshal(t *testing.T) {
 		}
 	}
 }
+
+// TestSizeWhenEverythingIsArchived: the tree size has no key of its own;
+// with every entry archived and pruned it is the end of the archive, and a
+// restarted ledger appends after it with the same tree.
+func TestSizeWhenEverythingIsArchived(t *testing.T) {
+	p := newTestPKI(t)
+	dir := t.TempDir()
+	l := startLedger(t, testConfig(p, dir))
+	appendRange(t, l.Ledger, 0, 10)
+	waitStamped(t, l.Ledger)
+	size, root := l.Root()
+	if _, err := l.Archive(context.Background(), at(1000), t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if end, _, _ := l.ArchiveHead(); end != size {
+		t.Fatalf("archived up to %d of %d", end, size)
+	}
+	l.stop(t)
+
+	l = startLedger(t, testConfig(p, dir))
+	if s, r := l.Root(); s != size || r != root {
+		t.Fatalf("reopened at size %d (want %d), same root %v", s, size, r == root)
+	}
+	if i := appendWait(t, l.Ledger, testRecord(10, "EE/GOV/1/off", ""), nil); i != size {
+		t.Fatalf("appended at %d, want %d", i, size)
+	}
+	waitStamped(t, l.Ledger)
+	if rep := mustCheck(t, l.Ledger, p); rep.Entries != size+1 || rep.Archived != size {
+		t.Fatalf("check: %s", rep)
+	}
+}

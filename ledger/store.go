@@ -26,7 +26,6 @@ import (
 //	                             2^minStoredLevel leaves (see txnNodes), and
 //	                             the leaf hash of every archived leaf
 //	k <size>                  -> serialized SignedCheckpoint
-//	z                         -> tree size
 //	m <message id> 0 <index>  -> (index by message id)
 //	c <client> 0 <time> <index>, s <target/service> 0 <time> <index>,
 //	u <user id> 0 <time> <index> -> (indexes by party and start time)
@@ -41,8 +40,6 @@ const (
 	pfxService    = 's'
 	pfxUser       = 'u'
 )
-
-var keySize = []byte{'z'}
 
 func u64(v uint64) []byte {
 	var b [8]byte
@@ -84,23 +81,25 @@ var marshalOpts = proto.MarshalOptions{Deterministic: true}
 
 func marshal(m proto.Message) ([]byte, error) { return marshalOpts.Marshal(m) }
 
+// getSize returns the tree size: one past the last entry, or the end of
+// the archived prefix if that is further (every entry archived). Entries
+// are only ever appended, and pruned from the front, so no key of its own
+// (written by every commit) is needed.
 func getSize(txn *badger.Txn) (uint64, error) {
-	it, err := txn.Get(keySize)
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return 0, nil
+	var size uint64
+	it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: []byte{pfxEntry}})
+	if it.Seek(entryKey(^uint64(0))); it.Valid() {
+		size = keyUint(it.Item().Key()[1:]) + 1
 	}
+	it.Close()
+	head, err := txnArchiveHead(txn)
 	if err != nil {
 		return 0, err
 	}
-	var size uint64
-	err = it.Value(func(v []byte) error {
-		if len(v) != 8 {
-			return errors.New("corrupt tree size")
-		}
-		size = binary.BigEndian.Uint64(v)
-		return nil
-	})
-	return size, err
+	if head != nil {
+		size = max(size, head.GetEndIndex())
+	}
+	return size, nil
 }
 
 // minStoredLevel is the height of the smallest subtrees whose hashes are
@@ -299,7 +298,6 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 		})
 		p.fut.index = i
 	}
-	set(keySize, u64(rng.Size()))
 	if setErr != nil {
 		return setErr
 	}
