@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/cpustat"
 	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/mesh"
 	"github.com/sildmesh/sild/node"
@@ -384,7 +385,7 @@ wait:
 			break wait
 		case <-warm.C:
 			measured = time.Now()
-			cpuStart, cpuOK = processCPU()
+			cpuStart, cpuOK = cpustat.Process()
 			counting.Store(true)
 			end = time.After(cfg.Duration)
 		case <-end:
@@ -396,7 +397,7 @@ wait:
 		}
 	}
 	counting.Store(false)
-	cpuEnd, cpuEndOK := processCPU()
+	cpuEnd, cpuEndOK := cpustat.Process()
 	stop.Store(true)
 	elapsed := time.Since(measured)
 	wg.Wait()

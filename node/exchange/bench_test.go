@@ -3,11 +3,11 @@ package exchange
 import (
 	"context"
 	"io"
-	"syscall"
 	"testing"
-	"time"
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/sildmesh/sild/internal/cpustat"
 )
 
 // The benchmarks run the same call straight to the backend and through
@@ -24,7 +24,7 @@ func benchUnary(b *testing.B, mesh bool, parallel bool, ledgers ...bool) {
 	b.SetBytes(1024)
 	b.ReportAllocs()
 	b.ResetTimer()
-	defer reportCPU(b)()
+	defer cpustat.PerOp(b, &b.N)()
 	if !parallel {
 		for b.Loop() {
 			if _, err := c.UnaryCall(ctx, req); err != nil {
@@ -78,26 +78,6 @@ func benchStream(b *testing.B, mesh bool) {
 	if _, err := s.Recv(); err != io.EOF {
 		b.Fatal(err)
 	}
-}
-
-// reportCPU reports the process's CPU time (user and system) per operation
-// from now until the returned func runs: a steadier measure of cost than
-// wall time on a shared machine.
-func reportCPU(b *testing.B) func() {
-	start := cpuTime(b)
-	return func() {
-		if b.N > 0 {
-			b.ReportMetric(float64((cpuTime(b)-start).Microseconds())/float64(b.N), "cpu-µs/op")
-		}
-	}
-}
-
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func BenchmarkUnary1KiBDirect(b *testing.B)         { benchUnary(b, false, false) }

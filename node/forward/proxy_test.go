@@ -141,10 +141,11 @@ func (h *countHooks) Response(*forward.Frame) error { h.resp++; return nil }
 func (h *countHooks) Done(err error) error          { h.done <- err; return err }
 
 type fixture struct {
-	be     *backend
-	client testpb.TestServiceClient
-	direct testpb.TestServiceClient // straight to the backend
-	hooks  chan *countHooks
+	be        *backend
+	proxyConn *grpc.ClientConn
+	client    testpb.TestServiceClient
+	direct    testpb.TestServiceClient // straight to the backend
+	hooks     chan *countHooks
 }
 
 func setup(t testing.TB, refuse []byte) *fixture {
@@ -166,8 +167,8 @@ func setup(t testing.TB, refuse []byte) *fixture {
 			return forward.Route{Ctx: forward.CopyIncoming(ctx), Conn: up, Hooks: h}, nil
 		},
 	}
-	addr := serve(t, p.ServerOptions(), nil)
-	return &fixture{be: be, client: testpb.NewTestServiceClient(dial(t, addr)), direct: testpb.NewTestServiceClient(up), hooks: hooks}
+	pc := dial(t, serve(t, p.ServerOptions(), nil))
+	return &fixture{be: be, proxyConn: pc, client: testpb.NewTestServiceClient(pc), direct: testpb.NewTestServiceClient(up), hooks: hooks}
 }
 
 func ctxT(t testing.TB) context.Context {

@@ -1,15 +1,15 @@
 //go:build unix
 
-package bench
+package cpustat
 
 import (
 	"syscall"
 	"time"
 )
 
-// processCPU returns the CPU time (user and system) this process has used,
+// Process returns the CPU time (user and system) this process has used,
 // and false if it cannot be read.
-func processCPU() (time.Duration, bool) {
+func Process() (time.Duration, bool) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0, false
