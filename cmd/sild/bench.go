@@ -29,14 +29,17 @@ a consumer node, a provider node and a gRPC backend (grpc.testing.TestService),
 with everything a real exchange has: mTLS between the nodes, signatures on both
 sides, and durable ledger records on both nodes before an answer is released.
 
-It then measures, in the same run, each case at each concurrency level, first
-straight to the backend and then through the two nodes:
+It then measures, in the same run, each case at each concurrency level over
+three paths: straight to the backend (direct); through two plain gRPC proxies
+(relay: the same hops as the mesh, without TLS, signatures or ledgers, so the
+most the mesh could reach on this machine); and through the two nodes (mesh).
   unary-1KiB              a unary call, 1 KiB request and 1 KiB response
   server-stream-10x1KiB   a server-streaming call answering 10 messages of 1 KiB
-and prints calls per second, p50 and p99 latency, the mesh's throughput as
-a share of direct, and the CPU time the process used per call (everything
-runs in this one process, so mesh minus direct is what the two nodes cost). A progress line goes to stderr while it runs. With the
-defaults the whole run takes under a minute.`,
+It prints calls per second, p50 and p99 latency, throughput as a share of
+direct, and the CPU time the process used per call (everything runs in this
+one process, so mesh minus direct is what the two nodes cost). A progress
+line goes to stderr while it runs. With the defaults the whole run takes
+about a minute.`,
 		Example: `  go run ./cmd/sild bench
   go run ./cmd/sild bench --duration 1s --concurrency 1,64 --json`,
 		Args: cobra.NoArgs,

@@ -26,7 +26,7 @@ func TestBenchJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, out)
 	}
-	if len(rep.Results) != 2 || rep.Results[1].Path != "mesh" || rep.Results[1].Calls == 0 || rep.Results[1].RatioToDirect <= 0 {
+	if len(rep.Results) != 3 || rep.Results[1].Path != "relay" || rep.Results[2].Path != "mesh" || rep.Results[2].Calls == 0 || rep.Results[2].RatioToDirect <= 0 {
 		t.Fatalf("report: %s", out)
 	}
 	if !strings.Contains(errOut, "unary-1KiB mesh concurrency 1") {

@@ -32,6 +32,7 @@ import (
 	"github.com/sildmesh/sild/internal/mesh"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/node/envelope"
+	"github.com/sildmesh/sild/node/forward"
 	"github.com/sildmesh/sild/node/topology"
 )
 
@@ -43,9 +44,19 @@ const (
 
 // Paths a call takes.
 const (
+	// PathDirect is the client calling the backend.
 	PathDirect = "direct"
-	PathMesh   = "mesh"
+	// PathRelay is the client calling the backend through two plain gRPC
+	// proxies (node/forward, plaintext, no checks): the same hops as the
+	// mesh without TLS, signatures or ledgers, so the mesh's ceiling on
+	// this machine.
+	PathRelay = "relay"
+	// PathMesh is the client calling the backend through a consumer node
+	// and a provider node.
+	PathMesh = "mesh"
 )
+
+var paths = []string{PathDirect, PathRelay, PathMesh}
 
 // Config configures a benchmark run.
 type Config struct {
@@ -66,7 +77,7 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultConfig returns the defaults (about 45 s in all).
+// DefaultConfig returns the defaults (about a minute in all).
 func DefaultConfig() Config {
 	return Config{Duration: 3 * time.Second, Concurrency: []int{1, 16, 64}, Cases: []string{CaseUnary, CaseStream}}
 }
@@ -141,7 +152,7 @@ type Report struct {
 }
 
 // Run starts the mesh, runs every case at every concurrency level over
-// both paths (direct first, then mesh) and returns the report.
+// every path (direct, relay, then mesh) and returns the report.
 func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if cfg.Warmup == 0 {
 		cfg.Warmup = min(cfg.Duration/10, 500*time.Millisecond)
@@ -168,11 +179,11 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 	defer w.close()
 	rep = &Report{Machine: machine(), DurationMs: cfg.Duration.Milliseconds(), Started: start.UTC(), SetupMs: time.Since(start).Milliseconds()}
-	total := len(cfg.Cases) * len(cfg.Concurrency) * 2
+	total := len(cfg.Cases) * len(cfg.Concurrency) * len(paths)
 	for _, k := range cfg.Cases {
 		for _, c := range cfg.Concurrency {
 			var direct float64
-			for _, path := range []string{PathDirect, PathMesh} {
+			for _, path := range paths {
 				label := fmt.Sprintf("[%d/%d] %s %s concurrency %d", len(rep.Results)+1, total, k, path, c)
 				r, err := w.measure(ctx, cfg, k, path, c, label)
 				if err != nil {
@@ -196,13 +207,38 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 // world is the benchmark's mesh: consumer node A serving the client
 // subsystem, provider node B serving the backend.
 type world struct {
-	directConn, meshConn *grpc.ClientConn
-	client, target       ident.Subsystem
+	directConn, relayConn, meshConn *grpc.ClientConn
+	client, target                  ident.Subsystem
 }
 
 func (w *world) close() {
-	w.directConn.Close()
-	w.meshConn.Close()
+	for _, c := range []*grpc.ClientConn{w.directConn, w.relayConn, w.meshConn} {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+var plaintext = grpc.WithTransportCredentials(insecure.NewCredentials())
+
+// startRelay starts two plain proxies in front of backend and returns a
+// connection to the first.
+func startRelay(m *mesh.Mesh, backend string) (*grpc.ClientConn, error) {
+	addr := backend
+	for range 2 {
+		up, err := grpc.NewClient(addr, plaintext)
+		if err != nil {
+			return nil, err
+		}
+		m.OnClose(up.Close)
+		p := &forward.Proxy{Director: func(ctx context.Context, _ string) (forward.Route, error) {
+			return forward.Route{Ctx: forward.CopyIncoming(ctx), Conn: up}, nil
+		}}
+		if addr, err = m.StartBackend(func(*grpc.Server) {}, p.ServerOptions()...); err != nil {
+			return nil, fmt.Errorf("relay proxy: %w", err)
+		}
+	}
+	return grpc.NewClient(addr, plaintext)
 }
 
 func startWorld(ctx context.Context, m *mesh.Mesh) (*world, error) {
@@ -254,11 +290,15 @@ func startWorld(ctx context.Context, m *mesh.Mesh) (*world, error) {
 		return nil, err
 	}
 	w := &world{client: client, target: target}
-	if w.directConn, err = grpc.NewClient(backend, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+	if w.directConn, err = grpc.NewClient(backend, plaintext); err != nil {
+		return nil, err
+	}
+	if w.relayConn, err = startRelay(m, backend); err != nil {
+		w.close()
 		return nil, err
 	}
 	if w.meshConn, err = a.Dial(); err != nil {
-		w.directConn.Close()
+		w.close()
 		return nil, err
 	}
 	// The grant is in effect once a call through the mesh succeeds.
@@ -328,10 +368,7 @@ func (w *world) call(ctx context.Context, c testpb.TestServiceClient, k string) 
 // measure runs conc callers of case k over path for the warmup and then
 // for cfg.Duration, timing each call.
 func (w *world) measure(ctx context.Context, cfg Config, k, path string, conc int, label string) (Result, error) {
-	conn := w.directConn
-	if path == PathMesh {
-		conn = w.meshConn
-	}
+	conn := map[string]*grpc.ClientConn{PathDirect: w.directConn, PathRelay: w.relayConn, PathMesh: w.meshConn}[path]
 	client := testpb.NewTestServiceClient(conn)
 	callCtx := w.ctx(ctx, path)
 	var (
