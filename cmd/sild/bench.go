@@ -41,7 +41,8 @@ one process, so mesh minus direct is what the two nodes cost). A progress
 line goes to stderr while it runs. With the defaults the whole run takes
 about a minute.`,
 		Example: `  go run ./cmd/sild bench
-  go run ./cmd/sild bench --duration 1s --concurrency 1,64 --json`,
+  go run ./cmd/sild bench --duration 1s --concurrency 1,64 --json
+  go run ./cmd/sild bench --path mesh --case unary-1KiB --concurrency 64 --cpuprofile mesh.prof`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -79,6 +80,7 @@ about a minute.`,
 	f.DurationVar(&cfg.Warmup, "warmup", 0, "warm-up before each measurement (default a tenth of --duration, at most 500ms)")
 	f.StringVar(&levels, "concurrency", "1,16,64", "comma-separated numbers of concurrent callers")
 	f.StringSliceVar(&cases, "case", cfg.Cases, "cases to run: "+bench.CaseUnary+", "+bench.CaseStream)
+	f.StringSliceVar(&cfg.Paths, "path", cfg.Paths, "paths to measure: "+strings.Join(bench.Paths, ", ")+" (ratios need direct; one path alone suits --cpuprofile)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON (for scripts)")
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress line on stderr")
 	f.StringVar(&cfg.Dir, "dir", "", "where to create the temporary data directory (default: the system's temp dir)")

@@ -56,7 +56,8 @@ const (
 	PathMesh = "mesh"
 )
 
-var paths = []string{PathDirect, PathRelay, PathMesh}
+// Paths are all the paths, in the order they are measured.
+var Paths = []string{PathDirect, PathRelay, PathMesh}
 
 // Config configures a benchmark run.
 type Config struct {
@@ -69,6 +70,9 @@ type Config struct {
 	Concurrency []int
 	// Cases to run (default CaseUnary and CaseStream).
 	Cases []string
+	// Paths to measure (none: all of Paths); without PathDirect there is
+	// no ratio to direct.
+	Paths []string
 	// Dir is where the temporary data directory is created.
 	Dir string
 	// Progress receives a progress line while it runs (nil: none).
@@ -79,7 +83,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults (about a minute in all).
 func DefaultConfig() Config {
-	return Config{Duration: 3 * time.Second, Concurrency: []int{1, 16, 64}, Cases: []string{CaseUnary, CaseStream}}
+	return Config{Duration: 3 * time.Second, Concurrency: []int{1, 16, 64}, Cases: []string{CaseUnary, CaseStream}, Paths: Paths}
 }
 
 // Validate names the first wrong field.
@@ -106,6 +110,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("cases: unknown case %q (want %s or %s)", k, CaseUnary, CaseStream)
 		}
 	}
+	for _, p := range c.Paths {
+		if !slices.Contains(Paths, p) {
+			return fmt.Errorf("paths: unknown path %q (want %s)", p, strings.Join(Paths, ", "))
+		}
+	}
 	return nil
 }
 
@@ -121,7 +130,8 @@ type Result struct {
 	P50Ms       float64 `json:"p50_ms"`
 	P99Ms       float64 `json:"p99_ms"`
 	// RatioToDirect is CallsPerSec over that of the direct path for the
-	// same case and concurrency (1 for direct itself).
+	// same case and concurrency (1 for direct itself; 0 when direct was
+	// not measured or made no call).
 	RatioToDirect float64 `json:"ratio_to_direct"`
 	// CPUPerCallUs is the CPU time the whole process (client, nodes,
 	// backend and registry alike) used per completed call while measuring,
@@ -157,6 +167,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if cfg.Warmup == 0 {
 		cfg.Warmup = min(cfg.Duration/10, 500*time.Millisecond)
 	}
+	if len(cfg.Paths) == 0 {
+		cfg.Paths = Paths
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bench config: %w", err)
 	}
@@ -179,11 +192,17 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 	defer w.close()
 	rep = &Report{Machine: machine(), DurationMs: cfg.Duration.Milliseconds(), Started: start.UTC(), SetupMs: time.Since(start).Milliseconds()}
-	total := len(cfg.Cases) * len(cfg.Concurrency) * len(paths)
+	var run []string // cfg.Paths in measuring order
+	for _, p := range Paths {
+		if slices.Contains(cfg.Paths, p) {
+			run = append(run, p)
+		}
+	}
+	total := len(cfg.Cases) * len(cfg.Concurrency) * len(run)
 	for _, k := range cfg.Cases {
 		for _, c := range cfg.Concurrency {
 			var direct float64
-			for _, path := range paths {
+			for _, path := range run {
 				label := fmt.Sprintf("[%d/%d] %s %s concurrency %d", len(rep.Results)+1, total, k, path, c)
 				r, err := w.measure(ctx, cfg, k, path, c, label)
 				if err != nil {
@@ -192,7 +211,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 				if path == PathDirect {
 					direct = r.CallsPerSec
 				}
-				if direct > 0 {
+				if direct > 0 { // 1 for direct itself
 					r.RatioToDirect = r.CallsPerSec / direct
 				}
 				rep.Results = append(rep.Results, r)
@@ -446,7 +465,7 @@ wait:
 		all = append(all, l...)
 	}
 	slices.Sort(all)
-	r := Result{Case: k, Path: path, Concurrency: conc, Calls: calls.Load(), Errors: errs.Load(), RatioToDirect: 1}
+	r := Result{Case: k, Path: path, Concurrency: conc, Calls: calls.Load(), Errors: errs.Load()}
 	if e := firstErr.Load(); e != nil {
 		r.FirstError = *e
 	}

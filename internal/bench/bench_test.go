@@ -67,15 +67,30 @@ func TestConfigValidate(t *testing.T) {
 		"concurrency": func(c *Config) { c.Concurrency = []int{0} },
 		"no levels":   func(c *Config) { c.Concurrency = nil },
 		"cases":       func(c *Config) { c.Cases = []string{"bidi"} },
+		"paths":       func(c *Config) { c.Paths = []string{"mesh", "carrier pigeon"} },
 	} {
 		cfg := DefaultConfig()
 		mutate(&cfg)
-		if err := cfg.Validate(); err == nil || !strings.HasPrefix(err.Error(), strings.Fields(name)[0]) && name != "no levels" {
+		if err := cfg.Validate(); err == nil || !strings.HasPrefix(err.Error(), strings.Fields(name)[0]+":") && name != "no levels" {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
 	cfg := DefaultConfig()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Without a direct measurement there is no ratio, and the table says so
+// instead of printing 0%.
+func TestTableWithoutDirect(t *testing.T) {
+	rep := &Report{Results: []Result{{Case: CaseUnary, Path: PathMesh, Concurrency: 1, Calls: 10, CallsPerSec: 5, P50Ms: 1, P99Ms: 2, CPUPerCallUs: 700}}}
+	var b bytes.Buffer
+	if err := rep.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Split(b.String(), "\n")[1]
+	if f := strings.Fields(line); len(f) != 9 || f[6] != "-" || f[7] != "700" {
+		t.Fatalf("row %q", line)
 	}
 }

@@ -11,7 +11,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "case\tpath\tconcurrency\tcalls/s\tp50 ms\tp99 ms\tvs direct\tcpu µs/call\terrors\t\n")
 	for _, x := range r.Results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.0f%%\t%.0f\t%d\t\n", x.Case, x.Path, x.Concurrency, x.CallsPerSec, x.P50Ms, x.P99Ms, 100*x.RatioToDirect, x.CPUPerCallUs, x.Errors)
+		ratio := "-"
+		if x.RatioToDirect > 0 {
+			ratio = fmt.Sprintf("%.0f%%", 100*x.RatioToDirect)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%s\t%.0f\t%d\t\n", x.Case, x.Path, x.Concurrency, x.CallsPerSec, x.P50Ms, x.P99Ms, ratio, x.CPUPerCallUs, x.Errors)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
