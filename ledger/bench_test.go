@@ -12,6 +12,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
@@ -71,7 +72,8 @@ func cpuTime(b *testing.B) time.Duration {
 }
 
 // signedRecord is testRecord with a consumer and a provider signature the
-// size of the exchange's (signature, one-certificate chain, key id, path).
+// size of the exchange's (signature, one-certificate chain, key id, path),
+// started and ended just now.
 func signedRecord(i int, p *testPKI) *ledgerv1.Record {
 	rec := testRecord(i, "EE/GOV/1/off", "EE38001010000")
 	sig := func(d []byte) *nodev1.BatchSignature {
@@ -84,6 +86,10 @@ func signedRecord(i int, p *testPKI) *ledgerv1.Record {
 			InclusionPath: [][]byte{d, d},
 		}
 	}
+	// Calls start just before they are logged, as in the exchange (one
+	// commit's records mostly started within the same second).
+	now := time.Now()
+	rec.StartTime, rec.EndTime = timestamppb.New(now.Add(-2*time.Millisecond)), timestamppb.New(now)
 	rec.ConsumerSignature = sig(rec.RequestDigest)
 	rec.ProviderSignature = sig(rec.ResponseDigest)
 	return rec
