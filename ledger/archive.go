@@ -442,13 +442,12 @@ func (l *Ledger) prune(first, end uint64, key, val []byte) error {
 				if err := txn.Set(nodeKey(merkle.Node{Level: 0, Index: i}), h[:]); err != nil {
 					return err
 				}
-				keys := [][]byte{entryKey(i), bodyKey(i),
-					timeIndexKey(pfxClient, s.Record.GetClient(), ts, i),
-					timeIndexKey(pfxService, s.Record.GetTarget()+"/"+s.Record.GetService(), ts, i)}
-				if s.Record.GetUserId() != "" {
-					keys = append(keys, timeIndexKey(pfxUser, s.Record.GetUserId(), ts, i))
+				for _, p := range partiesOf(s.Record) {
+					if err := txnUnindex(txn, p.pfx, p.id, ts, i); err != nil {
+						return err
+					}
 				}
-				for _, k := range keys {
+				for _, k := range [][]byte{entryKey(i), bodyKey(i)} {
 					if err := txn.Delete(k); err != nil {
 						return err
 					}

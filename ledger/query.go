@@ -109,22 +109,16 @@ func (l *Ledger) byTime(pfx byte, id string, from, to time.Time, limit int) ([]*
 	lo, hi := nanos(from, 0), nanos(to, math.MaxUint64)
 	var out []*Stored
 	err := l.db.View(func(txn *badger.Txn) error {
-		p := indexPrefix(pfx, id)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
-		defer it.Close()
-		for it.Seek(append(bytes.Clone(p), u64(lo)...)); it.Valid(); it.Next() {
-			k := it.Item().Key()[len(p):]
-			if keyUint(k) >= hi {
-				break
-			}
-			s, err := txnStored(txn, keyUint(k[8:]))
+		idx, err := txnIndexed(txn, pfx, id, lo, hi, limit)
+		if err != nil {
+			return err
+		}
+		for _, i := range idx {
+			s, err := txnStored(txn, i)
 			if err != nil {
 				return err
 			}
 			out = append(out, s)
-			if limit > 0 && len(out) >= limit {
-				break
-			}
 		}
 		return nil
 	})

@@ -27,8 +27,10 @@ import (
 //	                             the leaf hash of every archived leaf
 //	k <size>                  -> serialized SignedCheckpoint
 //	m <message id> 0 <index>  -> (index by message id)
-//	c <client> 0 <time> <index>, s <target/service> 0 <time> <index>,
-//	u <user id> 0 <time> <index> -> (indexes by party and start time)
+//	c <client> 0 <second> <index>, s <target/service> 0 <second> <index>,
+//	u <user id> 0 <second> <index> -> (start time, index)... of the records
+//	                             of one commit, party and second of start
+//	                             time (see partyindex.go)
 //	a <end index>             -> serialized ArchiveRef (see archive.go)
 const (
 	pfxEntry      = 'e'
@@ -270,6 +272,7 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 			setErr = txn.Set(k, v)
 		}
 	}
+	var groups indexGroups
 	for _, p := range batch {
 		i := rng.Size()
 		var digest []byte
@@ -286,10 +289,10 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 			start = now
 		}
 		ts := start.UnixNano()
-		set(timeIndexKey(pfxClient, p.client, ts, i), nil)
-		set(timeIndexKey(pfxService, p.service, ts, i), nil)
+		groups.add(pfxClient, p.client, ts, i)
+		groups.add(pfxService, p.service, ts, i)
 		if p.user != "" {
-			set(timeIndexKey(pfxUser, p.user, ts, i), nil)
+			groups.add(pfxUser, p.user, ts, i)
 		}
 		rng.Append(merkle.HashLeaf(eb), func(n merkle.Node, h merkle.Hash) {
 			if n.Level >= minStoredLevel {
@@ -298,6 +301,7 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 		})
 		p.fut.index = i
 	}
+	groups.set(set)
 	if setErr != nil {
 		return setErr
 	}
