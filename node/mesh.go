@@ -139,10 +139,10 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	ps := grpc.NewServer(provider.ServerOptions()...)
 	mcfg := meta.Config{
 		Self: n.self, Topology: n.Topology, Clients: cfg.Clients,
-		Dial: func(_ context.Context, peer ident.Node) (*grpc.ClientConn, error) {
+		Dial: func(_ context.Context, peer ident.Node) (*grpc.ClientConn, func(), error) {
 			top := n.Topology()
 			if top == nil {
-				return nil, errors.New("no configuration")
+				return nil, nil, errors.New("no configuration")
 			}
 			return consumer.Conn(top, peer) // pooled with the exchange's connections
 		},

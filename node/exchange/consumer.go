@@ -102,16 +102,15 @@ func (c *Consumer) refuse(code codes.Code, reason, msg string) error {
 var errUnusableNode = errors.New("node has no usable address or SPIFFE ID in the configuration")
 
 // Conn returns the pooled mTLS connection to node n of topo, authorizing
-// exactly its registered SPIFFE ID. The connection is shared: do not close
-// it. It is closed when a later configuration no longer names that address
-// and identity for n and no exchange uses it, so use it for short calls.
-func (c *Consumer) Conn(topo *topology.Topology, n ident.Node) (*grpc.ClientConn, error) {
+// exactly its registered SPIFFE ID, and a release func to call once done
+// with it. The connection is shared: do not close it; it stays open while
+// released is not called, even if a new configuration moves the node.
+func (c *Consumer) Conn(topo *topology.Topology, n ident.Node) (conn *grpc.ClientConn, release func(), err error) {
 	p, err := c.acquire(topo, n)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	c.release(p)
-	return p.cc, nil
+	return p.cc, func() { c.release(p) }, nil
 }
 
 // acquire returns the pooled connection to node n of topo with a reference

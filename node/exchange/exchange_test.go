@@ -589,7 +589,7 @@ func TestMethodPathTricks(t *testing.T) {
 
 // When the configuration moves a node to another address, new calls go to
 // the new one, a stream open on the old connection carries on, and the old
-// connection is closed once that stream ends.
+// connection is closed once that stream ends and Conn's caller released it.
 func TestPooledConnectionOfMovedNode(t *testing.T) {
 	m := newMesh(t)
 	call := func() {
@@ -625,6 +625,11 @@ func TestPooledConnectionOfMovedNode(t *testing.T) {
 	if err := ping('a'); err != nil {
 		t.Fatal(err)
 	}
+	// The metaservice's way in: a connection held until released.
+	held, release, err := m.cons.Conn(m.topoA.Load(), nodeB)
+	if err != nil || held != old.cc {
+		t.Fatalf("Conn: %v, same as the pool's: %v", err, held == old.cc)
+	}
 
 	// B moves: the same provider now also listens on a new address, which
 	// the next configuration names.
@@ -658,6 +663,11 @@ func TestPooledConnectionOfMovedNode(t *testing.T) {
 	if _, err := s.Recv(); err != io.EOF {
 		t.Fatalf("end of stream: %v", err)
 	}
+	time.Sleep(50 * time.Millisecond) // the handler releases after its answer
+	if st := old.cc.GetState(); st == connectivity.Shutdown {
+		t.Fatal("old connection closed while Conn's caller holds it")
+	}
+	release()
 	deadline := time.Now().Add(10 * time.Second)
 	for old.cc.GetState() != connectivity.Shutdown {
 		if time.Now().After(deadline) {

@@ -43,8 +43,9 @@ type Config struct {
 	// Clients are the client subsystems of this node's member systems.
 	Clients []ident.Subsystem
 	// Dial returns a connection to another node's exchange listener over
-	// mTLS (consumer side, for AllowedMethods); it is shared, not closed.
-	Dial func(ctx context.Context, n ident.Node) (*grpc.ClientConn, error)
+	// mTLS (consumer side, for AllowedMethods) and a func to call when done
+	// with it; the connection is shared, not closed.
+	Dial func(ctx context.Context, n ident.Node) (conn *grpc.ClientConn, release func(), err error)
 	// Access and Backends answer AllowedMethods on the provider side;
 	// CallerNode identifies the calling node from its SVID.
 	Access     *access.Store
@@ -187,12 +188,13 @@ func (c *Consumer) AllowedMethods(ctx context.Context, r *metav1.AllowedMethodsR
 	}
 	var last error
 	for _, h := range hosts {
-		conn, err := c.cfg.Dial(ctx, h)
+		conn, release, err := c.cfg.Dial(ctx, h)
 		if err != nil {
 			last = err
 			continue
 		}
 		resp, err := metav1.NewMetaServiceClient(conn).AllowedMethods(ctx, r)
+		release()
 		if err == nil || rpcerr.Reason(err) != "" {
 			return resp, err
 		}
