@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/sildmesh/sild/gateway"
+	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
@@ -270,11 +271,11 @@ func (n *Node) serveAdmin(ctx context.Context) error {
 		roles[k.Hash] = k.Role
 	}
 	gs := grpc.NewServer(access.ServerOptions(apikey.Static(roles))...)
-	adm, err := access.NewServer(access.ServerConfig{Store: n.access, Logger: n.log, Serves: n.servesProvider})
+	rights, err := access.NewServer(access.ServerConfig{Store: n.access, Logger: n.log, Serves: n.servesProvider})
 	if err != nil {
 		return err
 	}
-	adm.Register(gs)
+	nodev1.RegisterAdminServiceServer(gs, &adminServer{Server: rights, ledger: n.Ledger, log: n.log})
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -74,8 +74,10 @@ func refuse(code codes.Code, reason, msg string) error {
 	return rpcerr.New(code, reason, Component, msg)
 }
 
-// authorize checks that the caller's role is one of roles.
-func authorize(ctx context.Context, roles ...string) error {
+// Authorize checks that the caller authenticated by ServerOptions' API-key
+// interceptors has one of roles; other parts of the node's admin API use it
+// too.
+func Authorize(ctx context.Context, roles ...string) error {
 	role, ok := apikey.Role(ctx)
 	if !ok {
 		return refuse(codes.Unauthenticated, rpcerr.ReasonUnauthenticated, "no authenticated caller")
@@ -108,7 +110,7 @@ func (s *Server) toStatus(ctx context.Context, op string, err error) error {
 
 // GrantAccess implements AdminService.
 func (s *Server) GrantAccess(ctx context.Context, req *nodev1.GrantAccessRequest) (*nodev1.GrantAccessResponse, error) {
-	if err := authorize(ctx, RoleAdmin); err != nil {
+	if err := Authorize(ctx, RoleAdmin); err != nil {
 		return nil, err
 	}
 	r, err := RightFromProto(req.GetRight(), "right")
@@ -129,7 +131,7 @@ func (s *Server) GrantAccess(ctx context.Context, req *nodev1.GrantAccessRequest
 // RevokeAccess implements AdminService. Rights on subsystems no longer
 // served may still be revoked.
 func (s *Server) RevokeAccess(ctx context.Context, req *nodev1.RevokeAccessRequest) (*nodev1.RevokeAccessResponse, error) {
-	if err := authorize(ctx, RoleAdmin); err != nil {
+	if err := Authorize(ctx, RoleAdmin); err != nil {
 		return nil, err
 	}
 	r, err := RightFromProto(req.GetRight(), "right")
@@ -144,7 +146,7 @@ func (s *Server) RevokeAccess(ctx context.Context, req *nodev1.RevokeAccessReque
 
 // ListAccess implements AdminService.
 func (s *Server) ListAccess(ctx context.Context, req *nodev1.ListAccessRequest) (*nodev1.ListAccessResponse, error) {
-	if err := authorize(ctx, RoleAdmin, RoleReader); err != nil {
+	if err := Authorize(ctx, RoleAdmin, RoleReader); err != nil {
 		return nil, err
 	}
 	var f Filter

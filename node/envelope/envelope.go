@@ -115,6 +115,11 @@ func ParseRequest(md metadata.MD, fullMethod string) (Request, error) {
 	return r, nil
 }
 
+// ValidMessageID reports whether id is a message id a request may carry
+// (1 to 256 printable ASCII characters), for places that take one from
+// elsewhere, such as an evidence export.
+func ValidMessageID(id string) bool { return id != "" && len(id) <= maxFieldLen && printable(id) }
+
 // printable reports whether s is printable ASCII without control characters.
 func printable(s string) bool {
 	for i := 0; i < len(s); i++ {

@@ -536,6 +536,128 @@ func (x *ListAccessResponse) GetRights() []*AccessRight {
 	return nil
 }
 
+// ExportEvidenceRequest names the exchange.
+type ExportEvidenceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sild-message-id of the exchange.
+	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// Include the bodies the ledger keeps for it (decrypted); admin role only.
+	IncludeBodies bool `protobuf:"varint,2,opt,name=include_bodies,json=includeBodies,proto3" json:"include_bodies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportEvidenceRequest) Reset() {
+	*x = ExportEvidenceRequest{}
+	mi := &file_sild_node_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportEvidenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportEvidenceRequest) ProtoMessage() {}
+
+func (x *ExportEvidenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_node_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportEvidenceRequest.ProtoReflect.Descriptor instead.
+func (*ExportEvidenceRequest) Descriptor() ([]byte, []int) {
+	return file_sild_node_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ExportEvidenceRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *ExportEvidenceRequest) GetIncludeBodies() bool {
+	if x != nil {
+		return x.IncludeBodies
+	}
+	return false
+}
+
+// ExportEvidenceResponse holds the bundle.
+type ExportEvidenceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The encoded sild.ledger.v1.EvidenceBundle (binary protobuf): the
+	// content of the file `sild ledger export` writes and `sild ledger verify`
+	// reads. (Bytes, since sild.ledger.v1 imports this package.)
+	Bundle []byte `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// The number of records of the message id in the bundle.
+	Records uint32 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
+	// Whether the bundle's checkpoint carries a time-stamp token; `sild ledger
+	// verify` refuses a bundle without one (export again a few seconds later).
+	Stamped       bool `protobuf:"varint,3,opt,name=stamped,proto3" json:"stamped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportEvidenceResponse) Reset() {
+	*x = ExportEvidenceResponse{}
+	mi := &file_sild_node_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportEvidenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportEvidenceResponse) ProtoMessage() {}
+
+func (x *ExportEvidenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_node_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportEvidenceResponse.ProtoReflect.Descriptor instead.
+func (*ExportEvidenceResponse) Descriptor() ([]byte, []int) {
+	return file_sild_node_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ExportEvidenceResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *ExportEvidenceResponse) GetRecords() uint32 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *ExportEvidenceResponse) GetStamped() bool {
+	if x != nil {
+		return x.Stamped
+	}
+	return false
+}
+
 var File_sild_node_v1_admin_proto protoreflect.FileDescriptor
 
 const file_sild_node_v1_admin_proto_rawDesc = "" +
@@ -571,12 +693,21 @@ const file_sild_node_v1_admin_proto_rawDesc = "" +
 	"\vmethod_name\x18\x04 \x01(\tR\n" +
 	"methodName\"G\n" +
 	"\x12ListAccessResponse\x121\n" +
-	"\x06rights\x18\x01 \x03(\v2\x19.sild.node.v1.AccessRightR\x06rights2\x8a\x02\n" +
+	"\x06rights\x18\x01 \x03(\v2\x19.sild.node.v1.AccessRightR\x06rights\"]\n" +
+	"\x15ExportEvidenceRequest\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12%\n" +
+	"\x0einclude_bodies\x18\x02 \x01(\bR\rincludeBodies\"d\n" +
+	"\x16ExportEvidenceResponse\x12\x16\n" +
+	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x12\x18\n" +
+	"\arecords\x18\x02 \x01(\rR\arecords\x12\x18\n" +
+	"\astamped\x18\x03 \x01(\bR\astamped2\xe7\x02\n" +
 	"\fAdminService\x12R\n" +
 	"\vGrantAccess\x12 .sild.node.v1.GrantAccessRequest\x1a!.sild.node.v1.GrantAccessResponse\x12U\n" +
 	"\fRevokeAccess\x12!.sild.node.v1.RevokeAccessRequest\x1a\".sild.node.v1.RevokeAccessResponse\x12O\n" +
 	"\n" +
-	"ListAccess\x12\x1f.sild.node.v1.ListAccessRequest\x1a .sild.node.v1.ListAccessResponseB\xa2\x01\n" +
+	"ListAccess\x12\x1f.sild.node.v1.ListAccessRequest\x1a .sild.node.v1.ListAccessResponse\x12[\n" +
+	"\x0eExportEvidence\x12#.sild.node.v1.ExportEvidenceRequest\x1a$.sild.node.v1.ExportEvidenceResponseB\xa2\x01\n" +
 	"\x10com.sild.node.v1B\n" +
 	"AdminProtoP\x01Z0github.com/sildmesh/sild/gen/sild/node/v1;nodev1\xa2\x02\x03SNX\xaa\x02\fSild.Node.V1\xca\x02\fSild\\Node\\V1\xe2\x02\x18Sild\\Node\\V1\\GPBMetadata\xea\x02\x0eSild::Node::V1b\x06proto3"
 
@@ -592,42 +723,46 @@ func file_sild_node_v1_admin_proto_rawDescGZIP() []byte {
 	return file_sild_node_v1_admin_proto_rawDescData
 }
 
-var file_sild_node_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_sild_node_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_sild_node_v1_admin_proto_goTypes = []any{
-	(*GlobalGroupRef)(nil),        // 0: sild.node.v1.GlobalGroupRef
-	(*AccessClient)(nil),          // 1: sild.node.v1.AccessClient
-	(*AccessRight)(nil),           // 2: sild.node.v1.AccessRight
-	(*GrantAccessRequest)(nil),    // 3: sild.node.v1.GrantAccessRequest
-	(*GrantAccessResponse)(nil),   // 4: sild.node.v1.GrantAccessResponse
-	(*RevokeAccessRequest)(nil),   // 5: sild.node.v1.RevokeAccessRequest
-	(*RevokeAccessResponse)(nil),  // 6: sild.node.v1.RevokeAccessResponse
-	(*ListAccessRequest)(nil),     // 7: sild.node.v1.ListAccessRequest
-	(*ListAccessResponse)(nil),    // 8: sild.node.v1.ListAccessResponse
-	(*v1.SubsystemId)(nil),        // 9: sild.ident.v1.SubsystemId
-	(*v1.ServiceId)(nil),          // 10: sild.ident.v1.ServiceId
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*GlobalGroupRef)(nil),         // 0: sild.node.v1.GlobalGroupRef
+	(*AccessClient)(nil),           // 1: sild.node.v1.AccessClient
+	(*AccessRight)(nil),            // 2: sild.node.v1.AccessRight
+	(*GrantAccessRequest)(nil),     // 3: sild.node.v1.GrantAccessRequest
+	(*GrantAccessResponse)(nil),    // 4: sild.node.v1.GrantAccessResponse
+	(*RevokeAccessRequest)(nil),    // 5: sild.node.v1.RevokeAccessRequest
+	(*RevokeAccessResponse)(nil),   // 6: sild.node.v1.RevokeAccessResponse
+	(*ListAccessRequest)(nil),      // 7: sild.node.v1.ListAccessRequest
+	(*ListAccessResponse)(nil),     // 8: sild.node.v1.ListAccessResponse
+	(*ExportEvidenceRequest)(nil),  // 9: sild.node.v1.ExportEvidenceRequest
+	(*ExportEvidenceResponse)(nil), // 10: sild.node.v1.ExportEvidenceResponse
+	(*v1.SubsystemId)(nil),         // 11: sild.ident.v1.SubsystemId
+	(*v1.ServiceId)(nil),           // 12: sild.ident.v1.ServiceId
+	(*timestamppb.Timestamp)(nil),  // 13: google.protobuf.Timestamp
 }
 var file_sild_node_v1_admin_proto_depIdxs = []int32{
-	9,  // 0: sild.node.v1.AccessClient.subsystem:type_name -> sild.ident.v1.SubsystemId
+	11, // 0: sild.node.v1.AccessClient.subsystem:type_name -> sild.ident.v1.SubsystemId
 	0,  // 1: sild.node.v1.AccessClient.group:type_name -> sild.node.v1.GlobalGroupRef
 	1,  // 2: sild.node.v1.AccessRight.client:type_name -> sild.node.v1.AccessClient
-	10, // 3: sild.node.v1.AccessRight.service:type_name -> sild.ident.v1.ServiceId
-	11, // 4: sild.node.v1.AccessRight.granted_at:type_name -> google.protobuf.Timestamp
+	12, // 3: sild.node.v1.AccessRight.service:type_name -> sild.ident.v1.ServiceId
+	13, // 4: sild.node.v1.AccessRight.granted_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: sild.node.v1.GrantAccessRequest.right:type_name -> sild.node.v1.AccessRight
 	2,  // 6: sild.node.v1.GrantAccessResponse.right:type_name -> sild.node.v1.AccessRight
 	2,  // 7: sild.node.v1.RevokeAccessRequest.right:type_name -> sild.node.v1.AccessRight
 	1,  // 8: sild.node.v1.ListAccessRequest.client:type_name -> sild.node.v1.AccessClient
-	9,  // 9: sild.node.v1.ListAccessRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	10, // 10: sild.node.v1.ListAccessRequest.service:type_name -> sild.ident.v1.ServiceId
+	11, // 9: sild.node.v1.ListAccessRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	12, // 10: sild.node.v1.ListAccessRequest.service:type_name -> sild.ident.v1.ServiceId
 	2,  // 11: sild.node.v1.ListAccessResponse.rights:type_name -> sild.node.v1.AccessRight
 	3,  // 12: sild.node.v1.AdminService.GrantAccess:input_type -> sild.node.v1.GrantAccessRequest
 	5,  // 13: sild.node.v1.AdminService.RevokeAccess:input_type -> sild.node.v1.RevokeAccessRequest
 	7,  // 14: sild.node.v1.AdminService.ListAccess:input_type -> sild.node.v1.ListAccessRequest
-	4,  // 15: sild.node.v1.AdminService.GrantAccess:output_type -> sild.node.v1.GrantAccessResponse
-	6,  // 16: sild.node.v1.AdminService.RevokeAccess:output_type -> sild.node.v1.RevokeAccessResponse
-	8,  // 17: sild.node.v1.AdminService.ListAccess:output_type -> sild.node.v1.ListAccessResponse
-	15, // [15:18] is the sub-list for method output_type
-	12, // [12:15] is the sub-list for method input_type
+	9,  // 15: sild.node.v1.AdminService.ExportEvidence:input_type -> sild.node.v1.ExportEvidenceRequest
+	4,  // 16: sild.node.v1.AdminService.GrantAccess:output_type -> sild.node.v1.GrantAccessResponse
+	6,  // 17: sild.node.v1.AdminService.RevokeAccess:output_type -> sild.node.v1.RevokeAccessResponse
+	8,  // 18: sild.node.v1.AdminService.ListAccess:output_type -> sild.node.v1.ListAccessResponse
+	10, // 19: sild.node.v1.AdminService.ExportEvidence:output_type -> sild.node.v1.ExportEvidenceResponse
+	16, // [16:20] is the sub-list for method output_type
+	12, // [12:16] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -648,7 +783,7 @@ func file_sild_node_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sild_node_v1_admin_proto_rawDesc), len(file_sild_node_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,16 +23,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_GrantAccess_FullMethodName  = "/sild.node.v1.AdminService/GrantAccess"
-	AdminService_RevokeAccess_FullMethodName = "/sild.node.v1.AdminService/RevokeAccess"
-	AdminService_ListAccess_FullMethodName   = "/sild.node.v1.AdminService/ListAccess"
+	AdminService_GrantAccess_FullMethodName    = "/sild.node.v1.AdminService/GrantAccess"
+	AdminService_RevokeAccess_FullMethodName   = "/sild.node.v1.AdminService/RevokeAccess"
+	AdminService_ListAccess_FullMethodName     = "/sild.node.v1.AdminService/ListAccess"
+	AdminService_ExportEvidence_FullMethodName = "/sild.node.v1.AdminService/ExportEvidence"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService manages a node. Today: the provider's access rights.
+// AdminService manages a node: the provider's access rights, and the
+// evidence in its ledger.
 type AdminServiceClient interface {
 	// GrantAccess lets a client call a service (or one method of it) of a
 	// subsystem this node serves. Granting a right that exists already succeeds
@@ -44,6 +46,14 @@ type AdminServiceClient interface {
 	// ListAccess returns the rights matching every filter given, sorted by
 	// service, method and client.
 	ListAccess(ctx context.Context, in *ListAccessRequest, opts ...grpc.CallOption) (*ListAccessResponse, error)
+	// ExportEvidence returns the evidence bundle of one message id from this
+	// node's ledger while the node runs: the same bundle `sild ledger export`
+	// writes from a stopped node's directory, to check with
+	// `sild ledger verify`. Callers with the reader role may export; bodies
+	// (include_bodies) need the admin role. NOT_FOUND if the ledger holds no
+	// record of the message id; UNAVAILABLE while no signed checkpoint covers
+	// the records yet (one is made about every second).
+	ExportEvidence(ctx context.Context, in *ExportEvidenceRequest, opts ...grpc.CallOption) (*ExportEvidenceResponse, error)
 }
 
 type adminServiceClient struct {
@@ -84,11 +94,22 @@ func (c *adminServiceClient) ListAccess(ctx context.Context, in *ListAccessReque
 	return out, nil
 }
 
+func (c *adminServiceClient) ExportEvidence(ctx context.Context, in *ExportEvidenceRequest, opts ...grpc.CallOption) (*ExportEvidenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportEvidenceResponse)
+	err := c.cc.Invoke(ctx, AdminService_ExportEvidence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService manages a node. Today: the provider's access rights.
+// AdminService manages a node: the provider's access rights, and the
+// evidence in its ledger.
 type AdminServiceServer interface {
 	// GrantAccess lets a client call a service (or one method of it) of a
 	// subsystem this node serves. Granting a right that exists already succeeds
@@ -100,6 +121,14 @@ type AdminServiceServer interface {
 	// ListAccess returns the rights matching every filter given, sorted by
 	// service, method and client.
 	ListAccess(context.Context, *ListAccessRequest) (*ListAccessResponse, error)
+	// ExportEvidence returns the evidence bundle of one message id from this
+	// node's ledger while the node runs: the same bundle `sild ledger export`
+	// writes from a stopped node's directory, to check with
+	// `sild ledger verify`. Callers with the reader role may export; bodies
+	// (include_bodies) need the admin role. NOT_FOUND if the ledger holds no
+	// record of the message id; UNAVAILABLE while no signed checkpoint covers
+	// the records yet (one is made about every second).
+	ExportEvidence(context.Context, *ExportEvidenceRequest) (*ExportEvidenceResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -118,6 +147,9 @@ func (UnimplementedAdminServiceServer) RevokeAccess(context.Context, *RevokeAcce
 }
 func (UnimplementedAdminServiceServer) ListAccess(context.Context, *ListAccessRequest) (*ListAccessResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAccess not implemented")
+}
+func (UnimplementedAdminServiceServer) ExportEvidence(context.Context, *ExportEvidenceRequest) (*ExportEvidenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExportEvidence not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -194,6 +226,24 @@ func _AdminService_ListAccess_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ExportEvidence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportEvidenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ExportEvidence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ExportEvidence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ExportEvidence(ctx, req.(*ExportEvidenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -212,6 +262,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAccess",
 			Handler:    _AdminService_ListAccess_Handler,
+		},
+		{
+			MethodName: "ExportEvidence",
+			Handler:    _AdminService_ExportEvidence_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
