@@ -99,6 +99,9 @@ func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckRe
 				return fail(ReasonStoreCorrupt, -1, "entry %d beyond tree size %d", i, size)
 			}
 			raw, err := it.Item().ValueCopy(nil)
+			if err == nil {
+				raw, err = expandEntry(txn, raw)
+			}
 			if err != nil {
 				return fail(ReasonStoreCorrupt, -1, "entry %d: %v", i, err)
 			}

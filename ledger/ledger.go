@@ -294,6 +294,7 @@ type pending struct {
 	user    string
 	start   time.Time
 	body    []byte // serialized Body, nil if none
+	certs   []span // certificates in rec, stored apart (certs.go)
 	fut     *Future
 }
 
@@ -322,6 +323,8 @@ type Ledger struct {
 
 	mu  sync.RWMutex
 	rng *merkle.Range // committed tree
+
+	certs *certStore // certificates stored; the committer's
 
 	signer atomic.Pointer[signerIdentity] // set by SetSigner
 
@@ -420,6 +423,9 @@ func (l *Ledger) load() error {
 		if err != nil {
 			return err
 		}
+		if l.certs, err = loadCerts(txn); err != nil {
+			return err
+		}
 		// Latest checkpoint and latest time-stamped checkpoint.
 		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: []byte{pfxCheckpoint}})
 		defer it.Close()
@@ -516,6 +522,7 @@ func (l *Ledger) Append(ctx context.Context, rec *ledgerv1.Record, body *ledgerv
 	if p.rec, err = marshal(rec); err != nil {
 		return resolved(fmt.Errorf("%w: %v", ErrInvalidRecord, err))
 	}
+	p.certs = certSpans(p.rec)
 	if kept := l.keep(rec, body); kept != nil {
 		if p.body, err = marshal(kept); err != nil {
 			return resolved(fmt.Errorf("%w: body: %v", ErrInvalidRecord, err))

@@ -25,7 +25,7 @@ type Stored struct {
 }
 
 func txnStored(txn *badger.Txn, i uint64) (*Stored, error) {
-	raw, err := txnRaw(txn, entryKey(i))
+	raw, err := txnEntryRaw(txn, i)
 	if errors.Is(err, ErrNotFound) {
 		if aerr := txnArchivedError(txn, i); aerr != nil {
 			return nil, aerr

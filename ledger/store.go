@@ -32,6 +32,8 @@ import (
 //	                             of one commit, party and second of start
 //	                             time (see partyindex.go)
 //	a <end index>             -> serialized ArchiveRef (see archive.go)
+//	x <SHA-256>               -> a certificate the stored entries share
+//	                             (see certs.go)
 const (
 	pfxEntry      = 'e'
 	pfxBody       = 'b'
@@ -139,16 +141,14 @@ func txnNodes(txn *badger.Txn) merkle.NodeGetter {
 // txnLeafHash hashes the entry of leaf i, or returns the leaf hash stored
 // when the entry was archived and pruned.
 func txnLeafHash(txn *badger.Txn, i uint64, stored merkle.NodeGetter) (merkle.Hash, error) {
-	it, err := txn.Get(entryKey(i))
-	if errors.Is(err, badger.ErrKeyNotFound) {
+	raw, err := txnEntryRaw(txn, i)
+	if errors.Is(err, ErrNotFound) {
 		return stored(merkle.Node{Level: 0, Index: i})
 	}
-	var h merkle.Hash
 	if err != nil {
-		return h, fmt.Errorf("leaf %d: %w", i, err)
+		return merkle.Hash{}, fmt.Errorf("leaf %d: %w", i, err)
 	}
-	err = it.Value(func(v []byte) error { h = merkle.HashLeaf(v); return nil })
-	return h, err
+	return merkle.HashLeaf(raw), nil
 }
 
 // txnStoredNodes reads stored subtree hashes only.
@@ -182,7 +182,7 @@ func txnRaw(txn *badger.Txn, key []byte) ([]byte, error) {
 }
 
 func txnEntry(txn *badger.Txn, i uint64) (*ledgerv1.Entry, error) {
-	raw, err := txnRaw(txn, entryKey(i))
+	raw, err := txnEntryRaw(txn, i)
 	if errors.Is(err, ErrNotFound) {
 		if aerr := txnArchivedError(txn, i); aerr != nil {
 			return nil, aerr
@@ -273,6 +273,7 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 		}
 	}
 	var groups indexGroups
+	newCerts := map[string][sha256.Size]byte{}
 	for _, p := range batch {
 		i := rng.Size()
 		var digest []byte
@@ -282,7 +283,7 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 			set(bodyKey(i), l.seal(i, p.body))
 		}
 		eb := entryBytes(i, p.rec, digest, now)
-		set(entryKey(i), eb)
+		set(entryKey(i), l.certs.compact(eb, recordOffset(i, p.rec), p.certs, newCerts, set))
 		set(msgKey(p.msgID, i), nil)
 		start := p.start
 		if start.IsZero() {
@@ -305,7 +306,11 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 	if setErr != nil {
 		return setErr
 	}
-	return txn.Commit()
+	if err := txn.Commit(); err != nil {
+		return err
+	}
+	l.certs.remember(newCerts)
+	return nil
 }
 
 // commit makes batch durable, splitting it if Badger finds it too big, and
