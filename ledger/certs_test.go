@@ -9,6 +9,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	"github.com/sildmesh/sild/ledger/merkle"
@@ -206,4 +207,51 @@ func TestCompactExpandAnyRecord(t *testing.T) {
 	if len(certSpans(full)) != 2 {
 		t.Fatalf("%d certificates found in a record with two", len(certSpans(full)))
 	}
+}
+
+// TestArchiveRestoresCertificates: archive files hold entries as appended
+// (with their certificates), and the ledger checks after pruning them.
+func TestArchiveRestoresCertificates(t *testing.T) {
+	p := newTestPKI(t)
+	l := startLedger(t, testConfig(p, t.TempDir()))
+	rec := func(i int) *ledgerv1.Record {
+		r := signedRecord(i, p)
+		r.EndTime = timestampAt(i)
+		return r
+	}
+	appendConcurrently(t, l.Ledger, 0, 20, rec)
+	waitStamped(t, l.Ledger)
+	infos, err := l.Archive(context.Background(), baseTime.Add(10*time.Second), t.TempDir())
+	if err != nil || len(infos) != 1 || infos[0].End != 10 {
+		t.Fatalf("archive: %v %+v", err, infos)
+	}
+	a := &ledgerv1.Archive{}
+	if err := proto.Unmarshal(readFile(t, infos[0].File), a); err != nil {
+		t.Fatal(err)
+	}
+	for k, ae := range a.GetEntries() {
+		e, r := &ledgerv1.Entry{}, &ledgerv1.Record{}
+		if err := proto.Unmarshal(ae.GetEntry(), e); err != nil {
+			t.Fatal(err)
+		}
+		if err := proto.Unmarshal(e.GetRecord(), r); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(r.GetConsumerSignature().GetSignerChain()[0], p.chain[0].Raw) {
+			t.Fatalf("archived entry %d lacks its certificate", k)
+		}
+		path := toHashesT(t, ae.GetInclusionPath())
+		cp := &ledgerv1.Checkpoint{}
+		if err := proto.Unmarshal(a.GetCheckpoint().GetCheckpoint(), cp); err != nil {
+			t.Fatal(err)
+		}
+		if err := merkle.VerifyInclusion(e.GetIndex(), cp.GetTreeSize(), merkle.HashLeaf(ae.GetEntry()), path, merkle.Hash(cp.GetRootHash())); err != nil {
+			t.Fatalf("archived entry %d: %v", k, err)
+		}
+	}
+	mustCheck(t, l.Ledger, p)
+}
+
+func timestampAt(i int) *timestamppb.Timestamp {
+	return timestamppb.New(baseTime.Add(time.Duration(i) * time.Second))
 }

@@ -32,6 +32,7 @@ const (
 	crashDirEnv     = "SILD_LEDGER_CRASH_DIR"
 	crashRoundEnv   = "SILD_LEDGER_CRASH_ROUND"
 	crashArchiveEnv = "SILD_LEDGER_CRASH_ARCHIVE" // set: the child also archives
+	crashSignedEnv  = "SILD_LEDGER_CRASH_SIGNED"  // set: records carry certificate chains
 )
 
 func writePEMs(t testing.TB, dir string, p *testPKI) {
@@ -130,6 +131,11 @@ func TestCrashChild(t *testing.T) {
 				i := n*8 + w
 				rec := testRecord(i, "EE/GOV/1/full", "EE38001010000")
 				rec.MessageId = fmt.Sprintf("r%s-w%d-%d", round, w, n)
+				if os.Getenv(crashSignedEnv) != "" {
+					s := signedRecord(i, p)
+					s.ProviderSignature.SignerChain = [][]byte{p.ca.Cert.Raw}
+					rec.ConsumerSignature, rec.ProviderSignature = s.ConsumerSignature, s.ProviderSignature
+				}
 				idx, err := l.Append(ctx, rec, testBody(i)).Wait(ctx)
 				line := fmt.Sprintf("ack %s %d\n", rec.MessageId, idx)
 				if err != nil {
@@ -146,7 +152,7 @@ func TestCrashChild(t *testing.T) {
 
 func crashRounds(t *testing.T, rounds int) { crashRoundsMode(t, rounds, false) }
 
-func crashRoundsMode(t *testing.T, rounds int, archive bool) {
+func crashRoundsMode(t *testing.T, rounds int, archive bool, env ...string) {
 	if testing.Short() {
 		t.Skip("crash test in -short mode")
 	}
@@ -162,6 +168,7 @@ func crashRoundsMode(t *testing.T, rounds int, archive bool) {
 		if archive {
 			cmd.Env = append(cmd.Env, crashArchiveEnv+"=1")
 		}
+		cmd.Env = append(cmd.Env, env...)
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -318,3 +325,8 @@ func checkArchiveFiles(t *testing.T, l *Ledger, dir string, p *testPKI, rep *Che
 
 // TestCrashRecoveryArchiving kills a child that appends and archives.
 func TestCrashRecoveryArchiving(t *testing.T) { crashRoundsMode(t, 5, true) }
+
+// TestCrashRecoverySigned kills a child that appends records whose
+// signatures carry certificate chains (stored once, apart from the
+// entries; the signatures are not real, so nothing is archived).
+func TestCrashRecoverySigned(t *testing.T) { crashRoundsMode(t, 5, false, crashSignedEnv+"=1") }
