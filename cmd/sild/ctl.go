@@ -180,19 +180,11 @@ func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
 	if opts.trust == "" {
 		return nil, errors.New("no trust bundle: pass --trust FILE or set SILD_TRUST (bundle.pem in a registry server's data directory)")
 	}
-	if opts.keyFile != "" {
-		if opts.apiKey != "" {
-			return nil, errors.New("--api-key and --api-key-file (or SILD_API_KEY and SILD_API_KEY_FILE): give one")
-		}
-		b, err := os.ReadFile(opts.keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("--api-key-file: %w", err)
-		}
-		opts.apiKey = strings.TrimSpace(string(b))
+	key, err := apiKeyOf(opts.apiKey, opts.keyFile, "the bootstrap key is admin.key in the first server's data directory")
+	if err != nil {
+		return nil, err
 	}
-	if opts.apiKey == "" {
-		return nil, errors.New("no API key: pass --api-key KEY or --api-key-file FILE, or set SILD_API_KEY (the bootstrap key is admin.key in the first server's data directory)")
-	}
+	opts.apiKey = key
 	bundle, td, err := loadTrust(opts.trust)
 	if err != nil {
 		return nil, err
@@ -223,6 +215,25 @@ func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("registry %s: %w", opts.registry, err)
 	}
 	return conn, nil
+}
+
+// apiKeyOf returns the API key given by --api-key (key) or --api-key-file
+// (file), refusing both or neither; hint says where a key is found.
+func apiKeyOf(key, file, hint string) (string, error) {
+	if file != "" {
+		if key != "" {
+			return "", errors.New("--api-key and --api-key-file (or SILD_API_KEY and SILD_API_KEY_FILE): give one")
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("--api-key-file: %w", err)
+		}
+		key = string(b)
+	}
+	if key = strings.TrimSpace(key); key == "" {
+		return "", fmt.Errorf("no API key: pass --api-key KEY or --api-key-file FILE, or set SILD_API_KEY (%s)", hint)
+	}
+	return key, nil
 }
 
 // loadTrust reads a PEM bundle of root certificates; the trust domain is

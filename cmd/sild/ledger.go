@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -11,9 +12,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
+	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
+	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/pki"
 )
@@ -26,9 +31,10 @@ func newLedgerCmd() *cobra.Command {
 side, leaves of a Merkle tree whose signed checkpoints are time-stamped by the
 ecosystem's RFC 3161 authority.
 
-export, check and archive open the ledger directory, so run them while the
-node is stopped (or on a copy). verify needs nothing but the bundle and the
-ecosystem's trust bundle.`,
+check, archive and export --data open the ledger directory, so run them
+while the node is stopped (or on a copy); export --node-admin asks a running
+node instead. verify needs nothing but the bundle and the ecosystem's trust
+bundle.`,
 	}
 	cmd.AddCommand(newLedgerExportCmd(), newLedgerVerifyCmd(), newLedgerCheckCmd(),
 		newLedgerArchiveCmd(), newLedgerVerifyArchiveCmd(), newLedgerExportArchivedCmd())
@@ -71,52 +77,110 @@ func readTrust(path string) ([]*x509.Certificate, error) {
 }
 
 func newLedgerExportCmd() *cobra.Command {
-	var dataDir, msgID, out, keyFile string
+	var dataDir, admin, apiKey, apiKeyFile, msgID, out, keyFile string
+	var bodies bool
 	cmd := &cobra.Command{
-		Use:   "export --data DIR --message-id ID -o FILE",
+		Use:   "export (--data DIR | --node-admin HOST:PORT) --message-id ID -o FILE",
 		Short: "Write the evidence bundle of one message",
 		Long: `Write the evidence bundle of one message id: its records, the bodies kept
-(decrypted, when --body-key-file is given), the inclusion proof of each record
-in the earliest time-stamped checkpoint that covers them, that signed
-checkpoint with the signer's certificate chain, and its time-stamp token.
-Check it with 'sild ledger verify'.`,
+(when asked for), the inclusion proof of each record in the earliest
+time-stamped checkpoint that covers them, that signed checkpoint with the
+signer's certificate chain, and its time-stamp token. Check it with
+'sild ledger verify'.
+
+From a running node, ask its admin listener (--node-admin, with an API key of
+the node's admin_keys: the reader role may export, --bodies needs admin). From
+a stopped node (or a copy of its data), open the ledger directory (--data,
+with --body-key-file to include the bodies).`,
+		Example: `  sild ledger export --node-admin 127.0.0.1:7702 --api-key-file reader.key --message-id m-1 -o m-1.bundle
+  sild ledger export --data /var/lib/sild/node/ledger --message-id m-1 -o m-1.bundle`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			key, err := readBodyKey(keyFile)
-			if err != nil {
+			if err := bindEnv(cmd.Flags(), nil, "api-key", "api-key-file"); err != nil {
 				return err
 			}
-			l, err := ledger.OpenReader(dataDir, key, nil)
-			if err != nil {
-				return err
-			}
-			defer l.Close()
-			b, err := l.Export(msgID)
-			if err != nil {
-				return err
-			}
-			data, err := proto.Marshal(b)
-			if err != nil {
-				return fmt.Errorf("export: %w", err)
+			var (
+				data    []byte
+				records int
+				stamped bool
+			)
+			switch {
+			case (dataDir == "") == (admin == ""):
+				return errors.New("give one of --data (a stopped node's ledger directory) and --node-admin (a running node's admin listener)")
+			case admin != "" && keyFile != "":
+				return errors.New("--body-key-file goes with --data; ask a running node for bodies with --bodies")
+			case dataDir != "" && bodies:
+				return errors.New("--bodies goes with --node-admin; with --data give --body-key-file")
+			case admin != "":
+				key, err := apiKeyOf(apiKey, apiKeyFile, "a key of the node's admin_keys")
+				if err != nil {
+					return err
+				}
+				resp, err := exportFromNode(cmd.Context(), admin, key, msgID, bodies)
+				if err != nil {
+					return err
+				}
+				data, records, stamped = resp.GetBundle(), int(resp.GetRecords()), resp.GetStamped()
+			default:
+				key, err := readBodyKey(keyFile)
+				if err != nil {
+					return err
+				}
+				l, err := ledger.OpenReader(dataDir, key, nil)
+				if err != nil {
+					return err
+				}
+				defer l.Close()
+				b, err := l.Export(msgID)
+				if err != nil {
+					return err
+				}
+				if data, err = proto.Marshal(b); err != nil {
+					return fmt.Errorf("export: %w", err)
+				}
+				records, stamped = len(b.GetItems()), len(b.GetCheckpoint().GetTimestampToken()) > 0
 			}
 			if err := os.WriteFile(out, data, 0o600); err != nil {
 				return fmt.Errorf("export: %w", err)
 			}
-			if len(b.GetCheckpoint().GetTimestampToken()) == 0 {
-				fmt.Fprintln(cmd.ErrOrStderr(), "warning: the checkpoint is not time-stamped yet; verify will fail with TIMESTAMP_MISSING")
+			if !stamped {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning: the checkpoint is not time-stamped yet; verify will fail with TIMESTAMP_MISSING (export again in a few seconds)")
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d record(s)\n", out, len(b.GetItems()))
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d record(s)\n", out, records)
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&dataDir, "data", "", "ledger directory (required)")
-	cmd.Flags().StringVar(&msgID, "message-id", "", "message id to export (required)")
-	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write (required)")
-	cmd.Flags().StringVar(&keyFile, "body-key-file", "", "AES-256 body key (32 bytes or 64 hex characters); without it bodies are left out")
-	for _, f := range []string{"data", "message-id", "output"} {
-		_ = cmd.MarkFlagRequired(f)
+	f := cmd.Flags()
+	f.StringVar(&dataDir, "data", "", "ledger directory of a stopped node")
+	f.StringVar(&admin, "node-admin", "", "admin listener of a running node, host:port (its admin_listen)")
+	f.StringVar(&apiKey, "api-key", "", "with --node-admin: API key of the node's admin_keys (env SILD_API_KEY)")
+	f.StringVar(&apiKeyFile, "api-key-file", "", "with --node-admin: file holding that key (env SILD_API_KEY_FILE)")
+	f.BoolVar(&bodies, "bodies", false, "with --node-admin: include the bodies the ledger keeps (admin role)")
+	f.StringVar(&msgID, "message-id", "", "message id to export (required)")
+	f.StringVarP(&out, "output", "o", "", "bundle file to write (required)")
+	f.StringVar(&keyFile, "body-key-file", "", "with --data: AES-256 body key (32 bytes or 64 hex characters); without it bodies are left out")
+	for _, name := range []string{"message-id", "output"} {
+		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd
+}
+
+// exportFromNode asks a running node's admin listener (plaintext gRPC, as it
+// serves it) for the evidence of msgID.
+func exportFromNode(ctx context.Context, addr, key, msgID string, bodies bool) (*nodev1.ExportEvidenceResponse, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(apikey.Credentials(key, false)))
+	if err != nil {
+		return nil, fmt.Errorf("--node-admin %s: %w", addr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := nodev1.NewAdminServiceClient(conn).ExportEvidence(ctx, &nodev1.ExportEvidenceRequest{MessageId: msgID, IncludeBodies: bodies})
+	if err != nil {
+		return nil, callError("export from "+addr, err)
+	}
+	return resp, nil
 }
 
 func newLedgerVerifyCmd() *cobra.Command {

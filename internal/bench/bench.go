@@ -30,10 +30,8 @@ import (
 	"github.com/sildmesh/sild/internal/cpustat"
 	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/mesh"
-	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/node/forward"
-	"github.com/sildmesh/sild/node/topology"
 )
 
 // Case names.
@@ -266,57 +264,21 @@ func startWorld(ctx context.Context, m *mesh.Mesh) (*world, error) {
 		return nil, err
 	}
 	member, _ := ident.ParseMember("EE/GOV/70000310")
-	nodeA, nodeB := ident.Node{Member: member, Code: "consumer"}, ident.Node{Member: member, Code: "provider"}
-	client, target := ident.Subsystem{Member: member, Code: "bench-client"}, ident.Subsystem{Member: member, Code: "bench-service"}
-	svc := ident.Service{Subsystem: target, Name: "grpc.testing.TestService"}
-	tokA, err := r.NodeToken(ctx, nodeA)
+	p, err := m.StartPair(ctx, r, mesh.PairOptions{Member: member, Service: "grpc.testing.TestService",
+		DescriptorSet: descset.Of(testpb.File_grpc_testing_test_proto),
+		Register:      func(s *grpc.Server) { testpb.RegisterTestServiceServer(s, testService{}) }})
 	if err != nil {
 		return nil, err
 	}
-	tokB, err := r.NodeToken(ctx, nodeB)
-	if err != nil {
+	w := &world{client: p.Client, target: p.Target}
+	if w.directConn, err = grpc.NewClient(p.Backend, plaintext); err != nil {
 		return nil, err
 	}
-	if err := r.AddSubsystem(ctx, client, nodeA); err != nil {
-		return nil, err
-	}
-	if err := r.AddSubsystem(ctx, target, nodeB); err != nil {
-		return nil, err
-	}
-	if err := r.Publish(ctx, svc, descset.Of(testpb.File_grpc_testing_test_proto)); err != nil {
-		return nil, err
-	}
-	backend, err := m.StartBackend(func(s *grpc.Server) { testpb.RegisterTestServiceServer(s, testService{}) })
-	if err != nil {
-		return nil, err
-	}
-	a, err := m.StartNode(ctx, r, nodeA, tokA, []node.SubsystemConfig{{ID: client.String()}}, nil)
-	if err != nil {
-		return nil, err
-	}
-	b, err := m.StartNode(ctx, r, nodeB, tokB, []node.SubsystemConfig{{ID: target.String(), Backend: backend}}, nil)
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range []*mesh.Node{a, b} {
-		if err := n.WaitTopology(ctx, "both subsystems and the service", func(top *topology.Topology) bool {
-			return len(top.Hosts(client)) == 1 && len(top.Hosts(target)) == 1 && top.Service(svc) != nil
-		}); err != nil {
-			return nil, err
-		}
-	}
-	if err := b.Grant(ctx, client, svc); err != nil {
-		return nil, err
-	}
-	w := &world{client: client, target: target}
-	if w.directConn, err = grpc.NewClient(backend, plaintext); err != nil {
-		return nil, err
-	}
-	if w.relayConn, err = startRelay(m, backend); err != nil {
+	if w.relayConn, err = startRelay(m, p.Backend); err != nil {
 		w.close()
 		return nil, err
 	}
-	if w.meshConn, err = a.Dial(); err != nil {
+	if w.meshConn, err = p.Consumer.Dial(); err != nil {
 		w.close()
 		return nil, err
 	}
