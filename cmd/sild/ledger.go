@@ -61,6 +61,16 @@ func readBodyKey(path string) ([]byte, error) {
 	return b, nil
 }
 
+// openLedgerDir opens a stopped node's ledger directory for reading, with
+// the body key in keyFile if one is given.
+func openLedgerDir(dir, keyFile string) (*ledger.Ledger, error) {
+	key, err := readBodyKey(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return ledger.OpenReader(dir, key, nil)
+}
+
 func readTrust(path string) ([]*x509.Certificate, error) {
 	if path == "" {
 		return nil, nil
@@ -122,11 +132,7 @@ with --body-key-file to include the bodies).`,
 				}
 				data, records, stamped = resp.GetBundle(), int(resp.GetRecords()), resp.GetStamped()
 			default:
-				key, err := readBodyKey(keyFile)
-				if err != nil {
-					return err
-				}
-				l, err := ledger.OpenReader(dataDir, key, nil)
+				l, err := openLedgerDir(dataDir, keyFile)
 				if err != nil {
 					return err
 				}
@@ -259,11 +265,7 @@ successive checkpoints, and with --trust every time-stamp token.`,
 			if err != nil {
 				return err
 			}
-			key, err := readBodyKey(keyFile)
-			if err != nil {
-				return err
-			}
-			l, err := ledger.OpenReader(dataDir, key, nil)
+			l, err := openLedgerDir(dataDir, keyFile)
 			if err != nil {
 				return err
 			}
