@@ -53,6 +53,9 @@ func (d *Demo) printNodes() {
 	}
 	d.Printf("  # the tax board's access rights, over its node's admin REST API\n")
 	d.Printf("  curl -s -H %s http://%s/v1/access\n", shq("Authorization: Bearer "+d.Tax.Node.AdminKey), d.Tax.Node.AdminAddr())
+	d.Printf("  # the evidence of step 1 from the licensing authority's running node, checked offline\n")
+	d.Printf("  %s ledger export --node-admin %s --api-key %s --message-id demo-1 -o demo-1.bundle\n", d.Command, lic.Node.AdminAddr(), lic.Node.AdminKey)
+	d.Printf("  %s ledger verify demo-1.bundle --trust %s\n", d.Command, d.EE.BundleFile)
 	d.Printf("  # operate EE's registry\n")
 	d.Printf("  export SILD_REGISTRY=%s SILD_TRUST=%s SILD_API_KEY=%s\n", d.EE.Servers[1].APIAddr(), d.EE.BundleFile, d.EE.AdminKey)
 	for _, c := range []string{"raft status", "subsystem list", "service list", "federation list", "config show"} {
