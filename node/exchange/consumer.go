@@ -103,8 +103,8 @@ var errUnusableNode = errors.New("node has no usable address or SPIFFE ID in the
 
 // Conn returns the pooled mTLS connection to node n of topo, authorizing
 // exactly its registered SPIFFE ID, and a release func to call once done
-// with it. The connection is shared: do not close it; it stays open while
-// released is not called, even if a new configuration moves the node.
+// with it. The connection is shared: do not close it. It stays open until
+// release is called, even if a new configuration moves the node.
 func (c *Consumer) Conn(topo *topology.Topology, n ident.Node) (conn *grpc.ClientConn, release func(), err error) {
 	p, err := c.acquire(topo, n)
 	if err != nil {
