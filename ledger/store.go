@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -347,17 +348,19 @@ func (l *Ledger) commit(batch []*pending) {
 	}
 }
 
+// badgerLogger passes Badger's messages to slog (its info and debug
+// messages at debug level). It formats a message only if the level is
+// enabled: Badger logs at debug level on every write.
 type badgerLogger struct{ l *slog.Logger }
 
-func (b badgerLogger) Errorf(f string, a ...any) {
-	b.l.Error(strings.TrimRight(fmt.Sprintf(f, a...), "\n"), "component", "badger")
+func (b badgerLogger) log(level slog.Level, f string, a []any) {
+	ctx := context.Background()
+	if b.l.Enabled(ctx, level) {
+		b.l.Log(ctx, level, strings.TrimRight(fmt.Sprintf(f, a...), "\n"), "component", "badger")
+	}
 }
-func (b badgerLogger) Warningf(f string, a ...any) {
-	b.l.Warn(strings.TrimRight(fmt.Sprintf(f, a...), "\n"), "component", "badger")
-}
-func (b badgerLogger) Infof(f string, a ...any) {
-	b.l.Debug(strings.TrimRight(fmt.Sprintf(f, a...), "\n"), "component", "badger")
-}
-func (b badgerLogger) Debugf(f string, a ...any) {
-	b.l.Debug(strings.TrimRight(fmt.Sprintf(f, a...), "\n"), "component", "badger")
-}
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.log(slog.LevelError, f, a) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.log(slog.LevelWarn, f, a) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.log(slog.LevelDebug, f, a) }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.log(slog.LevelDebug, f, a) }
