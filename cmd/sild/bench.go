@@ -85,7 +85,7 @@ about a minute.`,
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress line on stderr")
 	f.StringVar(&cfg.Dir, "dir", "", "where to create the temporary data directory (default: the system's temp dir)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what the components do to stderr")
-	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (read it with `go tool pprof`)")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file` (read it with go tool pprof)")
 	return cmd
 }
 

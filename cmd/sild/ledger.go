@@ -102,7 +102,7 @@ From a running node, ask its admin listener (--node-admin, with an API key of
 the node's admin_keys: the reader role may export, --bodies needs admin). From
 a stopped node (or a copy of its data), open the ledger directory (--data,
 with --body-key-file to include the bodies).`,
-		Example: `  sild ledger export --node-admin 127.0.0.1:7702 --api-key-file reader.key --message-id m-1 -o m-1.bundle
+		Example: `  sild ledger export --node-admin 127.0.0.1:9443 --api-key-file reader.key --message-id m-1 -o m-1.bundle
   sild ledger export --data /var/lib/sild/node/ledger --message-id m-1 -o m-1.bundle`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
