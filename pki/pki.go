@@ -186,13 +186,21 @@ func KeyHash(pub crypto.PublicKey) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("key hash: %w", err)
 	}
-	sum := sha256.Sum256(der)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
+	return sha256Name(der), nil
 }
 
+// CertKeyHash is KeyHash of cert's key computed from the certificate's own
+// encoding of it, without re-encoding the key: the same string for every
+// certificate whose SubjectPublicKeyInfo is in canonical form, as all that
+// pki issues are. It is cheap enough to run on every signature received.
+func CertKeyHash(cert *x509.Certificate) string { return sha256Name(cert.RawSubjectPublicKeyInfo) }
+
 // Fingerprint returns "sha256:<hex>" of a certificate's DER.
-func Fingerprint(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.Raw)
+func Fingerprint(cert *x509.Certificate) string { return sha256Name(cert.Raw) }
+
+// sha256Name is the "sha256:<hex>" form every hash name here takes.
+func sha256Name(b []byte) string {
+	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 

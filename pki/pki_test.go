@@ -1,6 +1,9 @@
 package pki
 
 import (
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/x509"
 	"strings"
 	"testing"
@@ -109,5 +112,34 @@ func TestPEMRoundTrip(t *testing.T) {
 	}
 	if _, err := DecodeCerts([]byte("-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n")); err == nil {
 		t.Fatal("key accepted as certificate")
+	}
+}
+
+// CertKeyHash, read off the certificate, names the same key as KeyHash for
+// every kind of key pki issues certificates for.
+func TestCertKeyHashIsKeyHash(t *testing.T) {
+	now := time.Now()
+	ca, err := NewCA(spiffeid.RequireTrustDomainFromString("ee.sild.test"), "EE root", time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p256, _ := NewKey()
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	id := spiffeid.RequireFromString("spiffe://ee.sild.test/node/GOV/1/ss1")
+	for name, pub := range map[string]crypto.PublicKey{"p256": p256.Public(), "ed25519": ed.Public()} {
+		cert, err := ca.Issue(KindSigning, pub, id, time.Hour, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := KeyHash(pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := CertKeyHash(cert); got != want {
+			t.Errorf("%s: CertKeyHash %s, KeyHash %s", name, got, want)
+		}
+	}
+	if CertKeyHash(ca.Cert) == Fingerprint(ca.Cert) {
+		t.Error("the key hash is the certificate's fingerprint")
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -314,13 +313,12 @@ func (s *Signature) resolveCert(cert *x509.Certificate) (*x509.Certificate, erro
 	return cert, nil
 }
 
-// keyIDNames reports whether kid is pki.KeyHash of cert's key. It hashes the
-// certificate's own encoding of the key first, which is what KeyHash
-// computes for every certificate pki issues, and re-encodes the key only
-// when that differs: this runs for every signature received.
+// keyIDNames reports whether kid is pki.KeyHash of cert's key. It tries
+// the certificate's own encoding of the key first (pki.CertKeyHash) and
+// re-encodes the key only when that differs: this runs for every signature
+// received.
 func keyIDNames(kid string, cert *x509.Certificate) bool {
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	if kid == "sha256:"+hex.EncodeToString(sum[:]) {
+	if kid == pki.CertKeyHash(cert) {
 		return true
 	}
 	h, err := pki.KeyHash(cert.PublicKey)
