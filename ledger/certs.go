@@ -127,15 +127,6 @@ func (cs *certStore) compact(e []byte, recOff int, spans []span, added map[strin
 	return append(head, body...)
 }
 
-// recordOffset is where the record starts in entryBytes(i, rec, ...).
-func recordOffset(i uint64, rec []byte) int {
-	off := 1 + protowire.SizeVarint(uint64(len(rec)))
-	if i != 0 {
-		off += 1 + protowire.SizeVarint(i)
-	}
-	return off
-}
-
 // remember marks certificates stored.
 func (cs *certStore) remember(added map[string][sha256.Size]byte) {
 	if cs.known == nil {

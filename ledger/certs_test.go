@@ -169,11 +169,11 @@ func TestCompactExpandAnyRecord(t *testing.T) {
 	cs := &certStore{}
 	for n := 0; n <= len(full); n++ {
 		rec := full[:n]
-		e := entryBytes(uint64(n), rec, nil, time.Unix(1700000000, 5))
+		e, recOff := entryBytes(uint64(n), rec, nil, time.Unix(1700000000, 5))
 		err := db.Update(func(txn *badger.Txn) error {
 			added := map[string][sha256.Size]byte{}
 			var setErr error
-			stored := cs.compact(e, recordOffset(uint64(n), rec), certSpans(rec), added, func(k, v []byte) {
+			stored := cs.compact(e, recOff, certSpans(rec), added, func(k, v []byte) {
 				if setErr == nil {
 					setErr = txn.Set(k, bytes.Clone(v))
 				}

@@ -114,8 +114,12 @@ func TestEntryBytesIsMarshal(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := entryBytes(tc.i, rec, tc.digest, tc.at); !bytes.Equal(got, want) {
+		got, recOff := entryBytes(tc.i, rec, tc.digest, tc.at)
+		if !bytes.Equal(got, want) {
 			t.Errorf("entry %d at %v: encoded %x, marshal %x", tc.i, tc.at, got, want)
+		}
+		if recOff+len(rec) > len(got) || !bytes.Equal(got[recOff:recOff+len(rec)], rec) {
+			t.Errorf("entry %d: the record is not at offset %d", tc.i, recOff)
 		}
 	}
 }

@@ -231,8 +231,9 @@ func (l *Ledger) open(i uint64, sealed []byte) ([]byte, error) {
 // entryBytes is the serialized ledgerv1.Entry of leaf i, byte for byte what
 // the deterministic proto.Marshal of that message gives, encoded directly:
 // the record, most of the entry, is copied once and nothing else is
-// allocated.
-func entryBytes(i uint64, rec, bodyDigest []byte, appended time.Time) []byte {
+// allocated. recOff is where rec starts in it (certs.go cuts certificates
+// out of the record by their offsets).
+func entryBytes(i uint64, rec, bodyDigest []byte, appended time.Time) (entry []byte, recOff int) {
 	var ts [2 * (1 + binary.MaxVarintLen64)]byte // google.protobuf.Timestamp
 	t := ts[:0]
 	if s := appended.Unix(); s != 0 {
@@ -251,14 +252,16 @@ func entryBytes(i uint64, rec, bodyDigest []byte, appended time.Time) []byte {
 	}
 	if len(rec) > 0 {
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
-		b = protowire.AppendBytes(b, rec)
+		b = protowire.AppendVarint(b, uint64(len(rec)))
+		recOff = len(b)
+		b = append(b, rec...)
 	}
 	if len(bodyDigest) > 0 {
 		b = protowire.AppendTag(b, 3, protowire.BytesType)
 		b = protowire.AppendBytes(b, bodyDigest)
 	}
 	b = protowire.AppendTag(b, 4, protowire.BytesType)
-	return protowire.AppendBytes(b, t)
+	return protowire.AppendBytes(b, t), recOff
 }
 
 // writeBatch writes batch as the next leaves into one transaction and
@@ -283,8 +286,8 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 			digest = sum[:]
 			set(bodyKey(i), l.seal(i, p.body))
 		}
-		eb := entryBytes(i, p.rec, digest, now)
-		set(entryKey(i), l.certs.compact(eb, recordOffset(i, p.rec), p.certs, newCerts, set))
+		eb, recOff := entryBytes(i, p.rec, digest, now)
+		set(entryKey(i), l.certs.compact(eb, recOff, p.certs, newCerts, set))
 		set(msgKey(p.msgID, i), nil)
 		start := p.start
 		if start.IsZero() {
