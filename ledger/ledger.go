@@ -289,9 +289,7 @@ func (f *Future) Wait(ctx context.Context) (uint64, error) {
 type pending struct {
 	rec     []byte
 	msgID   string
-	client  string
-	service string // target + "/" + service
-	user    string
+	parties []party // the party indexes it goes into
 	start   time.Time
 	body    []byte // serialized Body, nil if none
 	certs   []span // certificates in rec, stored apart (certs.go)
@@ -510,9 +508,7 @@ func (l *Ledger) Append(ctx context.Context, rec *ledgerv1.Record, body *ledgerv
 	}
 	p := &pending{
 		msgID:   rec.GetMessageId(),
-		client:  rec.GetClient(),
-		service: rec.GetTarget() + "/" + rec.GetService(),
-		user:    rec.GetUserId(),
+		parties: partiesOf(rec),
 		fut:     &Future{done: make(chan struct{})},
 	}
 	if st := rec.GetStartTime(); st != nil {

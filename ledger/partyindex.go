@@ -20,6 +20,7 @@ package ledger
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -55,20 +56,10 @@ type member struct {
 }
 
 func compareMembers(a, b member) int {
-	if c := cmpUint(a.start, b.start); c != 0 {
+	if c := cmp.Compare(a.start, b.start); c != 0 {
 		return c
 	}
-	return cmpUint(a.index, b.index)
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return cmp.Compare(a.index, b.index)
 }
 
 func bucketOf(start uint64) uint64 { return start - start%indexBucket }

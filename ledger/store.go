@@ -294,10 +294,8 @@ func (l *Ledger) writeBatch(batch []*pending, rng *merkle.Range) error {
 			start = now
 		}
 		ts := start.UnixNano()
-		groups.add(pfxClient, p.client, ts, i)
-		groups.add(pfxService, p.service, ts, i)
-		if p.user != "" {
-			groups.add(pfxUser, p.user, ts, i)
+		for _, pt := range p.parties {
+			groups.add(pt.pfx, pt.id, ts, i)
 		}
 		rng.Append(merkle.HashLeaf(eb), func(n merkle.Node, h merkle.Hash) {
 			if n.Level >= minStoredLevel {
