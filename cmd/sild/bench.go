@@ -37,11 +37,22 @@ most the mesh could reach on this machine); and through the two nodes (mesh).
   server-stream-10x1KiB   a server-streaming call answering 10 messages of 1 KiB
 It prints calls per second, p50 and p99 latency, throughput as a share of
 direct, and the CPU time the process used per call (everything runs in this
-one process, so mesh minus direct is what the two nodes cost). A progress
+one process, so mesh minus direct is what the two nodes cost).
+
+With --by-part it profiles each measurement and splits that CPU time by the
+part that spent it. A chain of machines bound by CPU goes as fast as its
+busiest part, so the last column estimates the share of direct each path
+would reach with every proxy, node and the backend on a machine of its own
+(the callers not counted as a limit): the backend's CPU per call in direct
+over that of the busiest part of the path. It is an estimate from one
+machine, where the parts also compete for caches and the scheduler.
+
+A progress
 line goes to stderr while it runs. With the defaults the whole run takes
 about a minute.`,
 		Example: `  go run ./cmd/sild bench
   go run ./cmd/sild bench --duration 1s --concurrency 1,64 --json
+  go run ./cmd/sild bench --case unary-1KiB --concurrency 64 --by-part
   go run ./cmd/sild bench --path mesh --case unary-1KiB --concurrency 64 --cpuprofile mesh.prof`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -55,6 +66,9 @@ about a minute.`,
 			}
 			if verbose {
 				cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+			}
+			if cpuProfile != "" && cfg.ByPart {
+				return fmt.Errorf("--cpuprofile and --by-part both profile the process: choose one")
 			}
 			if cpuProfile != "" {
 				stop, err := startCPUProfile(cpuProfile)
@@ -85,6 +99,7 @@ about a minute.`,
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress line on stderr")
 	f.StringVar(&cfg.Dir, "dir", "", "where to create the temporary data directory (default: the system's temp dir)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what the components do to stderr")
+	f.BoolVar(&cfg.ByPart, "by-part", false, "also split the CPU per call by part (client, relay proxies, consumer and provider node, backend) and estimate each path's share of direct with each part on a machine of its own")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file` (read it with go tool pprof)")
 	return cmd
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -46,5 +47,9 @@ func TestBenchFlagErrors(t *testing.T) {
 		if err == nil {
 			t.Errorf("%v: no error", args)
 		}
+	}
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
+	if _, _, err := runCmd(context.Background(), "bench", "--by-part", "--cpuprofile", prof); err == nil || !strings.Contains(err.Error(), "choose one") {
+		t.Errorf("--by-part with --cpuprofile: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -77,6 +79,11 @@ type Config struct {
 	Progress io.Writer
 	// Logger receives the components' logs; nil discards them.
 	Logger *slog.Logger
+	// ByPart profiles each measurement to tell the CPU time per call of
+	// each part (Result.CPUByPartUs) and estimate the share of direct each
+	// path would reach with its parts on machines of their own
+	// (Result.DedicatedShare). No other CPU profile may run meanwhile.
+	ByPart bool
 }
 
 // DefaultConfig returns the defaults (about a minute in all).
@@ -136,8 +143,39 @@ type Result struct {
 	// in microseconds; 0 where it cannot be read. Unlike calls/s it hardly
 	// depends on what else the machine is doing.
 	CPUPerCallUs float64 `json:"cpu_per_call_us"`
+	// CPUByPartUs splits CPUPerCallUs by the part that spent it (see
+	// Parts), from a CPU profile of the measurement (Config.ByPart).
+	CPUByPartUs map[string]float64 `json:"cpu_per_call_us_by_part,omitempty"`
+	// DedicatedShare estimates RatioToDirect with each serving part (the
+	// relay proxies or nodes, and the backend) on a machine of its own and
+	// the callers not the limit: CPU-bound, a chain goes as fast as its
+	// busiest part, so it is the CPU per call of the busiest serving part
+	// of direct (the backend) over that of this path. CPU no part claims
+	// (PartOther) is spread over the parts in proportion. Config.ByPart
+	// only; 0 without direct.
+	DedicatedShare float64 `json:"dedicated_share_of_direct,omitempty"`
 	// FirstError is the text of the first failed call, if any.
 	FirstError string `json:"first_error,omitempty"`
+}
+
+// Parts of the run that Config.ByPart tells apart: the callers, the relay's
+// two proxies, the nodes and the backend (mesh.Part*), the registry, and
+// CPU spent outside all of them (the Go runtime's own goroutines).
+const (
+	PartClient   = "client"
+	PartRelay1   = "relay1"
+	PartRelay2   = "relay2"
+	PartRegistry = "registry"
+	PartOther    = "other"
+)
+
+// Parts lists the parts in the order of a call's path.
+var Parts = []string{PartClient, PartRelay1, PartRelay2, mesh.PartConsumer, mesh.PartProvider, mesh.PartBackend, PartRegistry, PartOther}
+
+// serving reports whether part serves calls (a proxy, a node, the
+// backend), as opposed to making them or being bystanders.
+func serving(part string) bool {
+	return part != PartClient && part != PartRegistry && part != PartOther
 }
 
 // Machine describes where the run took place.
@@ -199,7 +237,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	total := len(cfg.Cases) * len(cfg.Concurrency) * len(run)
 	for _, k := range cfg.Cases {
 		for _, c := range cfg.Concurrency {
-			var direct float64
+			var direct, directBusiest float64
 			for _, path := range run {
 				label := fmt.Sprintf("[%d/%d] %s %s concurrency %d", len(rep.Results)+1, total, k, path, c)
 				r, err := w.measure(ctx, cfg, k, path, c, label)
@@ -211,6 +249,12 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 				}
 				if direct > 0 { // 1 for direct itself
 					r.RatioToDirect = r.CallsPerSec / direct
+				}
+				if path == PathDirect {
+					directBusiest = busiest(r.CPUByPartUs)
+				}
+				if b := busiest(r.CPUByPartUs); directBusiest > 0 && b > 0 {
+					r.DedicatedShare = directBusiest / b
 				}
 				rep.Results = append(rep.Results, r)
 			}
@@ -242,27 +286,41 @@ var plaintext = grpc.WithTransportCredentials(insecure.NewCredentials())
 // connection to the first.
 func startRelay(m *mesh.Mesh, backend string) (*grpc.ClientConn, error) {
 	addr := backend
-	for range 2 {
-		up, err := grpc.NewClient(addr, plaintext)
+	for _, part := range []string{PartRelay2, PartRelay1} { // nearest the backend first
+		var err error
+		cpustat.Do(mesh.PartLabel, part, func() {
+			var up *grpc.ClientConn
+			if up, err = grpc.NewClient(addr, plaintext); err != nil {
+				return
+			}
+			m.OnClose(up.Close)
+			p := &forward.Proxy{Director: func(ctx context.Context, _ string) (forward.Route, error) {
+				return forward.Route{Ctx: forward.CopyIncoming(ctx), Conn: up}, nil
+			}}
+			addr, err = m.StartBackend(func(*grpc.Server) {}, p.ServerOptions()...)
+		})
 		if err != nil {
-			return nil, err
-		}
-		m.OnClose(up.Close)
-		p := &forward.Proxy{Director: func(ctx context.Context, _ string) (forward.Route, error) {
-			return forward.Route{Ctx: forward.CopyIncoming(ctx), Conn: up}, nil
-		}}
-		if addr, err = m.StartBackend(func(*grpc.Server) {}, p.ServerOptions()...); err != nil {
 			return nil, fmt.Errorf("relay proxy: %w", err)
 		}
 	}
 	return grpc.NewClient(addr, plaintext)
 }
 
-func startWorld(ctx context.Context, m *mesh.Mesh) (*world, error) {
-	r, err := m.StartRegistry(ctx, mesh.RegistryOptions{Instance: "EE", TrustDomain: "ee.sild.test", Servers: 1})
+// startWorld starts the registry, the pair and the relay, and connects the
+// callers, each under its part's profiler label.
+func startWorld(ctx context.Context, m *mesh.Mesh) (w *world, err error) {
+	var r *mesh.Registry
+	cpustat.Do(mesh.PartLabel, PartRegistry, func() {
+		r, err = m.StartRegistry(ctx, mesh.RegistryOptions{Instance: "EE", TrustDomain: "ee.sild.test", Servers: 1})
+	})
 	if err != nil {
 		return nil, err
 	}
+	cpustat.Do(mesh.PartLabel, PartClient, func() { w, err = startPaths(ctx, m, r) })
+	return w, err
+}
+
+func startPaths(ctx context.Context, m *mesh.Mesh, r *mesh.Registry) (*world, error) {
 	member, _ := ident.ParseMember("EE/GOV/70000310")
 	p, err := m.StartPair(ctx, r, mesh.PairOptions{Member: member, Service: "grpc.testing.TestService",
 		DescriptorSet: descset.Of(testpb.File_grpc_testing_test_proto),
@@ -361,30 +419,32 @@ func (w *world) measure(ctx context.Context, cfg Config, k, path string, conc in
 		wg       sync.WaitGroup
 	)
 	lats := make([][]time.Duration, conc)
-	for i := range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l := make([]time.Duration, 0, 4096)
-			for !stop.Load() && ctx.Err() == nil {
-				t := time.Now()
-				err := w.call(callCtx, client, k)
-				d := time.Since(t)
-				if !counting.Load() {
-					continue
+	cpustat.Do(mesh.PartLabel, PartClient, func() {
+		for i := range conc {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l := make([]time.Duration, 0, 4096)
+				for !stop.Load() && ctx.Err() == nil {
+					t := time.Now()
+					err := w.call(callCtx, client, k)
+					d := time.Since(t)
+					if !counting.Load() {
+						continue
+					}
+					if err != nil {
+						errs.Add(1)
+						msg := err.Error()
+						firstErr.CompareAndSwap(nil, &msg)
+						continue
+					}
+					calls.Add(1)
+					l = append(l, d)
 				}
-				if err != nil {
-					errs.Add(1)
-					msg := err.Error()
-					firstErr.CompareAndSwap(nil, &msg)
-					continue
-				}
-				calls.Add(1)
-				l = append(l, d)
-			}
-			lats[i] = l
-		}()
-	}
+				lats[i] = l
+			}()
+		}
+	})
 	ticker := time.NewTicker(250 * time.Millisecond)
 	defer ticker.Stop()
 	warm := time.NewTimer(cfg.Warmup)
@@ -394,6 +454,9 @@ func (w *world) measure(ctx context.Context, cfg Config, k, path string, conc in
 		end      <-chan time.Time
 		cpuStart time.Duration
 		cpuOK    bool
+		prof     bytes.Buffer
+		profErr  error
+		profiled bool
 	)
 	progress(cfg.Progress, label+": warming up")
 wait:
@@ -402,6 +465,12 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-warm.C:
+			if cfg.ByPart {
+				if profErr = pprof.StartCPUProfile(&prof); profErr != nil {
+					break wait
+				}
+				profiled = true
+			}
 			measured = time.Now()
 			cpuStart, cpuOK = cpustat.Process()
 			counting.Store(true)
@@ -416,11 +485,17 @@ wait:
 	}
 	counting.Store(false)
 	cpuEnd, cpuEndOK := cpustat.Process()
+	if profiled {
+		pprof.StopCPUProfile()
+	}
 	stop.Store(true)
 	elapsed := time.Since(measured)
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
+	}
+	if profErr != nil {
+		return Result{}, fmt.Errorf("profile the measurement: %w", profErr)
 	}
 	var all []time.Duration
 	for _, l := range lats {
@@ -438,7 +513,52 @@ wait:
 	if cpuOK && cpuEndOK && r.Calls > 0 {
 		r.CPUPerCallUs = float64((cpuEnd - cpuStart).Microseconds()) / float64(r.Calls)
 	}
+	if profiled && r.CPUPerCallUs > 0 {
+		byPart, err := cpustat.ByLabel(prof.Bytes(), mesh.PartLabel)
+		if err != nil {
+			return Result{}, err
+		}
+		r.CPUByPartUs = splitCPU(r.CPUPerCallUs, byPart)
+	}
 	return r, nil
+}
+
+// splitCPU divides perCall in proportion to the CPU profile's time by
+// part; time without a part counts as PartOther.
+func splitCPU(perCall float64, byPart map[string]time.Duration) map[string]float64 {
+	var total time.Duration
+	for _, d := range byPart {
+		total += d
+	}
+	if total <= 0 {
+		return nil
+	}
+	out := map[string]float64{}
+	for part, d := range byPart {
+		if part == "" {
+			part = PartOther
+		}
+		out[part] += perCall * float64(d) / float64(total)
+	}
+	return out
+}
+
+// busiest returns the CPU per call of the busiest serving part, with
+// PartOther spread over all parts in proportion; 0 if none served.
+func busiest(byPart map[string]float64) float64 {
+	var claimed, top float64
+	for part, us := range byPart {
+		if part != PartOther {
+			claimed += us
+		}
+		if serving(part) {
+			top = max(top, us)
+		}
+	}
+	if claimed <= 0 {
+		return 0
+	}
+	return top * (claimed + byPart[PartOther]) / claimed
 }
 
 // quantile returns the q-quantile of sorted durations in milliseconds.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"runtime"
 	"strings"
 	"testing"
@@ -91,5 +92,62 @@ func TestTableWithoutDirect(t *testing.T) {
 	line := strings.Split(b.String(), "\n")[1]
 	if f := strings.Fields(line); len(f) != 9 || f[6] != "-" || f[7] != "700" {
 		t.Fatalf("row %q", line)
+	}
+}
+
+// TestByPart profiles a short run and checks that each path's CPU lands on
+// the parts on its way: the proxies in relay, the two nodes in mesh.
+func TestByPart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	cfg := Config{Duration: 500 * time.Millisecond, Concurrency: []int{4}, Cases: []string{CaseUnary}, Dir: t.TempDir(), ByPart: true}
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != 3 {
+		t.Fatalf("%d results", len(rep.Results))
+	}
+	for _, r := range rep.Results {
+		var sum float64
+		for _, us := range r.CPUByPartUs {
+			sum += us
+		}
+		if math.Abs(sum-r.CPUPerCallUs) > 0.01*r.CPUPerCallUs {
+			t.Errorf("%s: parts %v add up to %.1f, not the %.1f µs per call measured", r.Path, r.CPUByPartUs, sum, r.CPUPerCallUs)
+		}
+	}
+	direct, relay, mesh := rep.Results[0].CPUByPartUs, rep.Results[1].CPUByPartUs, rep.Results[2].CPUByPartUs
+	if relay[PartRelay1] <= 0 || relay[PartRelay2] <= 0 || relay[PartRelay1]+relay[PartRelay2] <= relay["consumer"]+relay["provider"] {
+		t.Errorf("relay's CPU is not on its proxies: %v", relay)
+	}
+	if mesh["consumer"] <= 0 || mesh["provider"] <= 0 || mesh["consumer"]+mesh["provider"] < rep.Results[2].CPUPerCallUs/2 {
+		t.Errorf("mesh's CPU is not mostly on its nodes: %v", mesh)
+	}
+	if direct["backend"] <= 0 && mesh["backend"] <= 0 {
+		t.Errorf("no CPU on the backend: direct %v, mesh %v", direct, mesh)
+	}
+	if rep.Results[0].DedicatedShare != 1 || rep.Results[2].DedicatedShare <= 0 {
+		t.Errorf("dedicated estimates: direct %v, mesh %v", rep.Results[0].DedicatedShare, rep.Results[2].DedicatedShare)
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil || !strings.Contains(table.String(), "dedicated est.") {
+		t.Errorf("table (%v):\n%s", err, table.String())
+	}
+}
+
+func TestBusiestSpreadsOther(t *testing.T) {
+	split := splitCPU(100, map[string]time.Duration{"": 10, "consumer": 30, "provider": 60})
+	if split[PartOther] != 10 || split["consumer"] != 30 || split["provider"] != 60 {
+		t.Fatalf("split %v", split)
+	}
+	// The busiest serving part takes its share of "other"; the client and
+	// the registry never count as the busiest.
+	got := busiest(map[string]float64{PartClient: 90, "provider": 60, "consumer": 30, PartRegistry: 20, PartOther: 20})
+	if want := 60 * 220.0 / 200; math.Abs(got-want) > 1e-9 {
+		t.Fatalf("busiest = %v, want %v", got, want)
+	}
+	if busiest(map[string]float64{PartOther: 5}) != 0 || busiest(nil) != 0 {
+		t.Fatal("busiest of nothing that serves is not 0")
 	}
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -20,6 +21,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if err := r.writeParts(w); err != nil {
+		return err
+	}
 	m := r.Machine
 	_, err := fmt.Fprintf(w, "\n%d CPUs (%s), %s %s/%s; %d ms per measurement, setup %d ms, total %.1f s\n",
 		m.CPUs, m.CPUModel, m.GoVersion, m.OS, m.Arch, r.DurationMs, r.SetupMs, float64(r.TotalMs)/1000)
@@ -29,4 +33,40 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 	}
 	return err
+}
+
+// writeParts writes, for runs with Config.ByPart, the CPU per call of each
+// part and the estimated share of direct on dedicated machines.
+func (r *Report) writeParts(w io.Writer) error {
+	var parts []string // those measured, in path order
+	for _, p := range Parts {
+		for _, x := range r.Results {
+			if x.CPUByPartUs[p] > 0 {
+				parts = append(parts, p)
+				break
+			}
+		}
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "\nCPU µs per call by part, and the share of direct estimated with each serving part on a machine of its own:\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "case\tpath\tconcurrency\t%s\tdedicated est.\t\n", strings.Join(parts, "\t"))
+	for _, x := range r.Results {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t", x.Case, x.Path, x.Concurrency)
+		for _, p := range parts {
+			if us, ok := x.CPUByPartUs[p]; ok {
+				fmt.Fprintf(tw, "%.0f\t", us)
+			} else {
+				fmt.Fprint(tw, "-\t")
+			}
+		}
+		est := "-"
+		if x.DedicatedShare > 0 {
+			est = fmt.Sprintf("%.0f%%", 100*x.DedicatedShare)
+		}
+		fmt.Fprintf(tw, "%s\t\n", est)
+	}
+	return tw.Flush()
 }

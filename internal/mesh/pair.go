@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/cpustat"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/node/topology"
 )
@@ -33,11 +34,24 @@ type PairOptions struct {
 	Register func(*grpc.Server)
 }
 
+// PartLabel is the profiler label (see cpustat.Do and cpustat.ByLabel)
+// that StartPair puts on the goroutines of each part it starts, so that a
+// CPU profile tells what each part cost.
+const PartLabel = "sild_part"
+
+// The parts StartPair labels.
+const (
+	PartConsumer = "consumer"
+	PartProvider = "provider"
+	PartBackend  = "backend"
+)
+
 // StartPair starts, on registry r, node "consumer" serving subsystem
 // "client" and node "provider" serving subsystem "service" with a backend,
 // publishes the service and grants it to the client. It returns once both
 // nodes see the configuration; the grant may take a moment more to be in
-// force (until a first call succeeds).
+// force (until a first call succeeds). The goroutines of the backend and of
+// each node carry PartLabel.
 func (m *Mesh) StartPair(ctx context.Context, r *Registry, o PairOptions) (*Pair, error) {
 	p := &Pair{
 		Client: ident.Subsystem{Member: o.Member, Code: "client"},
@@ -62,13 +76,20 @@ func (m *Mesh) StartPair(ctx context.Context, r *Registry, o PairOptions) (*Pair
 	if err := r.Publish(ctx, p.Service, o.DescriptorSet); err != nil {
 		return nil, err
 	}
-	if p.Backend, err = m.StartBackend(o.Register); err != nil {
+	cpustat.Do(PartLabel, PartBackend, func() { p.Backend, err = m.StartBackend(o.Register) })
+	if err != nil {
 		return nil, err
 	}
-	if p.Consumer, err = m.StartNode(ctx, r, nodeA, tokA, []node.SubsystemConfig{{ID: p.Client.String()}}, nil); err != nil {
+	cpustat.Do(PartLabel, PartConsumer, func() {
+		p.Consumer, err = m.StartNode(ctx, r, nodeA, tokA, []node.SubsystemConfig{{ID: p.Client.String()}}, nil)
+	})
+	if err != nil {
 		return nil, err
 	}
-	if p.Provider, err = m.StartNode(ctx, r, nodeB, tokB, []node.SubsystemConfig{{ID: p.Target.String(), Backend: p.Backend}}, nil); err != nil {
+	cpustat.Do(PartLabel, PartProvider, func() {
+		p.Provider, err = m.StartNode(ctx, r, nodeB, tokB, []node.SubsystemConfig{{ID: p.Target.String(), Backend: p.Backend}}, nil)
+	})
+	if err != nil {
 		return nil, err
 	}
 	for _, n := range []*Node{p.Consumer, p.Provider} {
