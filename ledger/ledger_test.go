@@ -278,6 +278,7 @@ func TestConfigValidate(t *testing.T) {
 		"SignerChain[0]": func(c *Config) { c.SignerChain = other.chain },
 		"Stamp":          func(c *Config) { c.Stamp = nil },
 		"MaxBatch":       func(c *Config) { c.MaxBatch = 0 },
+		"CommitDelay":    func(c *Config) { c.CommitDelay = -time.Millisecond },
 		"BodyKey":        func(c *Config) { c.BodyKey = nil },
 		"BodyKey size":   func(c *Config) { c.BodyKey = []byte("short") },
 	} {

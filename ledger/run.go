@@ -19,6 +19,8 @@ import (
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
+	"github.com/sildmesh/sild/internal/cpustat"
+	"github.com/sildmesh/sild/internal/linger"
 )
 
 func timestamppbOf(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
@@ -48,6 +50,14 @@ func (l *Ledger) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); l.archiver(ctx) }()
 	}
 	batch := make([]*pending, 0, l.cfg.MaxBatch)
+	var cpu cpustat.Meter
+	busy := l.cfg.busy
+	if busy == nil {
+		busy = func(now time.Time) bool { return cpu.Share(now) >= busyShare }
+	}
+	delay := linger.Policy{Max: l.cfg.CommitDelay, Expect: commitSiblings, Busy: busy}
+	wait := time.NewTimer(0)
+	<-wait.C
 	for {
 		select {
 		case <-ctx.Done():
@@ -65,10 +75,34 @@ func (l *Ledger) Run(ctx context.Context) error {
 					break gather
 				}
 			}
+			if d := delay.Wait(len(batch), time.Now()); d > 0 && len(batch) < l.cfg.MaxBatch {
+				wait.Reset(d)
+				before := len(batch)
+			linger:
+				for len(batch) < l.cfg.MaxBatch {
+					select {
+					case p := <-l.in:
+						batch = append(batch, p)
+					case <-wait.C:
+						break linger
+					}
+				}
+				wait.Stop()
+				delay.Waited(len(batch) - before)
+			}
+			delay.Closed(len(batch), time.Now())
 			l.commit(batch)
 		}
 	}
 }
+
+// A commit waits for more records (Config.CommitDelay) only when at least
+// commitSiblings more are expected meanwhile, at the recent rate, and the
+// process keeps busyShare of its CPUs busy.
+const (
+	commitSiblings = 2
+	busyShare      = 0.6
+)
 
 func (l *Ledger) failQueued() {
 	close(l.stopped) // wakes appends blocked on a full queue

@@ -224,6 +224,10 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	defer led.Close()
 	n.ledgerP.Store(led)
+	for _, c := range batchMetrics(led, n.signer) {
+		n.metrics.MustRegister(c)
+		defer n.metrics.Unregister(c)
+	}
 	run("watch", n.watchLoop)
 	run("renew", n.renewLoop)
 	run("admin", n.serveAdmin)
