@@ -235,7 +235,8 @@ func TestExchangeThroughTwoNodes(t *testing.T) {
 		st := r.n.Ledger().Stats()
 		metrics := scrape(t, r.n.AdminAddr())
 		if st.Records < 3 || metrics["sild_ledger_records_total"] != float64(st.Records) || metrics["sild_ledger_commits_total"] != float64(st.Commits) ||
-			metrics["sild_signer_digests_total"] < 3 || metrics["sild_signer_signatures_total"] < 1 || metrics["sild_node_config_version"] < 1 {
+			metrics["sild_signer_digests_total"] < 3 || metrics["sild_signer_signatures_total"] < 1 || metrics["sild_node_config_version"] < 1 ||
+			metrics["sild_verifier_root_checks_total"] < 1 {
 			t.Fatalf("%s metrics %v, ledger stats %+v", name, metrics, st)
 		}
 	}

@@ -19,7 +19,6 @@ import (
 	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/node/exchange"
 	"github.com/sildmesh/sild/node/meta"
-	"github.com/sildmesh/sild/node/sign"
 	"github.com/sildmesh/sild/tsa"
 )
 
@@ -96,7 +95,7 @@ func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
 	cfg.Topology = n.Topology
 	cfg.Changed = n.TopologyChanged
 	cfg.SVID, cfg.Bundles = n.svids, n.bundles
-	cfg.Signer, cfg.Verifier = n.signer, sign.NewVerifier(0)
+	cfg.Signer, cfg.Verifier = n.signer, n.verifier
 	cfg.Access = n.access
 	cfg.Logger = n.log
 	cfg.MaxMessageSize = n.cfg.MaxMessageSize

@@ -63,12 +63,13 @@ type Node struct {
 	idMu sync.Mutex
 	id   *identity
 
-	top     atomic.Pointer[topology.Topology]
-	topCh   chan struct{} // closed when top changes
-	topMu   sync.Mutex
-	signer  *sign.Signer
-	access  *access.Store
-	ledgerP atomic.Pointer[ledger.Ledger]
+	top      atomic.Pointer[topology.Topology]
+	topCh    chan struct{} // closed when top changes
+	topMu    sync.Mutex
+	signer   *sign.Signer
+	verifier *sign.Verifier // of the peers' signatures
+	access   *access.Store
+	ledgerP  atomic.Pointer[ledger.Ledger]
 
 	regMu   sync.Mutex
 	regAddr string
@@ -188,6 +189,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	defer n.signer.Close()
+	n.verifier = sign.NewVerifier(0)
 	if err := n.install(id); err != nil {
 		return err
 	}
@@ -224,7 +226,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	defer led.Close()
 	n.ledgerP.Store(led)
-	for _, c := range batchMetrics(led, n.signer) {
+	for _, c := range batchMetrics(led, n.signer, n.verifier) {
 		n.metrics.MustRegister(c)
 		defer n.metrics.Unregister(c)
 	}

@@ -260,6 +260,81 @@ func TestBatching(t *testing.T) {
 	}
 }
 
+// signBatchOf returns the signature of digest(0), made alone, and those of
+// digest(1) to digest(n), made in one batch by s (whose key is key,
+// certified by cert).
+func signBatchOf(t *testing.T, s *Signer, key crypto.Signer, cert *x509.Certificate, n int) []*Signature {
+	t.Helper()
+	gk := &gatedKey{Signer: key, entered: make(chan struct{}), release: make(chan struct{})}
+	if err := s.SetIdentity(gk, []*x509.Certificate{cert}); err != nil {
+		t.Fatal(err)
+	}
+	sigs := make([]*Signature, n+1)
+	var wg sync.WaitGroup
+	wg.Go(func() { sigs[0], _ = s.Sign(context.Background(), digest(0)) })
+	<-gk.entered
+	for i := 1; i <= n; i++ {
+		wg.Go(func() { sigs[i], _ = s.Sign(context.Background(), digest(i)) })
+	}
+	waitQueued(t, s, n)
+	close(gk.release)
+	wg.Wait()
+	return sigs
+}
+
+// The signatures of one batch arrive together: verified at once, they cost
+// one public-key operation, and a bad one is refused to every caller.
+func TestVerifierChecksABatchOnce(t *testing.T) {
+	p := newTestPKI(t)
+	key := newKey(t, AlgECDSAP256SHA256)
+	cert := p.issue(t, pki.KindSigning, key)
+	s := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, IncludeChain: true})
+	sigs := signBatchOf(t, s, key, cert, 8)[1:]
+	at := t0.Add(time.Minute)
+	verifyAll := func(v *Verifier, sigs []*Signature) (ok, failed int) {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 4 {
+			for i, sig := range sigs {
+				wg.Go(func() {
+					<-start
+					_, err := v.Verify(sig, digest(i+1), nil, p.roots, at)
+					mu.Lock()
+					defer mu.Unlock()
+					if err == nil {
+						ok++
+					} else {
+						failed++
+					}
+				})
+			}
+		}
+		close(start)
+		wg.Wait()
+		return ok, failed
+	}
+	v := NewVerifier(0)
+	if ok, failed := verifyAll(v, sigs); ok != 32 || failed != 0 {
+		t.Fatalf("%d verified, %d refused; want 32 verified", ok, failed)
+	}
+	if n := v.RootChecks(); n != 1 {
+		t.Fatalf("%d root signature checks for one batch, want 1", n)
+	}
+
+	bad := make([]*Signature, len(sigs))
+	for i, sig := range sigs {
+		c := *sig
+		c.RootSignature = bytes.Clone(sig.RootSignature)
+		c.RootSignature[len(c.RootSignature)-1] ^= 1
+		bad[i] = &c
+	}
+	v = NewVerifier(0)
+	if ok, failed := verifyAll(v, bad); ok != 0 || failed != 32 {
+		t.Fatalf("tampered batch: %d verified, %d refused; want all refused", ok, failed)
+	}
+}
+
 func TestVerifyRefuses(t *testing.T) {
 	p := newTestPKI(t)
 	key := newKey(t, AlgECDSAP256SHA256)
@@ -267,20 +342,7 @@ func TestVerifyRefuses(t *testing.T) {
 	s := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, IncludeChain: true})
 
 	// A batch of several digests, so that paths are not empty.
-	gk := &gatedKey{Signer: key, entered: make(chan struct{}), release: make(chan struct{})}
-	if err := s.SetIdentity(gk, []*x509.Certificate{cert}); err != nil {
-		t.Fatal(err)
-	}
-	sigs := make([]*Signature, 6)
-	var wg sync.WaitGroup
-	wg.Go(func() { sigs[0], _ = s.Sign(context.Background(), digest(0)) })
-	<-gk.entered
-	for i := 1; i < 6; i++ {
-		wg.Go(func() { sigs[i], _ = s.Sign(context.Background(), digest(i)) })
-	}
-	waitQueued(t, s, 5)
-	close(gk.release)
-	wg.Wait()
+	sigs := signBatchOf(t, s, key, cert, 5)
 	// The batch order is the queue order: find who got leaf 3 of 5.
 	var good *Signature
 	var gd, od []byte

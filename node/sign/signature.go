@@ -241,7 +241,12 @@ func VerifyKey(s *Signature, digest []byte, pub crypto.PublicKey) error {
 	if err != nil {
 		return err
 	}
-	msg := signedBytes(s.TreeSize, &root)
+	return verifyRoot(s, &root, pub)
+}
+
+// verifyRoot checks s.RootSignature over root (computed by s.Root) with pub.
+func verifyRoot(s *Signature, root *[HashSize]byte, pub crypto.PublicKey) error {
+	msg := signedBytes(s.TreeSize, root)
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if s.Algorithm != AlgECDSAP256SHA256 {

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -23,10 +24,21 @@ const DefaultCacheSize = 4096
 type Verifier struct {
 	size int
 
-	mu     sync.Mutex
-	certs  map[[sha256.Size]byte]spiffeid.ID       // by certificate and roots
-	roots  map[[sha256.Size]byte]struct{}          // verified root signatures
-	parsed map[[sha256.Size]byte]*x509.Certificate // sent certificates, by DER hash
+	mu       sync.Mutex
+	certs    map[[sha256.Size]byte]spiffeid.ID       // by certificate and roots
+	roots    map[[sha256.Size]byte]struct{}          // verified root signatures
+	parsed   map[[sha256.Size]byte]*x509.Certificate // sent certificates, by DER hash
+	checking map[[sha256.Size]byte]*rootCheck        // root signatures being verified
+
+	rootChecks atomic.Uint64
+}
+
+// rootCheck is one verification of a root signature that other callers
+// with the same signature wait for: the signatures of one batch arrive
+// together, and all but one would otherwise miss the cache.
+type rootCheck struct {
+	done chan struct{}
+	err  error // set before done is closed
 }
 
 // NewVerifier returns a Verifier keeping at most size entries per cache
@@ -36,7 +48,7 @@ func NewVerifier(size int) *Verifier {
 		size = DefaultCacheSize
 	}
 	return &Verifier{size: size, certs: map[[sha256.Size]byte]spiffeid.ID{}, roots: map[[sha256.Size]byte]struct{}{},
-		parsed: map[[sha256.Size]byte]*x509.Certificate{}}
+		parsed: map[[sha256.Size]byte]*x509.Certificate{}, checking: map[[sha256.Size]byte]*rootCheck{}}
 }
 
 // Verify has the contract of the package function Verify.
@@ -87,22 +99,45 @@ func (v *Verifier) Verify(s *Signature, digest []byte, cert *x509.Certificate, r
 	var sigKey [sha256.Size]byte
 	h.Sum(sigKey[:0])
 	v.mu.Lock()
-	_, sigOK := v.roots[sigKey]
-	v.mu.Unlock()
-	if sigOK {
+	if _, ok := v.roots[sigKey]; ok {
+		v.mu.Unlock()
 		return id, nil
 	}
-	if err := VerifyKey(s, digest, cert.PublicKey); err != nil {
-		return spiffeid.ID{}, err
+	if c := v.checking[sigKey]; c != nil {
+		// The same root signature, certificate and root: the same answer.
+		v.mu.Unlock()
+		<-c.done
+		if c.err != nil {
+			return spiffeid.ID{}, c.err
+		}
+		return id, nil
 	}
-	v.mu.Lock()
-	if len(v.roots) >= v.size {
-		clear(v.roots)
-	}
-	v.roots[sigKey] = struct{}{}
+	c := &rootCheck{done: make(chan struct{})}
+	v.checking[sigKey] = c
 	v.mu.Unlock()
+
+	v.rootChecks.Add(1)
+	c.err = verifyRoot(s, &root, cert.PublicKey)
+	v.mu.Lock()
+	delete(v.checking, sigKey)
+	if c.err == nil {
+		if len(v.roots) >= v.size {
+			clear(v.roots)
+		}
+		v.roots[sigKey] = struct{}{}
+	}
+	v.mu.Unlock()
+	close(c.done)
+	if c.err != nil {
+		return spiffeid.ID{}, c.err
+	}
 	return id, nil
 }
+
+// RootChecks returns how many root signatures v has verified (public-key
+// operations; the signatures it was asked about that shared a verified root
+// signature cost none).
+func (v *Verifier) RootChecks() uint64 { return v.rootChecks.Load() }
 
 // parse returns the parsed certificate of der from the cache, parsing it the
 // first time; nil if it does not parse.
