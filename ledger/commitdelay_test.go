@@ -47,7 +47,7 @@ func TestCommitDelayBatchesWhenBusy(t *testing.T) {
 	if st.Records != writers*each || l.Size() != writers*each {
 		t.Fatalf("stats %+v, size %d; want %d records", st, l.Size(), writers*each)
 	}
-	if mean := float64(st.Records) / float64(st.Commits); mean < 8 {
+	if mean := float64(st.Records) / float64(st.Commits); mean < 3 { // about 1.3 without the delay
 		t.Fatalf("mean batch %.1f (%d commits): appends did not wait for one another", mean, st.Commits)
 	}
 }

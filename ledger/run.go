@@ -19,7 +19,6 @@ import (
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
-	"github.com/sildmesh/sild/internal/cpustat"
 	"github.com/sildmesh/sild/internal/linger"
 )
 
@@ -50,12 +49,10 @@ func (l *Ledger) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); l.archiver(ctx) }()
 	}
 	batch := make([]*pending, 0, l.cfg.MaxBatch)
-	var cpu cpustat.Meter
-	busy := l.cfg.busy
-	if busy == nil {
-		busy = func(now time.Time) bool { return cpu.Share(now) >= busyShare }
+	delay := linger.OnBusyCPU(l.cfg.CommitDelay, commitSiblings)
+	if l.cfg.busy != nil {
+		delay.Busy = l.cfg.busy
 	}
-	delay := linger.Policy{Max: l.cfg.CommitDelay, Expect: commitSiblings, Busy: busy}
 	wait := time.NewTimer(0)
 	<-wait.C
 	for {
@@ -97,12 +94,9 @@ func (l *Ledger) Run(ctx context.Context) error {
 }
 
 // A commit waits for more records (Config.CommitDelay) only when at least
-// commitSiblings more are expected meanwhile, at the recent rate, and the
-// process keeps busyShare of its CPUs busy.
-const (
-	commitSiblings = 2
-	busyShare      = 0.6
-)
+// commitSiblings more are expected meanwhile, at the recent rate (and the
+// CPU is busy: linger.OnBusyCPU).
+const commitSiblings = 2
 
 func (l *Ledger) failQueued() {
 	close(l.stopped) // wakes appends blocked on a full queue

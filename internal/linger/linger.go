@@ -6,7 +6,23 @@
 // way.
 package linger
 
-import "time"
+import (
+	"time"
+
+	"github.com/sildmesh/sild/internal/cpustat"
+)
+
+// BusyShare is the share of its CPUs (GOMAXPROCS) the process must keep
+// busy for OnBusyCPU to count the CPU as short.
+const BusyShare = 0.6
+
+// OnBusyCPU returns a Policy that waits up to max, when at least expect
+// items are expected meanwhile, only while this process keeps BusyShare of
+// its CPUs busy.
+func OnBusyCPU(max time.Duration, expect float64) *Policy {
+	var m cpustat.Meter
+	return &Policy{Max: max, Expect: expect, Busy: func(now time.Time) bool { return m.Share(now) >= BusyShare }}
+}
 
 // Policy is the waiting rule of one batch former. Its methods are called
 // from the one goroutine that forms batches; it is not safe for concurrent

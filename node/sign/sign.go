@@ -41,7 +41,9 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/sildmesh/sild/internal/linger"
 	"github.com/sildmesh/sild/pki"
 )
 
@@ -59,7 +61,12 @@ var (
 const (
 	DefaultMaxBatch = 512
 	DefaultWorkers  = 1
+	DefaultLinger   = time.Millisecond
 )
+
+// lingerSiblings is how many more digests must be expected within
+// Config.Linger for a batch to wait for them.
+const lingerSiblings = 2
 
 // signedPrefix is the domain separation prefix of the signed bytes.
 const signedPrefix = "sild-batch-v1"
@@ -83,6 +90,16 @@ type Config struct {
 	// DefaultWorkers). One is best on small machines: the fewer signatures,
 	// the bigger the batches.
 	Workers int
+	// Linger is how long a batch may wait for more digests (default
+	// DefaultLinger; negative: never). It waits only while the process
+	// keeps most of its CPUs busy and digests arrive fast (see
+	// linger.OnBusyCPU): then fewer signatures are made here and, above
+	// all, fewer verified by the receiving nodes, at that much latency. A
+	// node with CPU to spare, and a lone caller, are never held.
+	Linger time.Duration
+	// busy replaces the CPU measure that decides whether a batch may wait
+	// (tests).
+	busy func(time.Time) bool
 }
 
 // identity is a key with its certificate chain, swapped as a whole.
@@ -175,9 +192,10 @@ type Signer struct {
 	workers  int
 
 	mu       sync.Mutex
-	pending  []*request // FIFO, each with a caller waiting
-	signing  int        // batches being signed
-	lingered int        // scheduling rounds the current leader waited for company
+	pending  []*request     // FIFO, each with a caller waiting
+	signing  int            // batches being signed
+	lingered int            // scheduling rounds the current leader waited for company
+	delay    *linger.Policy // when a batch waits for more digests; used under mu
 	closed   bool
 	wg       sync.WaitGroup // every signing caller or goroutine
 
@@ -193,6 +211,9 @@ func New(cfg Config) (*Signer, error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = DefaultWorkers
 	}
+	if cfg.Linger == 0 {
+		cfg.Linger = DefaultLinger
+	}
 	if cfg.MaxBatch < 1 || cfg.MaxBatch > MaxTreeSize {
 		return nil, fmt.Errorf("new signer: MaxBatch must be in 1..%d", MaxTreeSize)
 	}
@@ -203,7 +224,11 @@ func New(cfg Config) (*Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new signer: %w", err)
 	}
-	s := &Signer{include: cfg.IncludeChain, maxBatch: cfg.MaxBatch, workers: cfg.Workers}
+	s := &Signer{include: cfg.IncludeChain, maxBatch: cfg.MaxBatch, workers: cfg.Workers,
+		delay: linger.OnBusyCPU(max(cfg.Linger, 0), lingerSiblings)}
+	if cfg.busy != nil {
+		s.delay.Busy = cfg.busy
+	}
 	s.id.Store(id)
 	return s, nil
 }
@@ -282,6 +307,7 @@ func (s *Signer) Sign(ctx context.Context, digest []byte) (*Signature, error) {
 // caller has counted itself in s.signing and s.wg.
 func (s *Signer) lead(own *request) {
 	defer s.wg.Done()
+	waited := false // the last round waited for company
 	for {
 		s.mu.Lock()
 		if s.closed {
@@ -312,7 +338,23 @@ func (s *Signer) lead(own *request) {
 			continue
 		}
 		s.lingered = 0
+		if !waited && len(s.pending) < s.maxBatch {
+			if d := s.delay.Wait(len(s.pending), time.Now()); d > 0 {
+				// Digests come fast and CPU is short: let more join, then
+				// look again (another worker may have taken them).
+				before := len(s.pending)
+				s.mu.Unlock()
+				time.Sleep(d)
+				s.mu.Lock()
+				s.delay.Waited(len(s.pending) - before)
+				s.mu.Unlock()
+				waited = true
+				continue
+			}
+		}
+		waited = false
 		n := min(len(s.pending), s.maxBatch)
+		s.delay.Closed(n, time.Now())
 		batch := make([]*request, n)
 		copy(batch, s.pending)
 		rest := copy(s.pending, s.pending[n:])

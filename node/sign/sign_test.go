@@ -670,3 +670,46 @@ func TestKeyIDNames(t *testing.T) {
 		}
 	}
 }
+
+// Under load (the CPU busy, digests coming fast) a batch waits for more
+// digests; a lone caller never waits, however long Linger.
+func TestLinger(t *testing.T) {
+	p := newTestPKI(t)
+	key := newKey(t, AlgEd25519)
+	cert := p.issue(t, pki.KindSigning, key)
+	busy := func(time.Time) bool { return true }
+	s := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, IncludeChain: true, Linger: 100 * time.Millisecond, busy: busy})
+	// Groups of four digests, 3 ms apart.
+	var wg sync.WaitGroup
+	groups := make([]chan struct{}, 8)
+	for g := range groups {
+		groups[g] = make(chan struct{})
+		time.AfterFunc(time.Duration(g)*3*time.Millisecond, func() { close(groups[g]) })
+	}
+	for i := range 32 {
+		wg.Go(func() {
+			<-groups[i/4]
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := s.Sign(ctx, digest(i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if st := s.Stats(); st.Digests != 32 || st.Largest < 8 {
+		t.Fatalf("stats %+v: digests arriving together did not wait for one another", st)
+	}
+
+	lone := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, IncludeChain: true, Linger: time.Hour, busy: busy})
+	for i := range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := lone.Sign(ctx, digest(i)); err != nil {
+			t.Fatalf("lone caller, digest %d: %v", i, err)
+		}
+		cancel()
+	}
+	if st := lone.Stats(); st.Batches != 20 {
+		t.Fatalf("lone caller: stats %+v", st)
+	}
+}
