@@ -3,12 +3,9 @@ package node_test
 import (
 	"context"
 	"crypto/x509"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +23,7 @@ import (
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/internal/descset"
+	"github.com/sildmesh/sild/internal/promtext"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node"
 	"github.com/sildmesh/sild/pki"
@@ -233,38 +231,16 @@ func TestExchangeThroughTwoNodes(t *testing.T) {
 		// The admin listener's /metrics counts what the ledger and the
 		// signer did: records per commit, digests per signature.
 		st := r.n.Ledger().Stats()
-		metrics := scrape(t, r.n.AdminAddr())
+		metrics, err := promtext.Scrape(ctx, "http://"+r.n.AdminAddr()+"/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
 		if st.Records < 3 || metrics["sild_ledger_records_total"] != float64(st.Records) || metrics["sild_ledger_commits_total"] != float64(st.Commits) ||
 			metrics["sild_signer_digests_total"] < 3 || metrics["sild_signer_signatures_total"] < 1 || metrics["sild_node_config_version"] < 1 ||
 			metrics["sild_verifier_root_checks_total"] < 1 {
 			t.Fatalf("%s metrics %v, ledger stats %+v", name, metrics, st)
 		}
 	}
-}
-
-// scrape reads the sild_* samples without labels from a node's /metrics.
-func scrape(t *testing.T, admin string) map[string]float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("/metrics: %d %v", resp.StatusCode, err)
-	}
-	out := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
-		name, v, ok := strings.Cut(line, " ")
-		if !ok || !strings.HasPrefix(name, "sild_") {
-			continue
-		}
-		if f, err := strconv.ParseFloat(v, 64); err == nil {
-			out[name] = f
-		}
-	}
-	return out
 }
 
 func TestRegistryDownUntilConfigExpires(t *testing.T) {

@@ -32,6 +32,7 @@ import (
 	"github.com/sildmesh/sild/internal/cpustat"
 	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/mesh"
+	"github.com/sildmesh/sild/internal/promtext"
 	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/node/forward"
 )
@@ -154,8 +155,25 @@ type Result struct {
 	// (PartOther) is spread over the parts in proportion. Config.ByPart
 	// only; 0 without direct.
 	DedicatedShare float64 `json:"dedicated_share_of_direct,omitempty"`
+	// Batching tells, for a mesh measurement, how each node (by part:
+	// consumer, provider) shared its fixed costs among calls, from the
+	// counters on its /metrics.
+	Batching map[string]Batching `json:"batching,omitempty"`
 	// FirstError is the text of the first failed call, if any.
 	FirstError string `json:"first_error,omitempty"`
+}
+
+// Batching is how a node shared its fixed costs during a measurement.
+type Batching struct {
+	// RecordsPerCommit is the mean number of ledger records per synced
+	// commit.
+	RecordsPerCommit float64 `json:"records_per_commit"`
+	// DigestsPerSignature is the mean number of digests one root signature
+	// of the node covered.
+	DigestsPerSignature float64 `json:"digests_per_signature"`
+	// ChecksPerCall is how many root signatures of the other node it
+	// verified per call (public-key operations).
+	ChecksPerCall float64 `json:"checks_per_call"`
 }
 
 // Parts of the run that Config.ByPart tells apart: the callers, the relay's
@@ -270,6 +288,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 type world struct {
 	directConn, relayConn, meshConn *grpc.ClientConn
 	client, target                  ident.Subsystem
+	metrics                         map[string]string // /metrics URL by part, of the nodes
 }
 
 func (w *world) close() {
@@ -328,7 +347,10 @@ func startPaths(ctx context.Context, m *mesh.Mesh, r *mesh.Registry) (*world, er
 	if err != nil {
 		return nil, err
 	}
-	w := &world{client: p.Client, target: p.Target}
+	w := &world{client: p.Client, target: p.Target, metrics: map[string]string{
+		mesh.PartConsumer: "http://" + p.Consumer.AdminAddr() + "/metrics",
+		mesh.PartProvider: "http://" + p.Provider.AdminAddr() + "/metrics",
+	}}
 	if w.directConn, err = grpc.NewClient(p.Backend, plaintext); err != nil {
 		return nil, err
 	}
@@ -454,6 +476,7 @@ func (w *world) measure(ctx context.Context, cfg Config, k, path string, conc in
 		end      <-chan time.Time
 		cpuStart time.Duration
 		cpuOK    bool
+		before   map[string]map[string]float64
 		prof     bytes.Buffer
 		profErr  error
 		profiled bool
@@ -465,6 +488,9 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-warm.C:
+			if path == PathMesh {
+				before = w.scrape(ctx)
+			}
 			if cfg.ByPart {
 				if profErr = pprof.StartCPUProfile(&prof); profErr != nil {
 					break wait
@@ -488,6 +514,10 @@ wait:
 	if profiled {
 		pprof.StopCPUProfile()
 	}
+	var after map[string]map[string]float64
+	if before != nil {
+		after = w.scrape(ctx)
+	}
 	stop.Store(true)
 	elapsed := time.Since(measured)
 	wg.Wait()
@@ -510,6 +540,7 @@ wait:
 		r.CallsPerSec = float64(r.Calls) / elapsed.Seconds()
 	}
 	r.P50Ms, r.P99Ms = quantile(all, 0.50), quantile(all, 0.99)
+	r.Batching = batching(before, after, r.Calls)
 	if cpuOK && cpuEndOK && r.Calls > 0 {
 		r.CPUPerCallUs = float64((cpuEnd - cpuStart).Microseconds()) / float64(r.Calls)
 	}
@@ -521,6 +552,48 @@ wait:
 		r.CPUByPartUs = splitCPU(r.CPUPerCallUs, byPart)
 	}
 	return r, nil
+}
+
+// scrape reads the nodes' counters; a node that cannot be read is left out.
+func (w *world) scrape(ctx context.Context) map[string]map[string]float64 {
+	out := map[string]map[string]float64{}
+	for part, url := range w.metrics {
+		if m, err := promtext.Scrape(ctx, url); err == nil {
+			out[part] = m
+		}
+	}
+	return out
+}
+
+// batching computes each node's Batching from its counters before and
+// after a measurement of calls calls.
+func batching(before, after map[string]map[string]float64, calls int64) map[string]Batching {
+	if calls <= 0 {
+		return nil
+	}
+	var out map[string]Batching
+	for part, a := range after {
+		b, ok := before[part]
+		if !ok {
+			continue
+		}
+		delta := func(name string) float64 { return a[name] - b[name] }
+		ratio := func(x, y float64) float64 {
+			if y <= 0 {
+				return 0
+			}
+			return x / y
+		}
+		if out == nil {
+			out = map[string]Batching{}
+		}
+		out[part] = Batching{
+			RecordsPerCommit:    ratio(delta("sild_ledger_records_total"), delta("sild_ledger_commits_total")),
+			DigestsPerSignature: ratio(delta("sild_signer_digests_total"), delta("sild_signer_signatures_total")),
+			ChecksPerCall:       delta("sild_verifier_root_checks_total") / float64(calls),
+		}
+	}
+	return out
 }
 
 // splitCPU divides perCall in proportion to the CPU profile's time by

@@ -51,12 +51,30 @@ func TestShortRun(t *testing.T) {
 			t.Errorf("result %d: no CPU time per call", i)
 		}
 	}
-	if !strings.Contains(progress.String(), "[6/6] "+CaseStream+" mesh concurrency 2") {
-		t.Errorf("no progress line for the last measurement:\n%q", progress.String())
-	}
 	var table bytes.Buffer
 	if err := rep.WriteTable(&table); err != nil || !strings.Contains(table.String(), "vs direct") || strings.Count(table.String(), "\n") < 8 {
 		t.Errorf("table (%v):\n%s", err, table.String())
+	}
+	for _, r := range back.Results {
+		if r.Path != PathMesh {
+			if r.Batching != nil {
+				t.Errorf("%s: batching %v outside the mesh", r.Path, r.Batching)
+			}
+			continue
+		}
+		// Read from the nodes' /metrics around the measurement.
+		for _, part := range []string{"consumer", "provider"} {
+			b, ok := r.Batching[part]
+			if !ok || b.RecordsPerCommit < 1 || b.DigestsPerSignature < 1 || b.ChecksPerCall <= 0 || b.ChecksPerCall > 1.5 {
+				t.Errorf("%s %s batching: %+v (present %v)", r.Case, part, b, ok)
+			}
+		}
+	}
+	if !strings.Contains(table.String(), "Batching in the nodes") {
+		t.Errorf("table without batching:\n%s", table.String())
+	}
+	if !strings.Contains(progress.String(), "[6/6] "+CaseStream+" mesh concurrency 2") {
+		t.Errorf("no progress line for the last measurement:\n%q", progress.String())
 	}
 }
 

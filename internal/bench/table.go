@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/sildmesh/sild/internal/mesh"
 )
 
 // WriteTable writes the report as a table for people, then the machine.
@@ -24,6 +26,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if err := r.writeParts(w); err != nil {
 		return err
 	}
+	r.writeBatching(w)
 	m := r.Machine
 	_, err := fmt.Fprintf(w, "\n%d CPUs (%s), %s %s/%s; %d ms per measurement, setup %d ms, total %.1f s\n",
 		m.CPUs, m.CPUModel, m.GoVersion, m.OS, m.Arch, r.DurationMs, r.SetupMs, float64(r.TotalMs)/1000)
@@ -69,4 +72,26 @@ func (r *Report) writeParts(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t\n", est)
 	}
 	return tw.Flush()
+}
+
+// writeBatching writes how the nodes shared their fixed costs in each mesh
+// measurement.
+func (r *Report) writeBatching(w io.Writer) {
+	first := true
+	for _, x := range r.Results {
+		if len(x.Batching) == 0 {
+			continue
+		}
+		if first {
+			fmt.Fprintf(w, "\nBatching in the nodes (ledger records per commit, digests per signature, peer signatures verified per call):\n")
+			first = false
+		}
+		fmt.Fprintf(w, "  %s concurrency %d:", x.Case, x.Concurrency)
+		for _, part := range []string{mesh.PartConsumer, mesh.PartProvider} {
+			if b, ok := x.Batching[part]; ok {
+				fmt.Fprintf(w, "  %s %.1f, %.1f, %.2f", part, b.RecordsPerCommit, b.DigestsPerSignature, b.ChecksPerCall)
+			}
+		}
+		fmt.Fprintln(w)
+	}
 }
