@@ -1,6 +1,7 @@
 package exchange
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -276,7 +277,6 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 
 	omd, _ := metadata.FromOutgoingContext(forward.CopyIncoming(ctx))
 	omd.Set(envelope.HeaderMessageID, req.MessageID)
-	delete(omd, sign.MetadataKey)
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
 	defer cancel()
 	// The canonical path: what was validated and what the chains bind.
@@ -325,9 +325,20 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 			st.mu.Unlock()
 			return &forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(append([]byte{tagSeal}, b...))}}, nil
 		},
-		down: func(f *forward.Frame) error {
-			st.respChain.Add(frameBytes(f))
-			return nil
+		down: func(f *forward.Frame) (bool, error) {
+			tag, rest, ok := stripTag(f)
+			switch {
+			case ok && st.respSeal == nil && tag == tagData:
+				st.respChain.Add(rest)
+				return true, nil
+			case ok && st.respSeal == nil && tag == tagSeal:
+				st.respSeal = bytes.Clone(rest)
+				f.Free()
+				return false, nil
+			}
+			f.Free()
+			c.cfg.Logger.Warn("malformed answer from provider node", "message_id", req.MessageID, "node", peer.String())
+			return false, signatureInvalid(ComponentConsumer, "the provider's answer is not sealed as the protocol requires")
 		},
 	})
 
@@ -339,8 +350,8 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 	respDigest := sealDigest(envelope.DirResponse, st.respChain, status.Code(normalize(err, ComponentConsumer)))
 	if !res.local {
 		code := status.Code(err)
-		if len(res.trailer.Get(sign.MetadataKey)) > 0 || code == codes.OK {
-			sig, verr := sign.FromMetadata(res.trailer)
+		if st.respSeal != nil || code == codes.OK {
+			sig, verr := sign.Unmarshal(st.respSeal)
 			if verr == nil {
 				verr = verifyPeer(c.cfg.Verifier, topo, peer, sig, respDigest, c.cfg.Now())
 			}
@@ -351,9 +362,7 @@ func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 				provSig = sig
 			}
 		}
-		tr := res.trailer.Copy()
-		delete(tr, sign.MetadataKey)
-		ss.SetTrailer(tr)
+		ss.SetTrailer(res.trailer)
 	}
 	err = normalize(err, ComponentConsumer)
 

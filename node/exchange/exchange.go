@@ -194,7 +194,9 @@ func (c *Config) validateProvider() error {
 	return nil
 }
 
-// Frame tags of the request direction between nodes.
+// Frame tags between nodes, in both directions: each message goes as its
+// tag and its bytes; the last message of a direction may be the seal, the
+// sender's encoded sign.Signature of that direction.
 const (
 	tagData byte = 0x00
 	tagSeal byte = 0x01
@@ -246,6 +248,7 @@ type callState struct {
 	reqSig    *sign.Signature
 	reqDigest []byte
 	respChain *envelope.Chain // down pump only, then the final record
+	respSeal  []byte          // the provider's seal (consumer side); down pump only
 }
 
 // federated reports whether instance is this ecosystem's or an active

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -169,12 +170,12 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 		defer cancel()
 		sig, serr := p.cfg.Signer.Sign(sctx, respDigest)
+		var seal []byte
+		if serr == nil {
+			seal, serr = sig.Marshal()
+		}
 		if serr != nil {
 			p.cfg.Logger.Error("sign response", "message_id", req.MessageID, "err", serr)
-			return refuseP(codes.Internal, rpcerr.ReasonInternal, "response could not be signed")
-		}
-		tr := metadata.MD{}
-		if serr := sign.SetMetadata(tr, sig); serr != nil {
 			return refuseP(codes.Internal, rpcerr.ReasonInternal, "response could not be signed")
 		}
 		rec := newRecord(ledgerv1.Side_SIDE_PROVIDER, req, caller, start)
@@ -190,7 +191,11 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 			// Unsigned: the signature was over the status not given.
 			return ledgerUnavailable(ComponentProvider)
 		}
-		ss.SetTrailer(tr)
+		f := &forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(append([]byte{tagSeal}, seal...))}}
+		if serr := ss.SendMsg(f); serr != nil {
+			f.Free()
+			p.cfg.Logger.Warn("response seal not delivered", "message_id", req.MessageID, "err", serr)
+		}
 		return err
 	}
 
@@ -210,7 +215,6 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 	}
 
 	omd, _ := metadata.FromOutgoingContext(forward.CopyIncoming(ctx))
-	delete(omd, sign.MetadataKey)
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
 	defer cancel()
 	fedCut := func() bool { return false }
@@ -257,15 +261,14 @@ func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 		upEOF: func() (*forward.Frame, error) {
 			return nil, signatureInvalid(ComponentProvider, "request ended without the consumer's signature")
 		},
-		down: func(f *forward.Frame) error {
+		down: func(f *forward.Frame) (bool, error) {
 			st.respChain.Add(frameBytes(f))
-			return nil
+			prepend(f, tagData)
+			return true, nil
 		},
 	})
 	if !res.local {
-		tr := res.trailer.Copy()
-		delete(tr, sign.MetadataKey)
-		ss.SetTrailer(tr)
+		ss.SetTrailer(res.trailer)
 	}
 	if fedCut() {
 		return answer(federationInactive(ComponentProvider, caller.Member.Instance))

@@ -23,8 +23,9 @@ type relayHooks struct {
 	// upEOF runs when the caller half-closes while upstream is still open;
 	// it may return a last frame to send before the half-close.
 	upEOF func() (*forward.Frame, error)
-	// down handles a frame from upstream before it is sent to the caller.
-	down func(f *forward.Frame) error
+	// down handles a frame from upstream in place and reports whether to
+	// send it on to the caller. A frame not sent must be freed by down.
+	down func(f *forward.Frame) (send bool, err error)
 	// header, if set, edits upstream headers before they are sent on.
 	header func(metadata.MD) metadata.MD
 }
@@ -155,9 +156,15 @@ func pumpDown(cs grpc.ClientStream, ss grpc.ServerStream, h relayHooks) error {
 			}
 			return err
 		}
-		if err := h.down(f); err != nil {
-			f.Free()
+		send, err := h.down(f)
+		if err != nil {
+			if send {
+				f.Free()
+			}
 			return &localError{err}
+		}
+		if !send {
+			continue
 		}
 		if err := ss.SendMsg(f); err != nil {
 			f.Free()

@@ -11,18 +11,19 @@
 // signature and checks that the signer's certificate is a signing
 // certificate (pki.KindSigning) of the given roots, valid at a given time.
 //
-// Signatures travel in gRPC metadata (MetadataKey, binary) and in ledger
-// records as the protobuf message sild.node.v1.BatchSignature; Unmarshal is
-// strict and accepts only the canonical encoding of a well-formed signature.
+// Signatures travel between nodes (as the last message of each direction of
+// an exchange, see node/exchange) and in ledger records as the protobuf
+// message sild.node.v1.BatchSignature; Unmarshal is strict and accepts only
+// the canonical encoding of a well-formed signature.
 //
 // Wiring in the node daemon: one Signer per node, made from the signing key
 // and certificate the registry issued (New; SetIdentity after a renewal;
 // Close on shutdown). The sending side signs the head of its envelope.Chain
-// and puts the signature in the headers or trailers (SetMetadata); the
-// receiving side decodes it (FromMetadata) and checks it with one shared
-// Verifier against the sender's signing certificate and the trust bundle of
-// the current global configuration, before passing the message on. Both keep
-// Signature.Marshal() in the ledger record.
+// and sends Signature.Marshal(); the receiving side decodes it (Unmarshal)
+// and checks it with one shared Verifier against the sender's signing
+// certificate and the trust bundle of the current global configuration,
+// before passing the message on. Both keep the signature in the ledger
+// record.
 package sign
 
 import (

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/sildmesh/sild/pki"
@@ -584,35 +583,6 @@ func TestSetIdentity(t *testing.T) {
 	}
 	if _, err := Verify(sig2, digest(2), c1, p.roots, t0); !errors.Is(err, ErrCertificate) {
 		t.Fatalf("old certificate for new key: %v", err)
-	}
-}
-
-func TestMetadata(t *testing.T) {
-	p := newTestPKI(t)
-	key := newKey(t, AlgECDSAP256SHA256)
-	cert := p.issue(t, pki.KindSigning, key)
-	s := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, IncludeChain: true})
-	sig, err := s.Sign(context.Background(), digest(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	md := metadata.MD{}
-	if err := SetMetadata(md, sig); err != nil {
-		t.Fatal(err)
-	}
-	back, err := FromMetadata(md)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Verify(back, digest(1), nil, p.roots, t0); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := FromMetadata(metadata.MD{}); !errors.Is(err, ErrMalformed) {
-		t.Fatalf("none: %v", err)
-	}
-	md.Append(MetadataKey, md.Get(MetadataKey)[0])
-	if _, err := FromMetadata(md); !errors.Is(err, ErrMalformed) {
-		t.Fatalf("two: %v", err)
 	}
 }
 

@@ -18,18 +18,13 @@ import (
 	"github.com/sildmesh/sild/pki"
 )
 
-// MetadataKey is the gRPC metadata entry (binary) that carries an encoded
-// Signature.
-const MetadataKey = "sild-signature-bin"
-
 // Limits of a decodable signature.
 const (
 	MaxTreeSize = 1 << 16 // largest batch
 	maxChain    = 3       // certificates in a chain
 	maxCertLen  = 4096    // bytes of one DER certificate
 	maxSigLen   = 72      // bytes of an ASN.1 ECDSA P-256 signature
-	// MaxEncodedLen bounds the encoded size of a signature; it stays below
-	// gRPC's default 16 KiB header list limit.
+	// MaxEncodedLen bounds the encoded size of a signature.
 	MaxEncodedLen = 15 << 10
 )
 
