@@ -37,7 +37,10 @@ most the mesh could reach on this machine); and through the two nodes (mesh).
   server-stream-10x1KiB   a server-streaming call answering 10 messages of 1 KiB
 It prints calls per second, p50 and p99 latency, throughput as a share of
 direct, and the CPU time the process used per call (everything runs in this
-one process, so mesh minus direct is what the two nodes cost).
+one process, so mesh minus direct is what the two nodes cost). For the mesh
+it also prints how each node batched its fixed costs: ledger records per
+synced commit, digests per signature, and signatures of the other node
+verified per call (from the nodes' /metrics).
 
 With --by-part it profiles each measurement and splits that CPU time by the
 part that spent it. A chain of machines bound by CPU goes as fast as its
@@ -47,9 +50,8 @@ would reach with every proxy, node and the backend on a machine of its own
 over that of the busiest part of the path. It is an estimate from one
 machine, where the parts also compete for caches and the scheduler.
 
-A progress
-line goes to stderr while it runs. With the defaults the whole run takes
-about a minute.`,
+A progress line goes to stderr while it runs. With the defaults the whole run
+takes about a minute.`,
 		Example: `  go run ./cmd/sild bench
   go run ./cmd/sild bench --duration 1s --concurrency 1,64 --json
   go run ./cmd/sild bench --case unary-1KiB --concurrency 64 --by-part
