@@ -89,12 +89,8 @@ const (
 	fProfileSampleType = 1
 	fProfileSample     = 2
 	fProfileString     = 6
-	fValueTypeType     = 1
-	fValueTypeUnit     = 2
 	fSampleValue       = 2
 	fSampleLabel       = 3
-	fLabelKey          = 1
-	fLabelStr          = 2
 )
 
 var errMalformed = errors.New("malformed profile")
@@ -140,17 +136,8 @@ func parseProfile(b []byte) (*profile, error) {
 		case fProfileString:
 			p.strings = append(p.strings, string(v))
 		case fProfileSampleType:
-			var t valueType
-			err := fields(v, func(num protowire.Number, _ protowire.Type, _ []byte, n uint64) error {
-				switch num {
-				case fValueTypeType:
-					t.typ = int64(n)
-				case fValueTypeUnit:
-					t.unit = int64(n)
-				}
-				return nil
-			})
-			p.types = append(p.types, t)
+			typ, unit, err := firstTwo(v)
+			p.types = append(p.types, valueType{typ, unit})
 			return err
 		case fProfileSample:
 			s, err := parseSample(v)
@@ -160,6 +147,21 @@ func parseProfile(b []byte) (*profile, error) {
 		return nil
 	})
 	return p, err
+}
+
+// firstTwo reads the varint fields 1 and 2 of message b: a ValueType's
+// type and unit, a Label's key and str (string table indexes).
+func firstTwo(b []byte) (first, second int64, err error) {
+	err = fields(b, func(num protowire.Number, _ protowire.Type, _ []byte, n uint64) error {
+		switch num {
+		case 1:
+			first = int64(n)
+		case 2:
+			second = int64(n)
+		}
+		return nil
+	})
+	return first, second, err
 }
 
 func parseSample(b []byte) (sample, error) {
@@ -178,17 +180,8 @@ func parseSample(b []byte) (sample, error) {
 				v = v[l:]
 			}
 		case num == fSampleLabel && typ == protowire.BytesType:
-			var l label
-			err := fields(v, func(num protowire.Number, _ protowire.Type, _ []byte, n uint64) error {
-				switch num {
-				case fLabelKey:
-					l.key = int64(n)
-				case fLabelStr:
-					l.str = int64(n)
-				}
-				return nil
-			})
-			s.labels = append(s.labels, l)
+			key, str, err := firstTwo(v)
+			s.labels = append(s.labels, label{key, str})
 			return err
 		}
 		return nil
