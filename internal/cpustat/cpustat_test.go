@@ -69,7 +69,7 @@ func TestMeterSeesBusyAndIdle(t *testing.T) {
 		idle = m.Share(time.Now())
 	}
 	// Loose bounds: other test processes may share the machine.
-	if busy < 0.25 || idle > busy/2 {
+	if busy < 0.15 || idle > busy/2 {
 		t.Fatalf("share: %.2f at most while busy, %.2f after idling", busy, idle)
 	}
 }
