@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -239,6 +240,16 @@ func TestExchangeThroughTwoNodes(t *testing.T) {
 			metrics["sild_signer_digests_total"] < 3 || metrics["sild_signer_signatures_total"] < 1 || metrics["sild_node_config_version"] < 1 ||
 			metrics["sild_verifier_root_checks_total"] < 1 {
 			t.Fatalf("%s metrics %v, ledger stats %+v", name, metrics, st)
+		}
+		// Every call each side handled, by outcome: the refusal without an
+		// access right, the exchange and the stream, the replay.
+		side := map[string]string{"consumer": "consumer", "provider": "provider"}[name]
+		calls := func(code codes.Code, reason string) float64 {
+			return metrics[fmt.Sprintf("sild_exchanges_total{code=%q,reason=%q,side=%q}", code.String(), reason, side)]
+		}
+		if calls(codes.OK, "") != 2 || calls(codes.PermissionDenied, rpcerr.ReasonAccessDenied) != 1 ||
+			calls(codes.AlreadyExists, rpcerr.ReasonReplayed) != 1 || metrics[fmt.Sprintf("sild_exchange_duration_seconds_count{side=%q}", side)] != 4 {
+			t.Fatalf("%s exchange metrics %v", name, metrics)
 		}
 	}
 }

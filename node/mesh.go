@@ -99,6 +99,7 @@ func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
 	cfg.Access = n.access
 	cfg.Logger = n.log
 	cfg.MaxMessageSize = n.cfg.MaxMessageSize
+	cfg.Observe = n.exchanges.observe
 	cfg.Recorder = exchange.RecorderFunc(func(ctx context.Context, r *ledgerv1.Record) error {
 		_, err := led.Append(ctx, r, nil).Wait(ctx)
 		return err

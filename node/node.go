@@ -78,6 +78,7 @@ type Node struct {
 	consumerLn, exchangeLn, adminLn net.Listener
 	metrics                         *prometheus.Registry
 	configVersion                   prometheus.Gauge
+	exchanges                       *exchangeMetrics
 }
 
 // New validates cfg and opens the listeners (so that their addresses are
@@ -100,7 +101,8 @@ func New(cfg Config) (*Node, error) {
 		metrics: prometheus.NewRegistry(),
 	}
 	n.configVersion = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sild_node_config_version", Help: "Version of the global configuration in use."})
-	n.metrics.MustRegister(collectors.NewGoCollector(), n.configVersion)
+	n.exchanges = newExchangeMetrics()
+	n.metrics.MustRegister(collectors.NewGoCollector(), n.configVersion, n.exchanges.calls, n.exchanges.duration)
 	var err error
 	listen := func(addr string) net.Listener {
 		if err != nil {

@@ -239,6 +239,12 @@ func (c *Consumer) open(ctx context.Context, topo *topology.Topology, hosts []id
 // Handle is the grpc.StreamHandler of the consumer listener.
 func (c *Consumer) Handle(_ any, ss grpc.ServerStream) error {
 	start := c.cfg.Now()
+	err := c.handle(ss, start)
+	c.cfg.observe(ComponentConsumer, err, start)
+	return err
+}
+
+func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 	ctx := ss.Context()
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {

@@ -104,6 +104,16 @@ type Config struct {
 	MaxMessageSize int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Observe, if set, is told of every call each side handled, refusals
+	// included: the side (ComponentConsumer or ComponentProvider), the
+	// error returned to the caller (nil for OK) and how long it took.
+	Observe func(side string, err error, took time.Duration)
+}
+
+func (c *Config) observe(side string, err error, start time.Time) {
+	if c.Observe != nil {
+		c.Observe(side, err, c.Now().Sub(start))
+	}
 }
 
 // DefaultConfig returns a Config with the defaults filled in; the caller

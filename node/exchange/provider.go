@@ -136,6 +136,12 @@ func CallerNode(ctx context.Context, topo *topology.Topology) (ident.Node, error
 // Handle is the grpc.StreamHandler of the exchange listener.
 func (p *Provider) Handle(_ any, ss grpc.ServerStream) error {
 	start := p.cfg.Now()
+	err := p.handle(ss, start)
+	p.cfg.observe(ComponentProvider, err, start)
+	return err
+}
+
+func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 	ctx := ss.Context()
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {
