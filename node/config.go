@@ -57,6 +57,10 @@ type Config struct {
 	RenewBefore time.Duration `yaml:"renew_before"`
 	// MaxMessageSize bounds one message in either direction (default 16 MiB).
 	MaxMessageSize int `yaml:"max_message_size"`
+	// BatchDelay is how long a ledger commit or a batch signature may wait
+	// for company while the node's CPUs are busy and calls arrive fast
+	// (default 1 ms; 0 never waits). See ledger.Config.CommitDelay.
+	BatchDelay time.Duration `yaml:"batch_delay"`
 
 	// CheckpointInterval is how often the ledger signs a checkpoint (default
 	// 1 s); MaxUnstamped how long records may wait for a time-stamp before
@@ -95,13 +99,14 @@ type SubsystemConfig struct {
 }
 
 // DefaultConfig returns the defaults: consumer on 127.0.0.1:8443, exchange
-// on :7443, admin on 127.0.0.1:9443, 16 MiB messages.
+// on :7443, admin on 127.0.0.1:9443, 16 MiB messages, 1 ms batch delay.
 func DefaultConfig() Config {
 	return Config{
 		ConsumerListen: "127.0.0.1:8443",
 		ExchangeListen: ":7443",
 		AdminListen:    "127.0.0.1:9443",
 		MaxMessageSize: 16 << 20,
+		BatchDelay:     time.Millisecond,
 	}
 }
 
@@ -182,6 +187,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RenewBefore < 0 {
 		return errors.New("renew_before: must not be negative")
+	}
+	if c.BatchDelay < 0 || c.BatchDelay > time.Second {
+		return errors.New("batch_delay: between 0s (never wait) and 1s")
 	}
 	return nil
 }

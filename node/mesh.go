@@ -32,6 +32,7 @@ func (n *Node) openLedger(id *identity) (*ledger.Ledger, error) {
 	cfg.Signer, cfg.SignerChain = id.signKey, id.signChain
 	cfg.Stamp = n.stamp
 	cfg.Logger = n.log.With("component", "ledger")
+	cfg.CommitDelay = n.cfg.BatchDelay
 	if n.cfg.CheckpointInterval > 0 {
 		cfg.CheckpointInterval = n.cfg.CheckpointInterval
 	}

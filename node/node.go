@@ -187,7 +187,11 @@ func (n *Node) Run(ctx context.Context) error {
 	default:
 		return err
 	}
-	if n.signer, err = sign.New(sign.Config{Key: id.signKey, Chain: id.signChain, IncludeChain: true}); err != nil {
+	linger := n.cfg.BatchDelay
+	if linger == 0 {
+		linger = -1 // never (0 would be sign's default)
+	}
+	if n.signer, err = sign.New(sign.Config{Key: id.signKey, Chain: id.signChain, IncludeChain: true, Linger: linger}); err != nil {
 		return err
 	}
 	defer n.signer.Close()

@@ -160,6 +160,7 @@ func TestConfigValidation(t *testing.T) {
 		"subsystems[0].backend": func(c *node.Config) { c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a", Backend: "x"}} },
 		"admin_keys[0].hash":    func(c *node.Config) { c.AdminKeys = []node.AdminKey{{Hash: "abc", Role: "admin"}} },
 		"max_message_size":      func(c *node.Config) { c.MaxMessageSize = 1 },
+		"batch_delay":           func(c *node.Config) { c.BatchDelay = -time.Millisecond },
 		"subsystems[1].id: EE/GOV/1/a listed twice": func(c *node.Config) {
 			c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a"}, {ID: "EE/GOV/1/a"}}
 		},
@@ -183,8 +184,13 @@ func TestConfigValidation(t *testing.T) {
 	}
 	os.WriteFile(p, []byte("node: EE/GOV/1/ss1\ndata_dir: /tmp/x\nregistry: r:1\nsubsystems:\n  - id: EE/GOV/1/a\n    backend: 127.0.0.1:9\n"), 0o600)
 	cfg, err := node.LoadConfig(p)
-	if err != nil || cfg.Subsystems[0].Backend != "127.0.0.1:9" || cfg.ConsumerListen != "127.0.0.1:8443" {
+	if err != nil || cfg.Subsystems[0].Backend != "127.0.0.1:9" || cfg.ConsumerListen != "127.0.0.1:8443" || cfg.BatchDelay != time.Millisecond {
 		t.Fatalf("load: %+v, %v", cfg, err)
+	}
+	// batch_delay: 0s turns the waits off (it is not "unset").
+	os.WriteFile(p, []byte("node: EE/GOV/1/ss1\nbatch_delay: 0s\n"), 0o600)
+	if cfg, err := node.LoadConfig(p); err != nil || cfg.BatchDelay != 0 {
+		t.Fatalf("batch_delay 0s: %v, %v", cfg.BatchDelay, err)
 	}
 }
 
