@@ -50,6 +50,11 @@ would reach with every proxy, node and the backend on a machine of its own
 over that of the busiest part of the path. It is an estimate from one
 machine, where the parts also compete for caches and the scheduler.
 
+With --repeat N it runs the whole sequence N times, interleaving the paths,
+and reports for each measurement the median of its rounds (the ratio to
+direct is the median of the ratios within each round): on a shared machine
+whose load changes from minute to minute this is steadier than one long run.
+
 A progress line goes to stderr while it runs. With the defaults the whole run
 takes about a minute.`,
 		Example: `  go run ./cmd/sild bench
@@ -101,6 +106,7 @@ takes about a minute.`,
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress line on stderr")
 	f.StringVar(&cfg.Dir, "dir", "", "where to create the temporary data directory (default: the system's temp dir)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what the components do to stderr")
+	f.IntVar(&cfg.Repeat, "repeat", 1, "run the whole sequence this many times and report medians (steadier on a shared machine)")
 	f.BoolVar(&cfg.ByPart, "by-part", false, "also split the CPU per call by part (client, relay proxies, consumer and provider node, backend) and estimate each path's share of direct with each part on a machine of its own")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file` (read it with go tool pprof)")
 	return cmd

@@ -42,6 +42,8 @@ func TestBenchFlagErrors(t *testing.T) {
 		{"bench", "--concurrency", "0"},
 		{"bench", "--case", "bidi"},
 		{"bench", "--duration", "0s"},
+		{"bench", "--repeat", "21"},
+		{"bench", "--repeat", "-1"},
 	} {
 		_, _, err := runCmd(context.Background(), args...)
 		if err == nil {

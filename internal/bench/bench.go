@@ -80,6 +80,12 @@ type Config struct {
 	Progress io.Writer
 	// Logger receives the components' logs; nil discards them.
 	Logger *slog.Logger
+	// Repeat runs the whole sequence of measurements this many times
+	// (default 1); each Result is then the median of its rounds, its ratio
+	// to direct the median of the ratios within each round. On a shared
+	// machine whose load changes from minute to minute, three or five
+	// rounds give steadier figures than one long one.
+	Repeat int
 	// ByPart profiles each measurement to tell the CPU time per call of
 	// each part (Result.CPUByPartUs) and estimate the share of direct each
 	// path would reach with its parts on machines of their own
@@ -121,8 +127,14 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("paths: unknown path %q (want %s)", p, strings.Join(Paths, ", "))
 		}
 	}
+	if c.Repeat < 0 || c.Repeat > maxRepeat {
+		return fmt.Errorf("repeat: %d not in 1..%d", c.Repeat, maxRepeat)
+	}
 	return nil
 }
+
+// maxRepeat bounds Config.Repeat.
+const maxRepeat = 20
 
 // Result is one measurement.
 type Result struct {
@@ -212,7 +224,9 @@ type Report struct {
 	SetupMs    int64     `json:"setup_ms"`
 	TotalMs    int64     `json:"total_ms"`
 	Started    time.Time `json:"started"`
-	Results    []Result  `json:"results"`
+	// Rounds is how many times each measurement was made (Config.Repeat).
+	Rounds  int      `json:"rounds"`
+	Results []Result `json:"results"`
 }
 
 // Run starts the mesh, runs every case at every concurrency level over
@@ -223,6 +237,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 	if len(cfg.Paths) == 0 {
 		cfg.Paths = Paths
+	}
+	if cfg.Repeat == 0 {
+		cfg.Repeat = 1
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bench config: %w", err)
@@ -252,32 +269,45 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			run = append(run, p)
 		}
 	}
-	total := len(cfg.Cases) * len(cfg.Concurrency) * len(run)
-	for _, k := range cfg.Cases {
-		for _, c := range cfg.Concurrency {
-			var direct, directBusiest float64
-			for _, path := range run {
-				label := fmt.Sprintf("[%d/%d] %s %s concurrency %d", len(rep.Results)+1, total, k, path, c)
-				r, err := w.measure(ctx, cfg, k, path, c, label)
-				if err != nil {
-					return nil, err
+	total := cfg.Repeat * len(cfg.Cases) * len(cfg.Concurrency) * len(run)
+	rounds := make([][]Result, cfg.Repeat)
+	n := 0
+	for round := range rounds {
+		for _, k := range cfg.Cases {
+			for _, c := range cfg.Concurrency {
+				var direct, directBusiest float64
+				for _, path := range run {
+					n++
+					label := fmt.Sprintf("[%d/%d] %s %s concurrency %d", n, total, k, path, c)
+					r, err := w.measure(ctx, cfg, k, path, c, label)
+					if err != nil {
+						return nil, err
+					}
+					if path == PathDirect {
+						direct = r.CallsPerSec
+					}
+					if direct > 0 { // 1 for direct itself
+						r.RatioToDirect = r.CallsPerSec / direct
+					}
+					if path == PathDirect {
+						directBusiest = busiest(r.CPUByPartUs)
+					}
+					if b := busiest(r.CPUByPartUs); directBusiest > 0 && b > 0 {
+						r.DedicatedShare = directBusiest / b
+					}
+					rounds[round] = append(rounds[round], r)
 				}
-				if path == PathDirect {
-					direct = r.CallsPerSec
-				}
-				if direct > 0 { // 1 for direct itself
-					r.RatioToDirect = r.CallsPerSec / direct
-				}
-				if path == PathDirect {
-					directBusiest = busiest(r.CPUByPartUs)
-				}
-				if b := busiest(r.CPUByPartUs); directBusiest > 0 && b > 0 {
-					r.DedicatedShare = directBusiest / b
-				}
-				rep.Results = append(rep.Results, r)
 			}
 		}
 	}
+	for i := range rounds[0] {
+		same := make([]Result, len(rounds))
+		for round, rs := range rounds {
+			same[round] = rs[i]
+		}
+		rep.Results = append(rep.Results, medianOf(same))
+	}
+	rep.Rounds = cfg.Repeat
 	progress(cfg.Progress, "")
 	rep.TotalMs = time.Since(start).Milliseconds()
 	return rep, nil
@@ -552,6 +582,68 @@ wait:
 		r.CPUByPartUs = splitCPU(r.CPUPerCallUs, byPart)
 	}
 	return r, nil
+}
+
+// medianOf merges the rounds of one measurement: medians of the rates,
+// latencies, ratios and CPU figures, sums of the counts; the first error
+// seen.
+func medianOf(rs []Result) Result {
+	out := rs[0]
+	if len(rs) == 1 {
+		return out
+	}
+	med := func(f func(Result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	out.Calls, out.Errors = 0, 0
+	for _, r := range rs {
+		out.Calls += r.Calls
+		out.Errors += r.Errors
+		if out.FirstError == "" {
+			out.FirstError = r.FirstError
+		}
+	}
+	out.CallsPerSec = med(func(r Result) float64 { return r.CallsPerSec })
+	out.P50Ms = med(func(r Result) float64 { return r.P50Ms })
+	out.P99Ms = med(func(r Result) float64 { return r.P99Ms })
+	out.RatioToDirect = med(func(r Result) float64 { return r.RatioToDirect })
+	out.CPUPerCallUs = med(func(r Result) float64 { return r.CPUPerCallUs })
+	out.DedicatedShare = med(func(r Result) float64 { return r.DedicatedShare })
+	parts, nodes := map[string]bool{}, map[string]bool{} // in any round
+	for _, r := range rs {
+		for part := range r.CPUByPartUs {
+			parts[part] = true
+		}
+		for part := range r.Batching {
+			nodes[part] = true
+		}
+	}
+	out.CPUByPartUs, out.Batching = nil, nil
+	for part := range parts {
+		if out.CPUByPartUs == nil {
+			out.CPUByPartUs = map[string]float64{}
+		}
+		out.CPUByPartUs[part] = med(func(r Result) float64 { return r.CPUByPartUs[part] })
+	}
+	for part := range nodes {
+		if out.Batching == nil {
+			out.Batching = map[string]Batching{}
+		}
+		out.Batching[part] = Batching{
+			RecordsPerCommit:    med(func(r Result) float64 { return r.Batching[part].RecordsPerCommit }),
+			DigestsPerSignature: med(func(r Result) float64 { return r.Batching[part].DigestsPerSignature }),
+			ChecksPerCall:       med(func(r Result) float64 { return r.Batching[part].ChecksPerCall }),
+		}
+	}
+	return out
 }
 
 // scrape reads the nodes' counters; a node that cannot be read is left out.

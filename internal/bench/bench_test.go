@@ -86,6 +86,7 @@ func TestConfigValidate(t *testing.T) {
 		"no levels":   func(c *Config) { c.Concurrency = nil },
 		"cases":       func(c *Config) { c.Cases = []string{"bidi"} },
 		"paths":       func(c *Config) { c.Paths = []string{"mesh", "carrier pigeon"} },
+		"repeat":      func(c *Config) { c.Repeat = 21 },
 	} {
 		cfg := DefaultConfig()
 		mutate(&cfg)
@@ -167,5 +168,46 @@ func TestBusiestSpreadsOther(t *testing.T) {
 	}
 	if busiest(map[string]float64{PartOther: 5}) != 0 || busiest(nil) != 0 {
 		t.Fatal("busiest of nothing that serves is not 0")
+	}
+}
+
+func TestMedianOfRounds(t *testing.T) {
+	rs := []Result{
+		{Calls: 10, CallsPerSec: 300, P50Ms: 3, RatioToDirect: 0.3, CPUPerCallUs: 30, CPUByPartUs: map[string]float64{"consumer": 10}},
+		{Calls: 20, Errors: 1, FirstError: "boom", CallsPerSec: 100, P50Ms: 1, RatioToDirect: 0.1, CPUPerCallUs: 10,
+			CPUByPartUs: map[string]float64{"consumer": 30, PartRegistry: 3}},
+		{Calls: 30, CallsPerSec: 200, P50Ms: 2, RatioToDirect: 0.2, CPUPerCallUs: 20, CPUByPartUs: map[string]float64{"consumer": 20},
+			Batching: map[string]Batching{"provider": {RecordsPerCommit: 6}}},
+	}
+	m := medianOf(rs)
+	if m.Calls != 60 || m.Errors != 1 || m.FirstError != "boom" || m.CallsPerSec != 200 || m.P50Ms != 2 || m.RatioToDirect != 0.2 || m.CPUPerCallUs != 20 {
+		t.Fatalf("median of three: %+v", m)
+	}
+	// A part seen in one round only counts 0 in the others.
+	if m.CPUByPartUs["consumer"] != 20 || m.CPUByPartUs[PartRegistry] != 0 || len(m.CPUByPartUs) != 2 || m.Batching["provider"].RecordsPerCommit != 0 {
+		t.Fatalf("parts %v, batching %v", m.CPUByPartUs, m.Batching)
+	}
+	if m := medianOf(rs[:2]); m.CallsPerSec != 200 || m.P50Ms != 2 {
+		t.Fatalf("median of two is their mean: %+v", m)
+	}
+	if m := medianOf(rs[:1]); m.Calls != 10 || m.CallsPerSec != 300 {
+		t.Fatalf("one round: %+v", m)
+	}
+}
+
+func TestRepeatRuns(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	var progress bytes.Buffer
+	rep, err := Run(ctx, Config{Duration: 100 * time.Millisecond, Concurrency: []int{2}, Cases: []string{CaseUnary},
+		Paths: []string{PathDirect, PathMesh}, Repeat: 2, Dir: t.TempDir(), Progress: &progress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Rounds != 2 || len(rep.Results) != 2 || rep.Results[1].Path != PathMesh || rep.Results[1].RatioToDirect <= 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	if !strings.Contains(progress.String(), "[4/4] "+CaseUnary+" mesh concurrency 2") {
+		t.Fatalf("progress %q", progress.String())
 	}
 }
