@@ -628,10 +628,14 @@ func medianOf(rs []Result) Result {
 	}
 	out.CPUByPartUs, out.Batching = nil, nil
 	for part := range parts {
+		us := med(func(r Result) float64 { return r.CPUByPartUs[part] })
+		if us == 0 {
+			continue // idle in most rounds
+		}
 		if out.CPUByPartUs == nil {
 			out.CPUByPartUs = map[string]float64{}
 		}
-		out.CPUByPartUs[part] = med(func(r Result) float64 { return r.CPUByPartUs[part] })
+		out.CPUByPartUs[part] = us
 	}
 	for part := range nodes {
 		if out.Batching == nil {
