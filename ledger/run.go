@@ -82,6 +82,8 @@ func (l *Ledger) Run(ctx context.Context) error {
 						batch = append(batch, p)
 					case <-wait.C:
 						break linger
+					case <-ctx.Done(): // commit what came; the loop then stops
+						break linger
 					}
 				}
 				wait.Stop()
