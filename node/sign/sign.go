@@ -66,8 +66,12 @@ const (
 )
 
 // lingerSiblings is how many more digests must be expected within
-// Config.Linger for a batch to wait for them.
-const lingerSiblings = 2
+// Config.Linger for a batch to wait for them; maxLingerDelay bounds
+// Config.Linger (Close waits for a batch that waits).
+const (
+	lingerSiblings = 2
+	maxLingerDelay = time.Second
+)
 
 // signedPrefix is the domain separation prefix of the signed bytes.
 const signedPrefix = "sild-batch-v1"
@@ -220,6 +224,9 @@ func New(cfg Config) (*Signer, error) {
 	}
 	if cfg.Workers < 1 {
 		return nil, errors.New("new signer: Workers must be positive")
+	}
+	if cfg.Linger > maxLingerDelay {
+		return nil, fmt.Errorf("new signer: Linger must be at most %s", maxLingerDelay)
 	}
 	id, err := newIdentity(cfg.Key, cfg.Chain, cfg.IncludeChain)
 	if err != nil {

@@ -546,6 +546,7 @@ func TestNewRefuses(t *testing.T) {
 		{"chain wanted but none", Config{Key: key, IncludeChain: true}},
 		{"batch too big", Config{Key: key, MaxBatch: MaxTreeSize + 1}},
 		{"negative workers", Config{Key: key, Workers: -1}},
+		{"linger over a second", Config{Key: key, Linger: 2 * time.Second}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if s, err := New(tc.cfg); err == nil {
@@ -671,9 +672,10 @@ func TestLinger(t *testing.T) {
 		t.Fatalf("stats %+v: digests arriving together did not wait for one another", st)
 	}
 
-	lone := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, IncludeChain: true, Linger: time.Hour, busy: busy})
+	// A wait of the lone caller's batch would outlast its deadline.
+	lone := newSigner(t, Config{Key: key, Chain: []*x509.Certificate{cert}, IncludeChain: true, Linger: time.Second, busy: busy})
 	for i := range 20 {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 900*time.Millisecond)
 		if _, err := lone.Sign(ctx, digest(i)); err != nil {
 			t.Fatalf("lone caller, digest %d: %v", i, err)
 		}
