@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -329,7 +328,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 			st.mu.Lock()
 			st.reqSig, st.reqDigest = sig, d
 			st.mu.Unlock()
-			return &forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(append([]byte{tagSeal}, b...))}}, nil
+			return taggedFrame(tagSeal, b), nil
 		},
 		down: func(f *forward.Frame) (bool, error) {
 			tag, rest, ok := stripTag(f)

@@ -72,7 +72,7 @@ func (m *mesh) withFakeProvider(t *testing.T, answer func() fakeAnswer) {
 				d = a.sealFor(req)
 			}
 			b := a.seal(d)
-			if err := ss.SendMsg(&forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(append([]byte{tagSeal}, b...))}}); err != nil {
+			if err := ss.SendMsg(taggedFrame(tagSeal, b)); err != nil {
 				return err
 			}
 		}

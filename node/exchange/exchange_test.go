@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -425,13 +424,13 @@ func (m *mesh) rawCall(t *testing.T, n *testNode, client ident.Subsystem, msgID 
 	chain := envelope.NewChain(envelope.DirRequest, req)
 	for _, f := range frames {
 		chain.Add(f)
-		if err := cs.SendMsg(&forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(append([]byte{tagData}, f...))}}); err != nil {
+		if err := cs.SendMsg(taggedFrame(tagData, f)); err != nil {
 			break
 		}
 	}
 	if seal != nil {
 		b := seal(sealDigest(envelope.DirRequest, chain, codes.OK))
-		_ = cs.SendMsg(&forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(append([]byte{tagSeal}, b...))}})
+		_ = cs.SendMsg(taggedFrame(tagSeal, b))
 	}
 	_ = cs.CloseSend()
 	for {

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -197,7 +196,7 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 			// Unsigned: the signature was over the status not given.
 			return ledgerUnavailable(ComponentProvider)
 		}
-		f := &forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(append([]byte{tagSeal}, seal...))}}
+		f := taggedFrame(tagSeal, seal)
 		if serr := ss.SendMsg(f); serr != nil {
 			f.Free()
 			p.cfg.Logger.Warn("response seal not delivered", "message_id", req.MessageID, "err", serr)

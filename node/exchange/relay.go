@@ -185,6 +185,11 @@ func frameBytes(f *forward.Frame) []byte {
 	return b
 }
 
+// taggedFrame is a frame of tag followed by b (copied).
+func taggedFrame(tag byte, b []byte) *forward.Frame {
+	return &forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(append([]byte{tag}, b...))}}
+}
+
 // prepend puts tag in front of f's bytes without copying them.
 func prepend(f *forward.Frame, tag byte) {
 	f.Data = append(mem.BufferSlice{mem.SliceBuffer{tag}}, f.Data...)
