@@ -283,16 +283,14 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 					if err != nil {
 						return nil, err
 					}
+					b := busiest(r.CPUByPartUs)
 					if path == PathDirect {
-						direct = r.CallsPerSec
+						direct, directBusiest = r.CallsPerSec, b
 					}
 					if direct > 0 { // 1 for direct itself
 						r.RatioToDirect = r.CallsPerSec / direct
 					}
-					if path == PathDirect {
-						directBusiest = busiest(r.CPUByPartUs)
-					}
-					if b := busiest(r.CPUByPartUs); directBusiest > 0 && b > 0 {
+					if directBusiest > 0 && b > 0 {
 						r.DedicatedShare = directBusiest / b
 					}
 					rounds[round] = append(rounds[round], r)
