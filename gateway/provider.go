@@ -176,6 +176,14 @@ func (p *Provider) handle(_ any, ss grpc.ServerStream) error {
 	if err := ss.RecvMsg(in); err != nil {
 		return err
 	}
+	// Like grpc's own unary handlers, call the backend only once the caller
+	// half-closed: a node half-closes towards its backend only after the
+	// consumer's signature verified, so no unsigned request reaches it.
+	if err := ss.RecvMsg(dynamicpb.NewMessage(m.Input())); err == nil {
+		return refuseP(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "more than one request message for a method that takes one")
+	} else if err != io.EOF {
+		return err
+	}
 	enc := protojson.MarshalOptions{Resolver: si.types}
 	body, err := enc.Marshal(in)
 	if err != nil {

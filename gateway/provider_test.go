@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,11 +10,17 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 
 	"github.com/sildmesh/sild/gateway"
+	"github.com/sildmesh/sild/node/forward"
 	"github.com/sildmesh/sild/node/topology"
 )
 
@@ -159,4 +166,62 @@ func TestProviderErrors(t *testing.T) {
 	t.Cleanup(hs.Close)
 	a := restPost(t, hs.URL+"/r1/EE/COM/11/echo/test.v1.Echo/Echo", map[string]string{"Sild-Client": "EE/GOV/1/x"}, `{}`)
 	want(t, "dead backend", a, 503, "TARGET_UNAVAILABLE", gateway.ComponentProvider)
+}
+
+// TestProviderCallsBackendOnlyAfterHalfClose: like grpc's own unary
+// handlers, the JSON backend is called only once the request is half-closed.
+// A node half-closes towards its backend only after the consumer's signature
+// verified, so this is what keeps unsigned requests from a JSON backend (and
+// what makes the provider's record always carry the consumer's signature).
+func TestProviderCallsBackendOnlyAfterHalfClose(t *testing.T) {
+	var hits atomic.Int32
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		io.WriteString(w, `{"text":"ok"}`)
+	}))
+	t.Cleanup(hs.Close)
+	conn := startProvider(t, hs.URL)
+	msg := []byte{0x0a, 0x02, 'h', 'i'} // EchoRequest{text: "hi"}
+	frame := func() *forward.Frame { return &forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(msg)}} }
+	open := func() grpc.ClientStream {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t.Cleanup(cancel)
+		cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/test.v1.Echo/Echo", grpc.ForceCodecV2(forward.Codec{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cs
+	}
+
+	cs := open()
+	if err := cs.SendMsg(frame()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("backend called %d times before the request was half-closed", n)
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	got := &forward.Frame{}
+	if err := cs.RecvMsg(got); err != nil {
+		t.Fatal(err)
+	}
+	if n := hits.Load(); n != 1 || string(got.Bytes()) != "\x0a\x02ok" {
+		t.Fatalf("after half-close: %d calls, answer %q", n, got.Bytes())
+	}
+
+	// A second request message for a unary method is refused, unanswered.
+	cs = open()
+	for range 2 {
+		if err := cs.SendMsg(frame()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs.CloseSend()
+	err := cs.RecvMsg(&forward.Frame{})
+	if status.Code(err) != codes.InvalidArgument || hits.Load() != 1 {
+		t.Fatalf("two request messages: %v, %d backend calls", err, hits.Load())
+	}
 }
