@@ -55,11 +55,19 @@ and reports for each measurement the median of its rounds (the ratio to
 direct is the median of the ratios within each round): on a shared machine
 whose load changes from minute to minute this is steadier than one long run.
 
+The backend answers at once by default: the mesh's cost is then compared with
+the cheapest call there is. A real backend computes or looks up its answer;
+--backend-work makes it do a fixed amount of CPU work per call (hashing,
+calibrated at start to take that long on one core), --backend-wait makes it
+wait per call without using CPU (as for a database). The direct path calls the
+same backend, so the ratios tell what the mesh costs a service of that weight.
+
 A progress line goes to stderr while it runs. With the defaults the whole run
 takes about a minute.`,
 		Example: `  go run ./cmd/sild bench
   go run ./cmd/sild bench --duration 1s --concurrency 1,64 --json
   go run ./cmd/sild bench --case unary-1KiB --concurrency 64 --by-part
+  go run ./cmd/sild bench --case unary-1KiB --backend-work 200us --backend-wait 2ms
   go run ./cmd/sild bench --path mesh --case unary-1KiB --concurrency 64 --cpuprofile mesh.prof`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -108,6 +116,8 @@ takes about a minute.`,
 	f.BoolVarP(&verbose, "verbose", "v", false, "log what the components do to stderr")
 	f.IntVar(&cfg.Repeat, "repeat", 1, "run the whole sequence this many times and report medians (steadier on a shared machine)")
 	f.BoolVar(&cfg.ByPart, "by-part", false, "also split the CPU per call by part (client, relay proxies, consumer and provider node, backend) and estimate each path's share of direct with each part on a machine of its own")
+	f.DurationVar(&cfg.BackendWork, "backend-work", 0, fmt.Sprintf("CPU work the backend does per call, calibrated to take this long on one core (0: none; at most %v)", bench.MaxBackendWork))
+	f.DurationVar(&cfg.BackendWait, "backend-wait", 0, fmt.Sprintf("time the backend waits per call before answering, using no CPU (0: none; at most %v)", bench.MaxBackendWait))
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file` (read it with go tool pprof)")
 	return cmd
 }

@@ -44,6 +44,9 @@ func TestBenchFlagErrors(t *testing.T) {
 		{"bench", "--duration", "0s"},
 		{"bench", "--repeat", "21"},
 		{"bench", "--repeat", "-1"},
+		{"bench", "--backend-work", "-1ms"},
+		{"bench", "--backend-work", "2s"},
+		{"bench", "--backend-wait", "11s"},
 	} {
 		_, _, err := runCmd(context.Background(), args...)
 		if err == nil {

@@ -10,10 +10,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -91,7 +93,22 @@ type Config struct {
 	// path would reach with its parts on machines of their own
 	// (Result.DedicatedShare). No other CPU profile may run meanwhile.
 	ByPart bool
+	// BackendWork is CPU work the backend does for each call before it
+	// answers, as a backend that computes its answer: a fixed amount of
+	// SHA-256 hashing that took this long on one core when calibrated at
+	// start (0: none, the plain echo; at most MaxBackendWork).
+	BackendWork time.Duration
+	// BackendWait is how long the backend waits for each call before it
+	// answers, without using CPU, as a backend that asks a database (0:
+	// none; at most MaxBackendWait).
+	BackendWait time.Duration
 }
+
+// Bounds of Config.BackendWork and Config.BackendWait.
+const (
+	MaxBackendWork = time.Second
+	MaxBackendWait = 10 * time.Second
+)
 
 // DefaultConfig returns the defaults (about a minute in all).
 func DefaultConfig() Config {
@@ -126,6 +143,12 @@ func (c *Config) Validate() error {
 		if !slices.Contains(Paths, p) {
 			return fmt.Errorf("paths: unknown path %q (want %s)", p, strings.Join(Paths, ", "))
 		}
+	}
+	if c.BackendWork < 0 || c.BackendWork > MaxBackendWork {
+		return fmt.Errorf("backend work: %v not in 0..%v", c.BackendWork, MaxBackendWork)
+	}
+	if c.BackendWait < 0 || c.BackendWait > MaxBackendWait {
+		return fmt.Errorf("backend wait: %v not in 0..%v", c.BackendWait, MaxBackendWait)
 	}
 	if c.Repeat < 0 || c.Repeat > maxRepeat {
 		return fmt.Errorf("repeat: %d not in 1..%d", c.Repeat, maxRepeat)
@@ -225,8 +248,14 @@ type Report struct {
 	TotalMs    int64     `json:"total_ms"`
 	Started    time.Time `json:"started"`
 	// Rounds is how many times each measurement was made (Config.Repeat).
-	Rounds  int      `json:"rounds"`
-	Results []Result `json:"results"`
+	Rounds int `json:"rounds"`
+	// BackendWorkUs and BackendWaitMs are Config.BackendWork and
+	// Config.BackendWait; BackendWorkBlocks is how many 1 KiB blocks the
+	// backend hashes per call to do that work on this machine.
+	BackendWorkUs     float64  `json:"backend_work_us,omitempty"`
+	BackendWorkBlocks int      `json:"backend_work_blocks,omitempty"`
+	BackendWaitMs     float64  `json:"backend_wait_ms,omitempty"`
+	Results           []Result `json:"results"`
 }
 
 // Run starts the mesh, runs every case at every concurrency level over
@@ -256,13 +285,19 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}()
 	m := mesh.New(data, cfg.Logger)
 	defer func() { err = errors.Join(err, m.Close()) }()
+	backend := testService{wait: cfg.BackendWait}
+	if cfg.BackendWork > 0 {
+		progress(cfg.Progress, "calibrating the backend's work")
+		backend.blocks = calibrate(cfg.BackendWork)
+	}
 	progress(cfg.Progress, "starting a registry, two nodes and a backend")
-	w, err := startWorld(ctx, m)
+	w, err := startWorld(ctx, m, backend)
 	if err != nil {
 		return nil, err
 	}
 	defer w.close()
-	rep = &Report{Machine: machine(), DurationMs: cfg.Duration.Milliseconds(), Started: start.UTC(), SetupMs: time.Since(start).Milliseconds()}
+	rep = &Report{Machine: machine(), DurationMs: cfg.Duration.Milliseconds(), Started: start.UTC(), SetupMs: time.Since(start).Milliseconds(),
+		BackendWorkUs: float64(cfg.BackendWork.Nanoseconds()) / 1e3, BackendWorkBlocks: backend.blocks, BackendWaitMs: float64(cfg.BackendWait.Nanoseconds()) / 1e6}
 	var run []string // cfg.Paths in measuring order
 	for _, p := range Paths {
 		if slices.Contains(cfg.Paths, p) {
@@ -355,7 +390,7 @@ func startRelay(m *mesh.Mesh, backend string) (*grpc.ClientConn, error) {
 
 // startWorld starts the registry, the pair and the relay, and connects the
 // callers, each under its part's profiler label.
-func startWorld(ctx context.Context, m *mesh.Mesh) (w *world, err error) {
+func startWorld(ctx context.Context, m *mesh.Mesh, backend testService) (w *world, err error) {
 	var r *mesh.Registry
 	cpustat.Do(mesh.PartLabel, PartRegistry, func() {
 		r, err = m.StartRegistry(ctx, mesh.RegistryOptions{Instance: "EE", TrustDomain: "ee.sild.test", Servers: 1})
@@ -363,15 +398,15 @@ func startWorld(ctx context.Context, m *mesh.Mesh) (w *world, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cpustat.Do(mesh.PartLabel, PartClient, func() { w, err = startPaths(ctx, m, r) })
+	cpustat.Do(mesh.PartLabel, PartClient, func() { w, err = startPaths(ctx, m, r, backend) })
 	return w, err
 }
 
-func startPaths(ctx context.Context, m *mesh.Mesh, r *mesh.Registry) (*world, error) {
+func startPaths(ctx context.Context, m *mesh.Mesh, r *mesh.Registry, backend testService) (*world, error) {
 	member, _ := ident.ParseMember("EE/GOV/70000310")
 	p, err := m.StartPair(ctx, r, mesh.PairOptions{Member: member, Service: "grpc.testing.TestService",
 		DescriptorSet: descset.Of(testpb.File_grpc_testing_test_proto),
-		Register:      func(s *grpc.Server) { testpb.RegisterTestServiceServer(s, testService{}) }})
+		Register:      func(s *grpc.Server) { testpb.RegisterTestServiceServer(s, backend) }})
 	if err != nil {
 		return nil, err
 	}
@@ -766,20 +801,76 @@ func machine() Machine {
 }
 
 // testService is the backend: grpc.testing.TestService answering with
-// payloads of the requested sizes.
+// payloads of the requested sizes, after its work for the call (once per
+// call, streams included).
 type testService struct {
 	testpb.UnimplementedTestServiceServer
+	blocks int           // 1 KiB blocks hashed per call (Config.BackendWork)
+	wait   time.Duration // Config.BackendWait
 }
 
-func (testService) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+func (t testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	if err := t.work(ctx); err != nil {
+		return nil, err
+	}
 	return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: respBodies[:min(int(req.GetResponseSize()), len(respBodies))]}}, nil
 }
 
-func (testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s testpb.TestService_StreamingOutputCallServer) error {
+func (t testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s testpb.TestService_StreamingOutputCallServer) error {
+	if err := t.work(s.Context()); err != nil {
+		return err
+	}
 	for _, p := range req.GetResponseParameters() {
 		if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: respBodies[:min(int(p.GetSize()), len(respBodies))]}}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// work does the backend's work for one call: it hashes t.blocks blocks and
+// waits t.wait (or until ctx ends).
+func (t testService) work(ctx context.Context) error {
+	if t.blocks > 0 {
+		hashBlocks(t.blocks)
+	}
+	if t.wait <= 0 {
+		return nil
+	}
+	tm := time.NewTimer(t.wait)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// workSink keeps the backend's hashing from being optimised away.
+var workSink atomic.Uint32
+
+// hashBlocks hashes n chained 1 KiB blocks, each starting with the hash of
+// the one before.
+func hashBlocks(n int) {
+	var block [1024]byte
+	for range n {
+		sum := sha256.Sum256(block[:])
+		copy(block[:], sum[:])
+	}
+	workSink.Add(uint32(block[0]))
+}
+
+// calibrate returns how many blocks hashBlocks takes to run for about d on
+// one core: the fastest of a few timed rounds, since a shared machine only
+// ever makes a round slower.
+func calibrate(d time.Duration) int {
+	const probe = 2000
+	best := time.Duration(math.MaxInt64)
+	for range 5 {
+		t := time.Now()
+		hashBlocks(probe)
+		best = min(best, time.Since(t))
+	}
+	return max(1, int(float64(probe)*float64(d)/float64(max(best, 1))))
 }

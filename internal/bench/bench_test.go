@@ -212,3 +212,36 @@ func TestRepeatRuns(t *testing.T) {
 		t.Fatalf("progress %q", progress.String())
 	}
 }
+
+// TestBackendWork: with Config.BackendWork and BackendWait the backend
+// really spends that CPU and waits that long on each call (lower bounds
+// only: a shared machine makes both longer, never shorter), and the report
+// says so.
+func TestBackendWork(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	const work, wait = 4 * time.Millisecond, 3 * time.Millisecond
+	rep, err := Run(ctx, Config{Duration: 300 * time.Millisecond, Concurrency: []int{1}, Cases: []string{CaseUnary, CaseStream},
+		Paths: []string{PathDirect}, Dir: t.TempDir(), BackendWork: work, BackendWait: wait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.BackendWorkUs != 4000 || rep.BackendWaitMs != 3 || rep.BackendWorkBlocks < 1 {
+		t.Fatalf("report: work %v µs in %d blocks, wait %v ms", rep.BackendWorkUs, rep.BackendWorkBlocks, rep.BackendWaitMs)
+	}
+	for _, r := range rep.Results {
+		if r.Calls == 0 || r.Errors != 0 || r.P50Ms < 3+4.0/2 {
+			t.Errorf("%s: %d calls, %d errors, p50 %.2f ms (want at least the wait and half the work)", r.Case, r.Calls, r.Errors, r.P50Ms)
+		}
+		if runtime.GOOS == "linux" && r.CPUPerCallUs < 4000/2 {
+			t.Errorf("%s: %.0f µs CPU per call (want at least half the work)", r.Case, r.CPUPerCallUs)
+		}
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil || !strings.Contains(table.String(), "the backend works 4000 µs") {
+		t.Errorf("table (%v):\n%s", err, table.String())
+	}
+	if err := (&Config{Duration: time.Second, Concurrency: []int{1}, Cases: []string{CaseUnary}, BackendWork: -1}).Validate(); err == nil {
+		t.Error("negative backend work accepted")
+	}
+}

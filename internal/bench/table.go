@@ -32,8 +32,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if r.Rounds > 1 {
 		rounds = fmt.Sprintf(", medians of %d rounds", r.Rounds)
 	}
-	_, err := fmt.Fprintf(w, "\n%d CPUs (%s), %s %s/%s; %d ms per measurement%s, setup %d ms, total %.1f s\n",
-		m.CPUs, m.CPUModel, m.GoVersion, m.OS, m.Arch, r.DurationMs, rounds, r.SetupMs, float64(r.TotalMs)/1000)
+	backend := "the backend echoes at once"
+	if r.BackendWorkUs > 0 || r.BackendWaitMs > 0 {
+		backend = fmt.Sprintf("the backend works %.0f µs (%d KiB hashed) and waits %.1f ms per call", r.BackendWorkUs, r.BackendWorkBlocks, r.BackendWaitMs)
+	}
+	_, err := fmt.Fprintf(w, "\n%d CPUs (%s), %s %s/%s; %s; %d ms per measurement%s, setup %d ms, total %.1f s\n",
+		m.CPUs, m.CPUModel, m.GoVersion, m.OS, m.Arch, backend, r.DurationMs, rounds, r.SetupMs, float64(r.TotalMs)/1000)
 	for _, x := range r.Results {
 		if x.FirstError != "" {
 			fmt.Fprintf(w, "first error (%s %s concurrency %d): %s\n", x.Case, x.Path, x.Concurrency, x.FirstError)
