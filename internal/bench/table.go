@@ -32,9 +32,16 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if r.Rounds > 1 {
 		rounds = fmt.Sprintf(", medians of %d rounds", r.Rounds)
 	}
+	var does []string
+	if r.BackendWorkUs > 0 {
+		does = append(does, fmt.Sprintf("works %.0f µs (%d KiB hashed)", r.BackendWorkUs, r.BackendWorkBlocks))
+	}
+	if r.BackendWaitMs > 0 {
+		does = append(does, fmt.Sprintf("waits %.1f ms", r.BackendWaitMs))
+	}
 	backend := "the backend echoes at once"
-	if r.BackendWorkUs > 0 || r.BackendWaitMs > 0 {
-		backend = fmt.Sprintf("the backend works %.0f µs (%d KiB hashed) and waits %.1f ms per call", r.BackendWorkUs, r.BackendWorkBlocks, r.BackendWaitMs)
+	if len(does) > 0 {
+		backend = "the backend " + strings.Join(does, " and ") + " per call"
 	}
 	_, err := fmt.Fprintf(w, "\n%d CPUs (%s), %s %s/%s; %s; %d ms per measurement%s, setup %d ms, total %.1f s\n",
 		m.CPUs, m.CPUModel, m.GoVersion, m.OS, m.Arch, backend, r.DurationMs, rounds, r.SetupMs, float64(r.TotalMs)/1000)
