@@ -339,8 +339,8 @@ func (l *Ledger) commit(batch []*pending) {
 	l.mu.Lock()
 	l.rng = rng
 	l.mu.Unlock()
+	l.records.Add(uint64(len(batch))) // before commits: see Stats
 	l.commits.Add(1)
-	l.records.Add(uint64(len(batch)))
 	l.hmu.Lock()
 	if len(l.unstamped) == 0 || l.unstamped[len(l.unstamped)-1].first < first {
 		l.unstamped = append(l.unstamped, mark{first: first, at: l.cfg.Now()})

@@ -438,8 +438,8 @@ func (s *Signer) signBatch(batch []*request) {
 			Path:          paths[i],
 		}}
 	}
+	s.digests.Add(uint64(n)) // before batches, which Stats reads first
 	s.batches.Add(1)
-	s.digests.Add(uint64(n))
 	for {
 		l := s.largest.Load()
 		if uint64(n) <= l || s.largest.CompareAndSwap(l, uint64(n)) {
