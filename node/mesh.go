@@ -101,10 +101,21 @@ func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
 	cfg.Logger = n.log
 	cfg.MaxMessageSize = n.cfg.MaxMessageSize
 	cfg.Observe = n.exchanges.observe
-	cfg.Recorder = exchange.RecorderFunc(func(ctx context.Context, r *ledgerv1.Record) error {
-		_, err := led.Append(ctx, r, nil).Wait(ctx)
+	cfg.Recorder = exchange.RecorderFunc(func(ctx context.Context, r *ledgerv1.Record, body *ledgerv1.Body) error {
+		_, err := led.Append(ctx, r, body).Wait(ctx)
 		return err
 	})
+	if n.keepsBodies() {
+		cfg.Capture = func(sub ident.Subsystem) exchange.Capture {
+			switch led.BodyMode(sub.String()) {
+			case ledger.BodyMetadata:
+				return exchange.CaptureHeaders
+			case ledger.BodyFull:
+				return exchange.CaptureMessages
+			}
+			return exchange.CaptureNone
+		}
+	}
 	cfg.Backends = map[ident.Subsystem]string{}
 	for _, s := range n.cfg.Subsystems {
 		sub, _ := ident.ParseSubsystem(s.ID) // validated
@@ -159,4 +170,15 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	go func() { errc <- serveGRPC(ctx, ps, n.exchangeLn) }()
 	go func() { errc <- gateway.ServeConsumer(ctx, restLn, n.ConsumerAddr(), n.Topology, n.log) }()
 	return errors.Join(<-errc, <-errc, <-errc)
+}
+
+// keepsBodies reports whether the ledger keeps anything of some subsystem's
+// exchange bodies (when none does, the exchange passes none, at no cost).
+func (n *Node) keepsBodies() bool {
+	for _, s := range n.cfg.Subsystems {
+		if s.Body != "" && s.Body != ledger.BodyOff.String() {
+			return true
+		}
+	}
+	return false
 }

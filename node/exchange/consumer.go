@@ -301,10 +301,13 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 		reqChain:  envelope.NewChain(envelope.DirRequest, req),
 		respChain: envelope.NewChain(envelope.DirResponse, req),
 	}
+	body := c.cfg.capture(req.Client, md)
 	res := relay(ss, cs, cancel, relayHooks{
 		up: func(f *forward.Frame) (bool, bool, error) {
+			b := frameBytes(f)
+			body.request(b)
 			st.mu.Lock()
-			st.reqChain.Add(frameBytes(f))
+			st.reqChain.Add(b)
 			st.mu.Unlock()
 			prepend(f, tagData)
 			return true, false, nil
@@ -335,6 +338,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 			switch {
 			case ok && st.respSeal == nil && tag == tagData:
 				st.respChain.Add(rest)
+				body.response(rest)
 				return true, nil
 			case ok && st.respSeal == nil && tag == tagSeal:
 				st.respSeal = bytes.Clone(rest)
@@ -344,6 +348,10 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 			f.Free()
 			c.cfg.Logger.Warn("malformed answer from provider node", "message_id", req.MessageID, "node", peer.String())
 			return false, signatureInvalid(ComponentConsumer, "the provider's answer is not sealed as the protocol requires")
+		},
+		header: func(md metadata.MD) metadata.MD {
+			body.responseHeaders(md)
+			return md
 		},
 	})
 
@@ -384,7 +392,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer rcancel()
-	if rerr := c.cfg.Recorder.Record(rctx, rec); rerr != nil {
+	if rerr := c.cfg.Recorder.Record(rctx, rec, body.result(res.trailer)); rerr != nil {
 		c.cfg.Logger.Error("record exchange", "message_id", req.MessageID, "err", rerr)
 		return ledgerUnavailable(ComponentConsumer)
 	}

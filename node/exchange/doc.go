@@ -112,10 +112,11 @@
 //
 //	cfg := exchange.Config{Node: self, Topology: current, SVID: svids, Bundles: bundles,
 //		Signer: signer, Verifier: sign.NewVerifier(0), Access: store, Logger: log,
-//		Recorder: exchange.RecorderFunc(func(ctx context.Context, r *ledgerv1.Record) error {
-//			_, err := led.Append(ctx, r, nil).Wait(ctx)
+//		Recorder: exchange.RecorderFunc(func(ctx context.Context, r *ledgerv1.Record, body *ledgerv1.Body) error {
+//			_, err := led.Append(ctx, r, body).Wait(ctx)
 //			return err
 //		}),
+//		Capture:  func(sub ident.Subsystem) exchange.Capture {...}, // per the subsystems' body setting
 //		Clients:  []ident.Subsystem{...},                 // consumer side
 //		Backends: map[ident.Subsystem]string{sub: addr}, // provider side
 //	}

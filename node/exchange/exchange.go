@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -44,16 +45,20 @@ const (
 
 // Recorder makes exchange records durable.
 type Recorder interface {
-	// Record returns nil once rec is durable (it survives a crash), or an
-	// error; it may be called concurrently. rec is not retained.
-	Record(ctx context.Context, rec *ledgerv1.Record) error
+	// Record returns nil once rec, and body if not nil (what
+	// Config.Capture asked to keep of the exchange's content), are durable
+	// (they survive a crash), or an error; it may be called concurrently.
+	// Neither is retained.
+	Record(ctx context.Context, rec *ledgerv1.Record, body *ledgerv1.Body) error
 }
 
 // RecorderFunc adapts a function to Recorder.
-type RecorderFunc func(ctx context.Context, rec *ledgerv1.Record) error
+type RecorderFunc func(ctx context.Context, rec *ledgerv1.Record, body *ledgerv1.Body) error
 
 // Record calls f.
-func (f RecorderFunc) Record(ctx context.Context, rec *ledgerv1.Record) error { return f(ctx, rec) }
+func (f RecorderFunc) Record(ctx context.Context, rec *ledgerv1.Record, body *ledgerv1.Body) error {
+	return f(ctx, rec, body)
+}
 
 // Config configures a Consumer or a Provider; both may share one.
 type Config struct {
@@ -72,6 +77,14 @@ type Config struct {
 	Verifier *sign.Verifier
 	// Recorder makes the evidence of each exchange durable.
 	Recorder Recorder
+	// Capture, if set, tells for a subsystem of this node (the client on
+	// the consumer side, the target on the provider side) what of its
+	// exchanges' content to pass to Recorder; nil passes nothing.
+	Capture func(local ident.Subsystem) Capture
+	// MaxCapture bounds the message bytes passed of one exchange (default
+	// DefaultMaxCapture); later messages are left out and the body is
+	// marked truncated.
+	MaxCapture int
 	// Logger receives refusals and failures; nil discards them.
 	Logger *slog.Logger
 
@@ -150,6 +163,11 @@ func (c *Config) validate() error {
 		return errors.New("config: ReplayWindow is negative")
 	case c.ReplayMax < 0:
 		return errors.New("config: ReplayMax is negative")
+	case c.MaxCapture < 0:
+		return errors.New("config: MaxCapture is negative")
+	}
+	if c.MaxCapture == 0 {
+		c.MaxCapture = DefaultMaxCapture
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = forward.DefaultMaxMessageSize
@@ -367,3 +385,12 @@ var windowOptions = []grpc.DialOption{
 var plaintext = grpc.WithTransportCredentials(insecure.NewCredentials())
 
 var fullDuplex = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+// capture starts collecting the body of an exchange of local, whose request
+// headers are md (nil if nothing is to be kept).
+func (c *Config) capture(local ident.Subsystem, md metadata.MD) *capture {
+	if c.Capture == nil {
+		return nil
+	}
+	return newCapture(c.Capture(local), c.MaxCapture, md)
+}

@@ -123,19 +123,33 @@ func (b *backend) FullDuplexCall(s testpb.TestService_FullDuplexCallServer) erro
 // memRecorder keeps records in memory; it stands in for the ledger, which
 // has its own tests. fail makes Record fail.
 type memRecorder struct {
-	mu   sync.Mutex
-	recs []*ledgerv1.Record
-	fail atomic.Bool
+	mu     sync.Mutex
+	recs   []*ledgerv1.Record
+	bodies map[string]*ledgerv1.Body // by message id
+	fail   atomic.Bool
 }
 
-func (m *memRecorder) Record(_ context.Context, r *ledgerv1.Record) error {
+func (m *memRecorder) Record(_ context.Context, r *ledgerv1.Record, body *ledgerv1.Body) error {
 	if m.fail.Load() {
 		return io.ErrClosedPipe
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.recs = append(m.recs, proto.Clone(r).(*ledgerv1.Record))
+	if body != nil {
+		if m.bodies == nil {
+			m.bodies = map[string]*ledgerv1.Body{}
+		}
+		m.bodies[r.GetMessageId()] = proto.Clone(body).(*ledgerv1.Body)
+	}
 	return nil
+}
+
+// body returns the body recorded with message id, nil if none.
+func (m *memRecorder) body(id string) *ledgerv1.Body {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.bodies[id]
 }
 
 func (m *memRecorder) find(id string) *ledgerv1.Record {
@@ -293,7 +307,9 @@ func newMesh(t testing.TB) *mesh { t.Helper(); return newMeshWith(t, false) }
 
 // newMeshWith builds the mesh; with realLedgers both nodes record into real
 // ledgers (ledA, ledB) instead of recA and recB.
-func newMeshWith(t testing.TB, realLedgers bool) *mesh {
+// newMeshWith starts the mesh with real ledgers or in-memory recorders;
+// adjust, if any, changes both sides' Config before they start.
+func newMeshWith(t testing.TB, realLedgers bool, adjust ...func(*Config)) *mesh {
 	t.Helper()
 	now := time.Now()
 	ca, err := pki.NewCA(td, "EE test root", 24*time.Hour, now.Add(-time.Minute))
@@ -359,6 +375,9 @@ func newMeshWith(t testing.TB, realLedgers bool) *mesh {
 	pcfg.SVID, pcfg.Bundles, pcfg.Signer, pcfg.Verifier = m.b.svid, m.bundles, m.b.signer, sign.NewVerifier(0)
 	pcfg.Recorder, pcfg.Access = recorderB, store
 	pcfg.Backends = map[ident.Subsystem]string{registry: m.beAddr}
+	for _, f := range adjust {
+		f(&pcfg)
+	}
 	prov, err := NewProvider(pcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -372,6 +391,9 @@ func newMeshWith(t testing.TB, realLedgers bool) *mesh {
 	ccfg.SVID, ccfg.Bundles, ccfg.Signer, ccfg.Verifier = m.a.svid, m.bundles, m.a.signer, sign.NewVerifier(0)
 	ccfg.Recorder = recorderA
 	ccfg.Clients = []ident.Subsystem{licensing, archive}
+	for _, f := range adjust {
+		f(&ccfg)
+	}
 	cons, err := NewConsumer(ccfg)
 	if err != nil {
 		t.Fatal(err)

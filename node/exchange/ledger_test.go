@@ -67,8 +67,8 @@ func startLedger(t testing.TB, ca *pki.CA, n *testNode) (*ledger.Ledger, Recorde
 		wg.Wait()
 		_ = l.Close()
 	})
-	return l, RecorderFunc(func(ctx context.Context, r *ledgerv1.Record) error {
-		_, err := l.Append(ctx, r, nil).Wait(ctx)
+	return l, RecorderFunc(func(ctx context.Context, r *ledgerv1.Record, body *ledgerv1.Body) error {
+		_, err := l.Append(ctx, r, body).Wait(ctx)
 		return err
 	})
 }

@@ -169,6 +169,8 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 		reqChain:  envelope.NewChain(envelope.DirRequest, req),
 		respChain: envelope.NewChain(envelope.DirResponse, req),
 	}
+	body := p.cfg.capture(req.Target, md)
+	var trailer metadata.MD // the backend's, once it answered
 	answer := func(err error) error {
 		err = normalize(err, ComponentProvider)
 		respDigest := sealDigest(envelope.DirResponse, st.respChain, status.Code(err))
@@ -191,7 +193,7 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 		}
 		st.mu.Unlock()
 		rec.ProviderSignature = sig.Proto()
-		if rerr := p.cfg.Recorder.Record(sctx, rec); rerr != nil {
+		if rerr := p.cfg.Recorder.Record(sctx, rec, body.result(trailer)); rerr != nil {
 			p.cfg.Logger.Error("record exchange", "message_id", req.MessageID, "err", rerr)
 			// Unsigned: the signature was over the status not given.
 			return ledgerUnavailable(ComponentProvider)
@@ -248,6 +250,7 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 			switch tag {
 			case tagData:
 				st.reqChain.Add(rest)
+				body.request(rest)
 				return true, false, nil
 			case tagSeal:
 				d := sealDigest(envelope.DirRequest, st.reqChain, codes.OK)
@@ -267,12 +270,19 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 			return nil, signatureInvalid(ComponentProvider, "request ended without the consumer's signature")
 		},
 		down: func(f *forward.Frame) (bool, error) {
-			st.respChain.Add(frameBytes(f))
+			b := frameBytes(f)
+			st.respChain.Add(b)
+			body.response(b)
 			prepend(f, tagData)
 			return true, nil
 		},
+		header: func(md metadata.MD) metadata.MD {
+			body.responseHeaders(md)
+			return md
+		},
 	})
 	if !res.local {
+		trailer = res.trailer
 		ss.SetTrailer(res.trailer)
 	}
 	if fedCut() {

@@ -344,8 +344,11 @@ type Body struct {
 	ResponseTrailers []*Header              `protobuf:"bytes,3,rep,name=response_trailers,json=responseTrailers,proto3" json:"response_trailers,omitempty"`
 	RequestMessages  [][]byte               `protobuf:"bytes,4,rep,name=request_messages,json=requestMessages,proto3" json:"request_messages,omitempty"`
 	ResponseMessages [][]byte               `protobuf:"bytes,5,rep,name=response_messages,json=responseMessages,proto3" json:"response_messages,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The exchange's messages outgrew what a node keeps of one exchange: the
+	// messages above are those that came before the limit, in order.
+	Truncated     bool `protobuf:"varint,6,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Body) Reset() {
@@ -411,6 +414,13 @@ func (x *Body) GetResponseMessages() [][]byte {
 		return x.ResponseMessages
 	}
 	return nil
+}
+
+func (x *Body) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
 }
 
 // Entry is the data of one Merkle leaf: leaf hash = SHA-256(0x00 || the
@@ -1098,13 +1108,14 @@ const file_sild_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x12provider_signature\x18\x13 \x01(\v2\x1c.sild.node.v1.BatchSignatureR\x11providerSignature\"0\n" +
 	"\x06Header\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"\xa7\x02\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"\xc5\x02\n" +
 	"\x04Body\x12?\n" +
 	"\x0frequest_headers\x18\x01 \x03(\v2\x16.sild.ledger.v1.HeaderR\x0erequestHeaders\x12A\n" +
 	"\x10response_headers\x18\x02 \x03(\v2\x16.sild.ledger.v1.HeaderR\x0fresponseHeaders\x12C\n" +
 	"\x11response_trailers\x18\x03 \x03(\v2\x16.sild.ledger.v1.HeaderR\x10responseTrailers\x12)\n" +
 	"\x10request_messages\x18\x04 \x03(\fR\x0frequestMessages\x12+\n" +
-	"\x11response_messages\x18\x05 \x03(\fR\x10responseMessages\"\x93\x01\n" +
+	"\x11response_messages\x18\x05 \x03(\fR\x10responseMessages\x12\x1c\n" +
+	"\ttruncated\x18\x06 \x01(\bR\ttruncated\"\x93\x01\n" +
 	"\x05Entry\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
 	"\x06record\x18\x02 \x01(\fR\x06record\x12\x1f\n" +
