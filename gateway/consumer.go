@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +17,6 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -62,6 +62,10 @@ type ConsumerConfig struct {
 	Topology func() *topology.Topology
 	// MaxBody bounds a request body; 0 means DefaultMaxRequest.
 	MaxBody int64
+	// MayCallAs, if set, reports whether the REST caller r (e.g. by its TLS
+	// client certificate) may speak for client; a caller that may not is
+	// refused with PERMISSION_DENIED / UNKNOWN_CLIENT before any call.
+	MayCallAs func(r *http.Request, client ident.Subsystem) bool
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -161,6 +165,9 @@ func (c *Consumer) parse(r *http.Request, p map[string]string) (*request, error)
 	client, err := ident.ParseSubsystem(clients[0])
 	if err != nil {
 		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "invalid header "+HeaderClient+": "+err.Error())
+	}
+	if c.cfg.MayCallAs != nil && !c.cfg.MayCallAs(r, client) {
+		return nil, refuse(codes.PermissionDenied, rpcerr.ReasonUnknownClient, "caller may not speak for the client subsystem")
 	}
 	q.md.Set(envelope.HeaderClient, client.String())
 	q.md.Set(envelope.HeaderTarget, target.String())
@@ -304,22 +311,24 @@ func (c *Consumer) handle(w http.ResponseWriter, r *http.Request, p map[string]s
 	}
 }
 
-// ServeConsumer serves the legacy REST consumer on ln (for instance the
-// HTTP side of SplitListener on the node's consumer listener) until ctx
-// ends. Calls go to target, the node's consumer listener (plaintext gRPC),
-// with top as ConsumerConfig.Topology.
-func ServeConsumer(ctx context.Context, ln net.Listener, target string, top func() *topology.Topology, log *slog.Logger) error {
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsg)))
+// ServeConsumer serves the legacy REST consumer of cfg on ln (for instance
+// the HTTP side of SplitListener on the node's consumer listener) until ctx
+// ends. Calls go in process to srv, the node's consumer gRPC server (cfg.Conn
+// is set here): they arrive there without transport credentials, so a
+// server that checks callers by their TLS certificate must let those
+// through and leave the check to cfg.MayCallAs (see PeerTLS).
+func ServeConsumer(ctx context.Context, ln net.Listener, srv *grpc.Server, cfg ConsumerConfig) error {
+	lb, err := newLoopback(srv)
 	if err != nil {
 		return fmt.Errorf("rest consumer: %w", err)
 	}
-	defer conn.Close()
-	c, err := NewConsumer(ConsumerConfig{Conn: conn, Topology: top, Logger: log})
+	defer lb.Close()
+	cfg.Conn = lb.conn
+	c, err := NewConsumer(cfg)
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second, ConnContext: withConn}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {
@@ -335,4 +344,39 @@ func ServeConsumer(ctx context.Context, ln net.Listener, target string, top func
 		}
 		return fmt.Errorf("rest consumer: %w", err)
 	}
+}
+
+// connKey is the context key of the connection a REST request came on.
+type connKey struct{}
+
+func withConn(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+// PeerTLS returns the TLS state of the connection r came on, nil if it is
+// not TLS. Unlike r.TLS it also sees through the SplitListener's wrapping of
+// a TLS connection (ServeConsumer).
+func PeerTLS(r *http.Request) *tls.ConnectionState {
+	if r.TLS != nil {
+		return r.TLS
+	}
+	c, _ := r.Context().Value(connKey{}).(net.Conn)
+	return ConnTLS(c)
+}
+
+// ConnTLS returns the TLS state of c, a *tls.Conn or one that
+// SplitListener wrapped, after its handshake; nil otherwise.
+func ConnTLS(c net.Conn) *tls.ConnectionState {
+	for c != nil {
+		switch v := c.(type) {
+		case *tls.Conn:
+			st := v.ConnectionState()
+			return &st
+		case *prefixConn:
+			c = v.Conn
+		default:
+			return nil
+		}
+	}
+	return nil
 }

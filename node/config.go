@@ -34,9 +34,13 @@ type Config struct {
 	// rights and the ledger.
 	DataDir string `yaml:"data_dir"`
 
-	// ConsumerListen is where member systems call the node (gRPC;
-	// plaintext, meant for loopback or a private network).
+	// ConsumerListen is where member systems call the node (gRPC, and
+	// REST over HTTP/1.1): plaintext, meant for loopback or a private
+	// network, unless ConsumerTLS is set.
 	ConsumerListen string `yaml:"consumer_listen"`
+	// ConsumerTLS, if set, serves the consumer listener over TLS, and with
+	// RequireClientCert over mTLS.
+	ConsumerTLS *ConsumerTLS `yaml:"consumer_tls"`
 	// ExchangeListen is the mTLS listener for other nodes;
 	// ExchangeAdvertise the address published in the configuration.
 	ExchangeListen    string `yaml:"exchange_listen"`
@@ -85,6 +89,20 @@ type AdminKey struct {
 	Role string `yaml:"role"`
 }
 
+// ConsumerTLS is the TLS of the consumer listener.
+type ConsumerTLS struct {
+	// CertFile and KeyFile are the listener's certificate (PEM, with its
+	// chain) and private key; member systems verify them as they would any
+	// TLS server. Read at start.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// RequireClientCert makes member systems present a client certificate
+	// that a subsystem pins (SubsystemConfig.ClientCerts); a call may then
+	// name as its client only a subsystem that pins the caller's
+	// certificate.
+	RequireClientCert bool `yaml:"require_client_cert"`
+}
+
 // SubsystemConfig is one subsystem the node serves.
 type SubsystemConfig struct {
 	ID string `yaml:"id"`
@@ -96,6 +114,10 @@ type SubsystemConfig struct {
 	// Body is what the ledger keeps of its exchanges' content: off
 	// (default), metadata or full (both encrypted with ledger_key_file).
 	Body string `yaml:"body"`
+	// ClientCerts are PEM files of the member systems' certificates that
+	// may call as this subsystem over the consumer listener (with
+	// consumer_tls.require_client_cert): pinned, whoever issued them.
+	ClientCerts []string `yaml:"client_certs"`
 }
 
 // DefaultConfig returns the defaults: consumer on 127.0.0.1:8443, exchange
@@ -161,6 +183,9 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("subsystems[%d].backend: %w", i, err)
 			}
 		}
+		if len(s.ClientCerts) > 0 && (c.ConsumerTLS == nil || !c.ConsumerTLS.RequireClientCert) {
+			return fmt.Errorf("subsystems[%d].client_certs: need consumer_tls.require_client_cert", i)
+		}
 		switch s.Body {
 		case "", "off":
 		case "metadata", "full":
@@ -170,6 +195,9 @@ func (c *Config) Validate() error {
 		default:
 			return fmt.Errorf("subsystems[%d].body: want off, metadata or full", i)
 		}
+	}
+	if t := c.ConsumerTLS; t != nil && (t.CertFile == "" || t.KeyFile == "") {
+		return errors.New("consumer_tls: cert_file and key_file are required")
 	}
 	for i, k := range c.AdminKeys {
 		if !apikey.ValidHash(k.Hash) {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -137,6 +138,13 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 		return err
 	}
 	defer stopProviders()
+	consumerLn, copts := n.consumerLn, []grpc.ServerOption(nil)
+	rest := gateway.ConsumerConfig{Topology: n.Topology, Logger: n.log}
+	if ct := n.consumerTLS; ct != nil {
+		consumerLn = tls.NewListener(consumerLn, ct.config)
+		copts = append(copts, grpc.Creds(newHandshaken()))
+		cfg.MayCallAs, rest.MayCallAs = ct.grpcMayCallAs, ct.restMayCallAs
+	}
 	consumer, err := exchange.NewConsumer(cfg)
 	if err != nil {
 		return err
@@ -147,7 +155,7 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 		return err
 	}
 	defer provider.Close()
-	cs := grpc.NewServer(consumer.ServerOptions()...)
+	cs := grpc.NewServer(append(consumer.ServerOptions(), copts...)...)
 	ps := grpc.NewServer(provider.ServerOptions()...)
 	mcfg := meta.Config{
 		Self: n.self, Topology: n.Topology, Clients: cfg.Clients,
@@ -164,11 +172,11 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	meta.NewProvider(mcfg).Register(ps)
 	// gateway: the legacy REST consumer shares the consumer port (HTTP/1.x;
 	// gRPC is told apart by the HTTP/2 preface) and calls it over gRPC.
-	grpcLn, restLn := gateway.SplitListener(n.consumerLn)
+	grpcLn, restLn := gateway.SplitListener(consumerLn)
 	errc := make(chan error, 3)
 	go func() { errc <- serveGRPC(ctx, cs, grpcLn) }()
 	go func() { errc <- serveGRPC(ctx, ps, n.exchangeLn) }()
-	go func() { errc <- gateway.ServeConsumer(ctx, restLn, n.ConsumerAddr(), n.Topology, n.log) }()
+	go func() { errc <- gateway.ServeConsumer(ctx, restLn, cs, rest) }()
 	return errors.Join(<-errc, <-errc, <-errc)
 }
 

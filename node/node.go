@@ -76,6 +76,7 @@ type Node struct {
 	regConn *grpc.ClientConn
 
 	consumerLn, exchangeLn, adminLn net.Listener
+	consumerTLS                     *consumerTLS // nil: plaintext
 	metrics                         *prometheus.Registry
 	configVersion                   prometheus.Gauge
 	exchanges                       *exchangeMetrics
@@ -94,7 +95,11 @@ func New(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
-	n := &Node{
+	ctls, err := loadConsumerTLS(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{consumerTLS: ctls,
 		cfg: cfg, log: cfg.Logger.With("node", self.String()), self: self,
 		svids: pki.NewSVIDSource(nil), bundles: pki.NewBundleSource(),
 		topCh:   make(chan struct{}),
@@ -103,7 +108,6 @@ func New(cfg Config) (*Node, error) {
 	n.configVersion = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sild_node_config_version", Help: "Version of the global configuration in use."})
 	n.exchanges = newExchangeMetrics()
 	n.metrics.MustRegister(collectors.NewGoCollector(), n.configVersion, n.exchanges.calls, n.exchanges.duration)
-	var err error
 	listen := func(addr string) net.Listener {
 		if err != nil {
 			return nil

@@ -152,15 +152,19 @@ func TestConfigValidation(t *testing.T) {
 	base := node.DefaultConfig()
 	base.Node, base.DataDir, base.Registry = "EE/GOV/1/ss1", t.TempDir(), "127.0.0.1:1"
 	cases := map[string]func(*node.Config){
-		"node":                  func(c *node.Config) { c.Node = "EE/GOV" },
-		"data_dir":              func(c *node.Config) { c.DataDir = "" },
-		"registry":              func(c *node.Config) { c.Registry = "" },
-		"consumer_listen":       func(c *node.Config) { c.ConsumerListen = "nope" },
-		"subsystems[0].id":      func(c *node.Config) { c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a/b"}} },
-		"subsystems[0].backend": func(c *node.Config) { c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a", Backend: "x"}} },
-		"admin_keys[0].hash":    func(c *node.Config) { c.AdminKeys = []node.AdminKey{{Hash: "abc", Role: "admin"}} },
-		"max_message_size":      func(c *node.Config) { c.MaxMessageSize = 1 },
-		"batch_delay":           func(c *node.Config) { c.BatchDelay = -time.Millisecond },
+		"node":                                 func(c *node.Config) { c.Node = "EE/GOV" },
+		"data_dir":                             func(c *node.Config) { c.DataDir = "" },
+		"registry":                             func(c *node.Config) { c.Registry = "" },
+		"consumer_listen":                      func(c *node.Config) { c.ConsumerListen = "nope" },
+		"subsystems[0].id":                     func(c *node.Config) { c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a/b"}} },
+		"subsystems[0].backend":                func(c *node.Config) { c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a", Backend: "x"}} },
+		"admin_keys[0].hash":                   func(c *node.Config) { c.AdminKeys = []node.AdminKey{{Hash: "abc", Role: "admin"}} },
+		"max_message_size":                     func(c *node.Config) { c.MaxMessageSize = 1 },
+		"batch_delay":                          func(c *node.Config) { c.BatchDelay = -time.Millisecond },
+		"consumer_tls: cert_file and key_file": func(c *node.Config) { c.ConsumerTLS = &node.ConsumerTLS{CertFile: "x.crt"} },
+		"subsystems[0].client_certs: need consumer_tls.require_client_cert": func(c *node.Config) {
+			c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a", ClientCerts: []string{"app.crt"}}}
+		},
 		"subsystems[1].id: EE/GOV/1/a listed twice": func(c *node.Config) {
 			c.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a"}, {ID: "EE/GOV/1/a"}}
 		},
@@ -186,6 +190,21 @@ func TestConfigValidation(t *testing.T) {
 	cfg, err := node.LoadConfig(p)
 	if err != nil || cfg.Subsystems[0].Backend != "127.0.0.1:9" || cfg.ConsumerListen != "127.0.0.1:8443" || cfg.BatchDelay != time.Millisecond {
 		t.Fatalf("load: %+v, %v", cfg, err)
+	}
+	// consumer_tls: files are read by New, which names what is wrong.
+	tlsCfg := base
+	tlsCfg.ConsumerTLS = &node.ConsumerTLS{CertFile: filepath.Join(t.TempDir(), "none.crt"), KeyFile: "none.key"}
+	if _, err := node.New(tlsCfg); err == nil || !strings.Contains(err.Error(), "consumer_tls") {
+		t.Errorf("missing consumer_tls files: %v", err)
+	}
+	srv := selfSigned(t, t.TempDir(), "node", time.Now().Add(time.Hour))
+	tlsCfg.ConsumerTLS = &node.ConsumerTLS{CertFile: srv.certFile, KeyFile: srv.keyFile, RequireClientCert: true}
+	if _, err := node.New(tlsCfg); err == nil || !strings.Contains(err.Error(), "no subsystem pins") {
+		t.Errorf("require_client_cert without pins: %v", err)
+	}
+	tlsCfg.Subsystems = []node.SubsystemConfig{{ID: "EE/GOV/1/a", ClientCerts: []string{srv.keyFile}}}
+	if _, err := node.New(tlsCfg); err == nil || !strings.Contains(err.Error(), "subsystems[0].client_certs") {
+		t.Errorf("client_certs without a certificate: %v", err)
 	}
 	// batch_delay: 0s turns the waits off (it is not "unset").
 	os.WriteFile(p, []byte("node: EE/GOV/1/ss1\nbatch_delay: 0s\n"), 0o600)
