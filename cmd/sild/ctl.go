@@ -55,8 +55,10 @@ func newCtlCmd() *cobra.Command {
 	opts := &ctlOptions{}
 	cmd := &cobra.Command{
 		Use:   "ctl",
-		Short: "Operate a registry: members, nodes, services, requests, keys, Raft",
-		Long: `sild ctl is the operator's client of a registry cluster (its AdminService).
+		Short: "Operate a registry (members, nodes, services, requests, keys, Raft) and nodes' access rights",
+		Long: `sild ctl is the operator's client of a registry cluster (its AdminService),
+and with 'sild ctl access' of a provider node's access rights (its admin
+listener; see 'sild ctl access --help').
 
 It connects over TLS to one registry server, verifies that the server is a
 registry server of the ecosystem whose root certificates are in --trust, and
@@ -98,6 +100,7 @@ Output is a table for people, or JSON (protobuf JSON mapping) with -o json.`,
 		newCtlSubsystemCmd(opts),
 		newCtlNodeCmd(opts),
 		newCtlGroupCmd(opts),
+		newCtlAccessCmd(opts),
 		newCtlServiceCmd(opts),
 		newCtlRequestCmd(opts),
 		newCtlAPIKeyCmd(opts),

@@ -12,13 +12,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
-	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/pki"
 )
@@ -174,15 +171,14 @@ with --body-key-file to include the bodies).`,
 // exportFromNode asks a running node's admin listener (plaintext gRPC, as it
 // serves it) for the evidence of msgID.
 func exportFromNode(ctx context.Context, addr, key, msgID string, bodies bool) (*nodev1.ExportEvidenceResponse, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithPerRPCCredentials(apikey.Credentials(key, false)))
+	admin, closeConn, err := dialNodeAdmin(addr, key)
 	if err != nil {
-		return nil, fmt.Errorf("--node-admin %s: %w", addr, err)
+		return nil, err
 	}
-	defer conn.Close()
+	defer closeConn()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := nodev1.NewAdminServiceClient(conn).ExportEvidence(ctx, &nodev1.ExportEvidenceRequest{MessageId: msgID, IncludeBodies: bodies})
+	resp, err := admin.ExportEvidence(ctx, &nodev1.ExportEvidenceRequest{MessageId: msgID, IncludeBodies: bodies})
 	if err != nil {
 		return nil, callError("export from "+addr, err)
 	}

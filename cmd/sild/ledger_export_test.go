@@ -26,12 +26,11 @@ func (unaryEcho) UnaryCall(_ context.Context, r *testpb.SimpleRequest) (*testpb.
 	return &testpb.SimpleResponse{Payload: r.GetPayload()}, nil
 }
 
-// An operator exports evidence from a running node with the CLI and
-// verifies it offline.
-func TestLedgerExportFromRunningNode(t *testing.T) {
-	clearSildEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+// startEchoPair starts a registry and a consumer and provider node pair
+// serving unaryEcho (granted to the pair's client), and returns them with a
+// function that makes a unary call through the pair (msgID may be empty).
+func startEchoPair(t *testing.T, ctx context.Context) (*mesh.Registry, *mesh.Pair, func(msgID string) error) {
+	t.Helper()
 	m := mesh.New(t.TempDir(), nil)
 	t.Cleanup(func() { _ = m.Close() })
 	r, err := m.StartRegistry(ctx, mesh.RegistryOptions{Instance: "EE", TrustDomain: "ee.sild.test"})
@@ -49,13 +48,26 @@ func TestLedgerExportFromRunningNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	callCtx := metadata.AppendToOutgoingContext(ctx, envelope.HeaderClient, p.Client.String(),
-		envelope.HeaderTarget, p.Target.String(), envelope.HeaderMessageID, "cli-export-1")
-	if err := mesh.WaitFor(ctx, 20*time.Second, "the grant in force", func() bool {
-		_, err := testpb.NewTestServiceClient(conn).UnaryCall(callCtx, &testpb.SimpleRequest{})
-		return err == nil
-	}); err != nil {
+	t.Cleanup(func() { conn.Close() })
+	call := func(msgID string) error {
+		kv := []string{envelope.HeaderClient, p.Client.String(), envelope.HeaderTarget, p.Target.String()}
+		if msgID != "" {
+			kv = append(kv, envelope.HeaderMessageID, msgID)
+		}
+		_, err := testpb.NewTestServiceClient(conn).UnaryCall(metadata.AppendToOutgoingContext(ctx, kv...), &testpb.SimpleRequest{})
+		return err
+	}
+	return r, p, call
+}
+
+// An operator exports evidence from a running node with the CLI and
+// verifies it offline.
+func TestLedgerExportFromRunningNode(t *testing.T) {
+	clearSildEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, p, call := startEchoPair(t, ctx)
+	if err := mesh.WaitFor(ctx, 20*time.Second, "the grant in force", func() bool { return call("cli-export-1") == nil }); err != nil {
 		t.Fatal(err)
 	}
 
