@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/node/forward"
@@ -167,5 +168,32 @@ func TestConsumerChecksTheProvidersSeal(t *testing.T) {
 				t.Fatalf("record keeps a provider signature: %v, want %v", signed, tc.reason == "")
 			}
 		})
+	}
+}
+
+// TestOrderLeastBusyFirst: the consumer tries the hosting node with the
+// fewest calls in flight first, then the others by load; among equally
+// busy nodes it rotates, so that idle nodes share the calls.
+func TestOrderLeastBusyFirst(t *testing.T) {
+	c := &Consumer{inflight: map[ident.Node]*atomic.Int64{}}
+	a, _ := ident.ParseNode("EE/GOV/1/a")
+	b, _ := ident.ParseNode("EE/GOV/1/b")
+	d, _ := ident.ParseNode("EE/GOV/1/d")
+	hosts := []ident.Node{a, b, d}
+	c.counter(a).Store(2)
+	c.counter(d).Store(1)
+	for range 3 { // whatever the rotation
+		if got := c.order(hosts); got[0] != b || got[1] != d || got[2] != a {
+			t.Fatalf("order %v, want b, d, a by load", got)
+		}
+	}
+	c.counter(a).Store(0)
+	c.counter(d).Store(0)
+	first := map[ident.Node]int{}
+	for range 30 {
+		first[c.order(hosts)[0]]++
+	}
+	if first[a] != 10 || first[b] != 10 || first[d] != 10 {
+		t.Fatalf("idle nodes chosen first %v times, want 10 each", first)
 	}
 }
