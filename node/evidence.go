@@ -3,12 +3,16 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
+	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/node/access"
@@ -66,4 +70,90 @@ func (s *adminServer) ExportEvidence(ctx context.Context, req *nodev1.ExportEvid
 	}
 	return &nodev1.ExportEvidenceResponse{Bundle: raw, Records: uint32(len(b.GetItems())),
 		Stamped: len(b.GetCheckpoint().GetTimestampToken()) > 0}, nil
+}
+
+// Bounds of ListRecords.
+const (
+	defaultRecordLimit = 100
+	maxRecordLimit     = 1000
+)
+
+// ListRecords implements AdminService: the records of one ledger query.
+func (s *adminServer) ListRecords(ctx context.Context, req *nodev1.ListRecordsRequest) (*nodev1.ListRecordsResponse, error) {
+	if err := access.Authorize(ctx, access.RoleAdmin, access.RoleReader); err != nil {
+		return nil, err
+	}
+	led := s.ledger()
+	if led == nil {
+		return nil, refuseAdmin(codes.Unavailable, rpcerr.ReasonLedgerUnavailable, "the ledger is not open yet (the node has not joined)")
+	}
+	resp, err := QueryRecords(led, req)
+	var refusal *rpcerr.Error
+	switch {
+	case errors.As(err, &refusal):
+		return nil, refusal
+	case err != nil:
+		s.log.Error("list records", "err", err)
+		return nil, refuseAdmin(codes.Internal, rpcerr.ReasonInternal, "the ledger could not be read")
+	}
+	return resp, nil
+}
+
+// QueryRecords answers a ListRecords request from led (a running node's
+// ledger, or one opened from a stopped node's directory). A bad request is
+// an *rpcerr.Error naming the field; other errors are the ledger's.
+func QueryRecords(led *ledger.Ledger, req *nodev1.ListRecordsRequest) (*nodev1.ListRecordsResponse, error) {
+	bad := func(msg string) error { return refuseAdmin(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, msg) }
+	limit := int(req.GetLimit())
+	switch {
+	case limit == 0:
+		limit = defaultRecordLimit
+	case limit > maxRecordLimit:
+		return nil, bad(fmt.Sprintf("limit: at most %d", maxRecordLimit))
+	}
+	var from, to time.Time
+	if req.GetFrom() != nil {
+		from = req.GetFrom().AsTime()
+	}
+	if req.GetTo() != nil {
+		to = req.GetTo().AsTime()
+	}
+	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
+		return nil, bad("from: must be before to")
+	}
+	var recs []*ledger.Stored
+	var err error
+	switch by := req.GetBy().(type) {
+	case *nodev1.ListRecordsRequest_Client:
+		sub, perr := ident.SubsystemFromProto(by.Client)
+		if perr != nil {
+			return nil, bad("client: " + perr.Error())
+		}
+		recs, err = led.ByClient(sub.String(), from, to, limit+1)
+	case *nodev1.ListRecordsRequest_Service:
+		svc, perr := ident.ServiceFromProto(by.Service)
+		if perr != nil {
+			return nil, bad("service: " + perr.Error())
+		}
+		recs, err = led.ByService(svc.Subsystem.String(), svc.Name, from, to, limit+1)
+	case *nodev1.ListRecordsRequest_UserId:
+		if !envelope.ValidUserID(by.UserId) {
+			return nil, bad("user_id: 1 to 256 printable ASCII characters")
+		}
+		recs, err = led.ByUser(by.UserId, from, to, limit+1)
+	default:
+		return nil, bad("give one of client, service and user_id")
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp := &nodev1.ListRecordsResponse{More: len(recs) > limit}
+	for _, r := range recs[:min(len(recs), limit)] {
+		a, err := anypb.New(r.Record)
+		if err != nil {
+			return nil, err
+		}
+		resp.Records = append(resp.Records, &nodev1.LedgerRecord{Index: r.Index, Record: a})
+	}
+	return resp, nil
 }

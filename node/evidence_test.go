@@ -3,7 +3,9 @@ package node_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,7 +13,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
 	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/internal/rpcerr"
@@ -93,5 +97,37 @@ func TestExportEvidenceWhileRunning(t *testing.T) {
 	}
 	if _, err := adm.ExportEvidence(as(m.adminKey), &nodev1.ExportEvidenceRequest{MessageId: "evidence-1", IncludeBodies: true}); err != nil {
 		t.Fatalf("admin with bodies: %v", err)
+	}
+
+	// Who called on behalf of the user, over REST with the reader's key.
+	req, _ = http.NewRequestWithContext(ctx, http.MethodPost, "http://"+m.b.n.AdminAddr()+"/v1/records:query",
+		strings.NewReader(`{"userId":"EE38001085718"}`))
+	req.Header.Set("Authorization", "Bearer "+readerKey)
+	hr, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(hr.Body)
+	hr.Body.Close()
+	var listed nodev1.ListRecordsResponse
+	if hr.StatusCode != http.StatusOK || protojson.Unmarshal(body, &listed) != nil || len(listed.GetRecords()) != 1 || listed.GetMore() {
+		t.Fatalf("records by user over REST: %d %s", hr.StatusCode, body)
+	}
+	var rec ledgerv1.Record
+	if err := listed.GetRecords()[0].GetRecord().UnmarshalTo(&rec); err != nil || rec.GetMessageId() != "evidence-1" || rec.GetPurpose() != "licence-check" {
+		t.Fatalf("record by user: %v %v", &rec, err)
+	}
+	for name, q := range map[string]*nodev1.ListRecordsRequest{
+		"no query":  {},
+		"bad user":  {By: &nodev1.ListRecordsRequest_UserId{UserId: "a\nb"}},
+		"too many":  {By: &nodev1.ListRecordsRequest_UserId{UserId: "u"}, Limit: 1001},
+		"bad range": {By: &nodev1.ListRecordsRequest_UserId{UserId: "u"}, From: timestamppb.New(time.Now()), To: timestamppb.New(time.Now().Add(-time.Hour))},
+	} {
+		if _, err := adm.ListRecords(as(readerKey), q); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := adm.ListRecords(ctx, &nodev1.ListRecordsRequest{By: &nodev1.ListRecordsRequest_UserId{UserId: "u"}}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("without a key: %v", err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sildmesh/sild/internal/mesh"
 	"github.com/sildmesh/sild/internal/rpcerr"
 )
 
@@ -18,11 +17,9 @@ func TestCtlAccessOnRunningNode(t *testing.T) {
 	clearSildEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_, p, callID := startEchoPair(t, ctx)
-	call := func() error { return callID("") }
-	if err := mesh.WaitFor(ctx, 20*time.Second, "the grant in force", func() bool { return call() == nil }); err != nil {
-		t.Fatal(err)
-	}
+	e := startEchoPair(t, ctx)
+	p := e.p
+	call := func() error { return e.call("") }
 
 	keyFile := filepath.Join(t.TempDir(), "admin.key")
 	if err := os.WriteFile(keyFile, []byte(p.Provider.AdminKey+"\n"), 0o600); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/proto"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
@@ -23,17 +24,17 @@ import (
 func newLedgerCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ledger",
-		Short: "Export, verify and check a node's evidence ledger",
+		Short: "Query, export, verify and check a node's evidence ledger",
 		Long: `The ledger is a node's append-only evidence log: one record per exchange and
 side, leaves of a Merkle tree whose signed checkpoints are time-stamped by the
 ecosystem's RFC 3161 authority.
 
-check, archive and export --data open the ledger directory, so run them
-while the node is stopped (or on a copy); export --node-admin asks a running
-node instead. verify needs nothing but the bundle and the ecosystem's trust
+check, archive, export --data and query --data open the ledger directory, so
+run them while the node is stopped (or on a copy); export --node-admin and
+query --node-admin ask a running node instead. verify needs nothing but the bundle and the ecosystem's trust
 bundle.`,
 	}
-	cmd.AddCommand(newLedgerExportCmd(), newLedgerVerifyCmd(), newLedgerCheckCmd(),
+	cmd.AddCommand(newLedgerExportCmd(), newLedgerQueryCmd(), newLedgerVerifyCmd(), newLedgerCheckCmd(),
 		newLedgerArchiveCmd(), newLedgerVerifyArchiveCmd(), newLedgerExportArchivedCmd())
 	return cmd
 }
@@ -84,7 +85,10 @@ func readTrust(path string) ([]*x509.Certificate, error) {
 }
 
 func newLedgerExportCmd() *cobra.Command {
-	var dataDir, admin, apiKey, apiKeyFile, msgID, out, keyFile string
+	var (
+		src                 ledgerSource
+		msgID, out, keyFile string
+	)
 	var bodies bool
 	cmd := &cobra.Command{
 		Use:   "export (--data DIR | --node-admin HOST:PORT) --message-id ID -o FILE",
@@ -112,24 +116,20 @@ with --body-key-file to include the bodies).`,
 				stamped bool
 			)
 			switch {
-			case (dataDir == "") == (admin == ""):
-				return errors.New("give one of --data (a stopped node's ledger directory) and --node-admin (a running node's admin listener)")
-			case admin != "" && keyFile != "":
+			case src.check() != nil:
+				return src.check()
+			case src.admin != "" && keyFile != "":
 				return errors.New("--body-key-file goes with --data; ask a running node for bodies with --bodies")
-			case dataDir != "" && bodies:
+			case src.dataDir != "" && bodies:
 				return errors.New("--bodies goes with --node-admin; with --data give --body-key-file")
-			case admin != "":
-				key, err := apiKeyOf(apiKey, apiKeyFile, "a key of the node's admin_keys")
-				if err != nil {
-					return err
-				}
-				resp, err := exportFromNode(cmd.Context(), admin, key, msgID, bodies)
+			case src.admin != "":
+				resp, err := exportFromNode(cmd.Context(), &src, msgID, bodies)
 				if err != nil {
 					return err
 				}
 				data, records, stamped = resp.GetBundle(), int(resp.GetRecords()), resp.GetStamped()
 			default:
-				l, err := openLedgerDir(dataDir, keyFile)
+				l, err := openLedgerDir(src.dataDir, keyFile)
 				if err != nil {
 					return err
 				}
@@ -154,10 +154,7 @@ with --body-key-file to include the bodies).`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&dataDir, "data", "", "ledger directory of a stopped node")
-	f.StringVar(&admin, "node-admin", "", "admin listener of a running node, host:port (its admin_listen)")
-	f.StringVar(&apiKey, "api-key", "", "with --node-admin: API key of the node's admin_keys (env SILD_API_KEY)")
-	f.StringVar(&apiKeyFile, "api-key-file", "", "with --node-admin: file holding that key (env SILD_API_KEY_FILE)")
+	src.flags(f)
 	f.BoolVar(&bodies, "bodies", false, "with --node-admin: include the bodies the ledger keeps (admin role)")
 	f.StringVar(&msgID, "message-id", "", "message id to export (required)")
 	f.StringVarP(&out, "output", "o", "", "bundle file to write (required)")
@@ -168,10 +165,39 @@ with --body-key-file to include the bodies).`,
 	return cmd
 }
 
-// exportFromNode asks a running node's admin listener (plaintext gRPC, as it
-// serves it) for the evidence of msgID.
-func exportFromNode(ctx context.Context, addr, key, msgID string, bodies bool) (*nodev1.ExportEvidenceResponse, error) {
-	admin, closeConn, err := dialNodeAdmin(addr, key)
+// ledgerSource is where a ledger command reads: the ledger directory of a
+// stopped node (--data) or a running node's admin listener (--node-admin,
+// with an API key of its admin_keys).
+type ledgerSource struct{ dataDir, admin, apiKey, apiKeyFile string }
+
+func (s *ledgerSource) flags(f *pflag.FlagSet) {
+	f.StringVar(&s.dataDir, "data", "", "ledger directory of a stopped node")
+	f.StringVar(&s.admin, "node-admin", "", "admin listener of a running node, host:port (its admin_listen)")
+	f.StringVar(&s.apiKey, "api-key", "", "with --node-admin: API key of the node's admin_keys (env SILD_API_KEY)")
+	f.StringVar(&s.apiKeyFile, "api-key-file", "", "with --node-admin: file holding that key (env SILD_API_KEY_FILE)")
+}
+
+// check refuses both sources or neither.
+func (s *ledgerSource) check() error {
+	if (s.dataDir == "") == (s.admin == "") {
+		return errors.New("give one of --data (a stopped node's ledger directory) and --node-admin (a running node's admin listener)")
+	}
+	return nil
+}
+
+// dial connects to the admin listener with the API key.
+func (s *ledgerSource) dial() (nodev1.AdminServiceClient, func(), error) {
+	key, err := apiKeyOf(s.apiKey, s.apiKeyFile, "a key of the node's admin_keys")
+	if err != nil {
+		return nil, nil, err
+	}
+	return dialNodeAdmin(s.admin, key)
+}
+
+// exportFromNode asks a running node's admin listener for the evidence of
+// msgID.
+func exportFromNode(ctx context.Context, src *ledgerSource, msgID string, bodies bool) (*nodev1.ExportEvidenceResponse, error) {
+	admin, closeConn, err := src.dial()
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +206,7 @@ func exportFromNode(ctx context.Context, addr, key, msgID string, bodies bool) (
 	defer cancel()
 	resp, err := admin.ExportEvidence(ctx, &nodev1.ExportEvidenceRequest{MessageId: msgID, IncludeBodies: bodies})
 	if err != nil {
-		return nil, callError("export from "+addr, err)
+		return nil, callError("export from "+src.admin, err)
 	}
 	return resp, nil
 }

@@ -26,10 +26,19 @@ func (unaryEcho) UnaryCall(_ context.Context, r *testpb.SimpleRequest) (*testpb.
 	return &testpb.SimpleResponse{Payload: r.GetPayload()}, nil
 }
 
-// startEchoPair starts a registry and a consumer and provider node pair
-// serving unaryEcho (granted to the pair's client), and returns them with a
-// function that makes a unary call through the pair (msgID may be empty).
-func startEchoPair(t *testing.T, ctx context.Context) (*mesh.Registry, *mesh.Pair, func(msgID string) error) {
+// echoPair is a registry and a consumer and provider node pair serving
+// unaryEcho, granted to the pair's client; startEchoPair returns once a call
+// goes through.
+type echoPair struct {
+	m *mesh.Mesh
+	r *mesh.Registry
+	p *mesh.Pair
+	// call makes a unary call through the pair with message id msgID (none
+	// if empty) and the metadata pairs kv.
+	call func(msgID string, kv ...string) error
+}
+
+func startEchoPair(t *testing.T, ctx context.Context) *echoPair {
 	t.Helper()
 	m := mesh.New(t.TempDir(), nil)
 	t.Cleanup(func() { _ = m.Close() })
@@ -49,15 +58,18 @@ func startEchoPair(t *testing.T, ctx context.Context) (*mesh.Registry, *mesh.Pai
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	call := func(msgID string) error {
-		kv := []string{envelope.HeaderClient, p.Client.String(), envelope.HeaderTarget, p.Target.String()}
+	call := func(msgID string, kv ...string) error {
+		kv = append([]string{envelope.HeaderClient, p.Client.String(), envelope.HeaderTarget, p.Target.String()}, kv...)
 		if msgID != "" {
 			kv = append(kv, envelope.HeaderMessageID, msgID)
 		}
 		_, err := testpb.NewTestServiceClient(conn).UnaryCall(metadata.AppendToOutgoingContext(ctx, kv...), &testpb.SimpleRequest{})
 		return err
 	}
-	return r, p, call
+	if err := mesh.WaitFor(ctx, 20*time.Second, "the grant in force", func() bool { return call("") == nil }); err != nil {
+		t.Fatal(err)
+	}
+	return &echoPair{m: m, r: r, p: p, call: call}
 }
 
 // An operator exports evidence from a running node with the CLI and
@@ -66,8 +78,9 @@ func TestLedgerExportFromRunningNode(t *testing.T) {
 	clearSildEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	r, p, call := startEchoPair(t, ctx)
-	if err := mesh.WaitFor(ctx, 20*time.Second, "the grant in force", func() bool { return call("cli-export-1") == nil }); err != nil {
+	e := startEchoPair(t, ctx)
+	r, p := e.r, e.p
+	if err := e.call("cli-export-1"); err != nil {
 		t.Fatal(err)
 	}
 

@@ -120,6 +120,10 @@ func ParseRequest(md metadata.MD, fullMethod string) (Request, error) {
 // elsewhere, such as an evidence export.
 func ValidMessageID(id string) bool { return id != "" && len(id) <= maxFieldLen && printable(id) }
 
+// ValidUserID reports whether id is a user id a request may carry (the same
+// rule as message ids), for queries by user.
+func ValidUserID(id string) bool { return ValidMessageID(id) }
+
 // printable reports whether s is printable ASCII without control characters.
 func printable(s string) bool {
 	for i := 0; i < len(s); i++ {

@@ -14,6 +14,7 @@ import (
 	v1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -658,11 +659,250 @@ func (x *ExportEvidenceResponse) GetStamped() bool {
 	return false
 }
 
+// ListRecordsRequest is one query of the ledger; exactly one of client,
+// service and user_id.
+type ListRecordsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to By:
+	//
+	//	*ListRecordsRequest_Client
+	//	*ListRecordsRequest_Service
+	//	*ListRecordsRequest_UserId
+	By isListRecordsRequest_By `protobuf_oneof:"by"`
+	// Only calls that started at or after from (unset: no lower bound).
+	From *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
+	// Only calls that started before to (unset: no upper bound).
+	To *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=to,proto3" json:"to,omitempty"`
+	// At most this many records (0: 100; at most 1000).
+	Limit         uint32 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRecordsRequest) Reset() {
+	*x = ListRecordsRequest{}
+	mi := &file_sild_node_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRecordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRecordsRequest) ProtoMessage() {}
+
+func (x *ListRecordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_node_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRecordsRequest.ProtoReflect.Descriptor instead.
+func (*ListRecordsRequest) Descriptor() ([]byte, []int) {
+	return file_sild_node_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListRecordsRequest) GetBy() isListRecordsRequest_By {
+	if x != nil {
+		return x.By
+	}
+	return nil
+}
+
+func (x *ListRecordsRequest) GetClient() *v1.SubsystemId {
+	if x != nil {
+		if x, ok := x.By.(*ListRecordsRequest_Client); ok {
+			return x.Client
+		}
+	}
+	return nil
+}
+
+func (x *ListRecordsRequest) GetService() *v1.ServiceId {
+	if x != nil {
+		if x, ok := x.By.(*ListRecordsRequest_Service); ok {
+			return x.Service
+		}
+	}
+	return nil
+}
+
+func (x *ListRecordsRequest) GetUserId() string {
+	if x != nil {
+		if x, ok := x.By.(*ListRecordsRequest_UserId); ok {
+			return x.UserId
+		}
+	}
+	return ""
+}
+
+func (x *ListRecordsRequest) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *ListRecordsRequest) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *ListRecordsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type isListRecordsRequest_By interface {
+	isListRecordsRequest_By()
+}
+
+type ListRecordsRequest_Client struct {
+	// Calls made by this client subsystem.
+	Client *v1.SubsystemId `protobuf:"bytes,1,opt,name=client,proto3,oneof"`
+}
+
+type ListRecordsRequest_Service struct {
+	// Calls to this service.
+	Service *v1.ServiceId `protobuf:"bytes,2,opt,name=service,proto3,oneof"`
+}
+
+type ListRecordsRequest_UserId struct {
+	// Calls made on behalf of this user (the sild-user-id of the calls).
+	UserId string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3,oneof"`
+}
+
+func (*ListRecordsRequest_Client) isListRecordsRequest_By() {}
+
+func (*ListRecordsRequest_Service) isListRecordsRequest_By() {}
+
+func (*ListRecordsRequest_UserId) isListRecordsRequest_By() {}
+
+// ListRecordsResponse holds the matching records, oldest first.
+type ListRecordsResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Records []*LedgerRecord        `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// True if more records matched than limit allowed: ask again from the
+	// start time of the last one.
+	More          bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRecordsResponse) Reset() {
+	*x = ListRecordsResponse{}
+	mi := &file_sild_node_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRecordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRecordsResponse) ProtoMessage() {}
+
+func (x *ListRecordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_node_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRecordsResponse.ProtoReflect.Descriptor instead.
+func (*ListRecordsResponse) Descriptor() ([]byte, []int) {
+	return file_sild_node_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListRecordsResponse) GetRecords() []*LedgerRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ListRecordsResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+// LedgerRecord is a record with its position in the ledger's Merkle tree.
+type LedgerRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// A sild.ledger.v1.Record (an Any because that package imports this one).
+	Record        *anypb.Any `protobuf:"bytes,2,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LedgerRecord) Reset() {
+	*x = LedgerRecord{}
+	mi := &file_sild_node_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LedgerRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LedgerRecord) ProtoMessage() {}
+
+func (x *LedgerRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_sild_node_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LedgerRecord.ProtoReflect.Descriptor instead.
+func (*LedgerRecord) Descriptor() ([]byte, []int) {
+	return file_sild_node_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *LedgerRecord) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *LedgerRecord) GetRecord() *anypb.Any {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
 var File_sild_node_v1_admin_proto protoreflect.FileDescriptor
 
 const file_sild_node_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18sild/node/v1/admin.proto\x12\fsild.node.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\"K\n" +
+	"\x18sild/node/v1/admin.proto\x12\fsild.node.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\"K\n" +
 	"\x0eGlobalGroupRef\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x1d\n" +
 	"\n" +
@@ -701,13 +941,28 @@ const file_sild_node_v1_admin_proto_rawDesc = "" +
 	"\x16ExportEvidenceResponse\x12\x16\n" +
 	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\rR\arecords\x12\x18\n" +
-	"\astamped\x18\x03 \x01(\bR\astamped2\xe7\x02\n" +
+	"\astamped\x18\x03 \x01(\bR\astamped\"\x93\x02\n" +
+	"\x12ListRecordsRequest\x124\n" +
+	"\x06client\x18\x01 \x01(\v2\x1a.sild.ident.v1.SubsystemIdH\x00R\x06client\x124\n" +
+	"\aservice\x18\x02 \x01(\v2\x18.sild.ident.v1.ServiceIdH\x00R\aservice\x12\x19\n" +
+	"\auser_id\x18\x03 \x01(\tH\x00R\x06userId\x12.\n" +
+	"\x04from\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12\x14\n" +
+	"\x05limit\x18\x06 \x01(\rR\x05limitB\x04\n" +
+	"\x02by\"_\n" +
+	"\x13ListRecordsResponse\x124\n" +
+	"\arecords\x18\x01 \x03(\v2\x1a.sild.node.v1.LedgerRecordR\arecords\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"R\n" +
+	"\fLedgerRecord\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12,\n" +
+	"\x06record\x18\x02 \x01(\v2\x14.google.protobuf.AnyR\x06record2\xbb\x03\n" +
 	"\fAdminService\x12R\n" +
 	"\vGrantAccess\x12 .sild.node.v1.GrantAccessRequest\x1a!.sild.node.v1.GrantAccessResponse\x12U\n" +
 	"\fRevokeAccess\x12!.sild.node.v1.RevokeAccessRequest\x1a\".sild.node.v1.RevokeAccessResponse\x12O\n" +
 	"\n" +
 	"ListAccess\x12\x1f.sild.node.v1.ListAccessRequest\x1a .sild.node.v1.ListAccessResponse\x12[\n" +
-	"\x0eExportEvidence\x12#.sild.node.v1.ExportEvidenceRequest\x1a$.sild.node.v1.ExportEvidenceResponseB\xa2\x01\n" +
+	"\x0eExportEvidence\x12#.sild.node.v1.ExportEvidenceRequest\x1a$.sild.node.v1.ExportEvidenceResponse\x12R\n" +
+	"\vListRecords\x12 .sild.node.v1.ListRecordsRequest\x1a!.sild.node.v1.ListRecordsResponseB\xa2\x01\n" +
 	"\x10com.sild.node.v1B\n" +
 	"AdminProtoP\x01Z0github.com/sildmesh/sild/gen/sild/node/v1;nodev1\xa2\x02\x03SNX\xaa\x02\fSild.Node.V1\xca\x02\fSild\\Node\\V1\xe2\x02\x18Sild\\Node\\V1\\GPBMetadata\xea\x02\x0eSild::Node::V1b\x06proto3"
 
@@ -723,7 +978,7 @@ func file_sild_node_v1_admin_proto_rawDescGZIP() []byte {
 	return file_sild_node_v1_admin_proto_rawDescData
 }
 
-var file_sild_node_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_sild_node_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_sild_node_v1_admin_proto_goTypes = []any{
 	(*GlobalGroupRef)(nil),         // 0: sild.node.v1.GlobalGroupRef
 	(*AccessClient)(nil),           // 1: sild.node.v1.AccessClient
@@ -736,36 +991,48 @@ var file_sild_node_v1_admin_proto_goTypes = []any{
 	(*ListAccessResponse)(nil),     // 8: sild.node.v1.ListAccessResponse
 	(*ExportEvidenceRequest)(nil),  // 9: sild.node.v1.ExportEvidenceRequest
 	(*ExportEvidenceResponse)(nil), // 10: sild.node.v1.ExportEvidenceResponse
-	(*v1.SubsystemId)(nil),         // 11: sild.ident.v1.SubsystemId
-	(*v1.ServiceId)(nil),           // 12: sild.ident.v1.ServiceId
-	(*timestamppb.Timestamp)(nil),  // 13: google.protobuf.Timestamp
+	(*ListRecordsRequest)(nil),     // 11: sild.node.v1.ListRecordsRequest
+	(*ListRecordsResponse)(nil),    // 12: sild.node.v1.ListRecordsResponse
+	(*LedgerRecord)(nil),           // 13: sild.node.v1.LedgerRecord
+	(*v1.SubsystemId)(nil),         // 14: sild.ident.v1.SubsystemId
+	(*v1.ServiceId)(nil),           // 15: sild.ident.v1.ServiceId
+	(*timestamppb.Timestamp)(nil),  // 16: google.protobuf.Timestamp
+	(*anypb.Any)(nil),              // 17: google.protobuf.Any
 }
 var file_sild_node_v1_admin_proto_depIdxs = []int32{
-	11, // 0: sild.node.v1.AccessClient.subsystem:type_name -> sild.ident.v1.SubsystemId
+	14, // 0: sild.node.v1.AccessClient.subsystem:type_name -> sild.ident.v1.SubsystemId
 	0,  // 1: sild.node.v1.AccessClient.group:type_name -> sild.node.v1.GlobalGroupRef
 	1,  // 2: sild.node.v1.AccessRight.client:type_name -> sild.node.v1.AccessClient
-	12, // 3: sild.node.v1.AccessRight.service:type_name -> sild.ident.v1.ServiceId
-	13, // 4: sild.node.v1.AccessRight.granted_at:type_name -> google.protobuf.Timestamp
+	15, // 3: sild.node.v1.AccessRight.service:type_name -> sild.ident.v1.ServiceId
+	16, // 4: sild.node.v1.AccessRight.granted_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: sild.node.v1.GrantAccessRequest.right:type_name -> sild.node.v1.AccessRight
 	2,  // 6: sild.node.v1.GrantAccessResponse.right:type_name -> sild.node.v1.AccessRight
 	2,  // 7: sild.node.v1.RevokeAccessRequest.right:type_name -> sild.node.v1.AccessRight
 	1,  // 8: sild.node.v1.ListAccessRequest.client:type_name -> sild.node.v1.AccessClient
-	11, // 9: sild.node.v1.ListAccessRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
-	12, // 10: sild.node.v1.ListAccessRequest.service:type_name -> sild.ident.v1.ServiceId
+	14, // 9: sild.node.v1.ListAccessRequest.subsystem:type_name -> sild.ident.v1.SubsystemId
+	15, // 10: sild.node.v1.ListAccessRequest.service:type_name -> sild.ident.v1.ServiceId
 	2,  // 11: sild.node.v1.ListAccessResponse.rights:type_name -> sild.node.v1.AccessRight
-	3,  // 12: sild.node.v1.AdminService.GrantAccess:input_type -> sild.node.v1.GrantAccessRequest
-	5,  // 13: sild.node.v1.AdminService.RevokeAccess:input_type -> sild.node.v1.RevokeAccessRequest
-	7,  // 14: sild.node.v1.AdminService.ListAccess:input_type -> sild.node.v1.ListAccessRequest
-	9,  // 15: sild.node.v1.AdminService.ExportEvidence:input_type -> sild.node.v1.ExportEvidenceRequest
-	4,  // 16: sild.node.v1.AdminService.GrantAccess:output_type -> sild.node.v1.GrantAccessResponse
-	6,  // 17: sild.node.v1.AdminService.RevokeAccess:output_type -> sild.node.v1.RevokeAccessResponse
-	8,  // 18: sild.node.v1.AdminService.ListAccess:output_type -> sild.node.v1.ListAccessResponse
-	10, // 19: sild.node.v1.AdminService.ExportEvidence:output_type -> sild.node.v1.ExportEvidenceResponse
-	16, // [16:20] is the sub-list for method output_type
-	12, // [12:16] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	14, // 12: sild.node.v1.ListRecordsRequest.client:type_name -> sild.ident.v1.SubsystemId
+	15, // 13: sild.node.v1.ListRecordsRequest.service:type_name -> sild.ident.v1.ServiceId
+	16, // 14: sild.node.v1.ListRecordsRequest.from:type_name -> google.protobuf.Timestamp
+	16, // 15: sild.node.v1.ListRecordsRequest.to:type_name -> google.protobuf.Timestamp
+	13, // 16: sild.node.v1.ListRecordsResponse.records:type_name -> sild.node.v1.LedgerRecord
+	17, // 17: sild.node.v1.LedgerRecord.record:type_name -> google.protobuf.Any
+	3,  // 18: sild.node.v1.AdminService.GrantAccess:input_type -> sild.node.v1.GrantAccessRequest
+	5,  // 19: sild.node.v1.AdminService.RevokeAccess:input_type -> sild.node.v1.RevokeAccessRequest
+	7,  // 20: sild.node.v1.AdminService.ListAccess:input_type -> sild.node.v1.ListAccessRequest
+	9,  // 21: sild.node.v1.AdminService.ExportEvidence:input_type -> sild.node.v1.ExportEvidenceRequest
+	11, // 22: sild.node.v1.AdminService.ListRecords:input_type -> sild.node.v1.ListRecordsRequest
+	4,  // 23: sild.node.v1.AdminService.GrantAccess:output_type -> sild.node.v1.GrantAccessResponse
+	6,  // 24: sild.node.v1.AdminService.RevokeAccess:output_type -> sild.node.v1.RevokeAccessResponse
+	8,  // 25: sild.node.v1.AdminService.ListAccess:output_type -> sild.node.v1.ListAccessResponse
+	10, // 26: sild.node.v1.AdminService.ExportEvidence:output_type -> sild.node.v1.ExportEvidenceResponse
+	12, // 27: sild.node.v1.AdminService.ListRecords:output_type -> sild.node.v1.ListRecordsResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_sild_node_v1_admin_proto_init() }
@@ -777,13 +1044,18 @@ func file_sild_node_v1_admin_proto_init() {
 		(*AccessClient_Subsystem)(nil),
 		(*AccessClient_Group)(nil),
 	}
+	file_sild_node_v1_admin_proto_msgTypes[11].OneofWrappers = []any{
+		(*ListRecordsRequest_Client)(nil),
+		(*ListRecordsRequest_Service)(nil),
+		(*ListRecordsRequest_UserId)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sild_node_v1_admin_proto_rawDesc), len(file_sild_node_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

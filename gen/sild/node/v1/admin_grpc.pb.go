@@ -27,6 +27,7 @@ const (
 	AdminService_RevokeAccess_FullMethodName   = "/sild.node.v1.AdminService/RevokeAccess"
 	AdminService_ListAccess_FullMethodName     = "/sild.node.v1.AdminService/ListAccess"
 	AdminService_ExportEvidence_FullMethodName = "/sild.node.v1.AdminService/ExportEvidence"
+	AdminService_ListRecords_FullMethodName    = "/sild.node.v1.AdminService/ListRecords"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -54,6 +55,12 @@ type AdminServiceClient interface {
 	// record of the message id; UNAVAILABLE while no signed checkpoint covers
 	// the records yet (one is made about every second).
 	ExportEvidence(ctx context.Context, in *ExportEvidenceRequest, opts ...grpc.CallOption) (*ExportEvidenceResponse, error)
+	// ListRecords returns the records of this node's ledger that match one
+	// query, oldest first: the calls of a client subsystem, the calls to a
+	// service, or the calls made on behalf of a user (who looked at whose
+	// data, and why), each within an optional time range of the calls' start.
+	// Reader role. Bodies are never included (ExportEvidence has them).
+	ListRecords(ctx context.Context, in *ListRecordsRequest, opts ...grpc.CallOption) (*ListRecordsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -104,6 +111,16 @@ func (c *adminServiceClient) ExportEvidence(ctx context.Context, in *ExportEvide
 	return out, nil
 }
 
+func (c *adminServiceClient) ListRecords(ctx context.Context, in *ListRecordsRequest, opts ...grpc.CallOption) (*ListRecordsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRecordsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListRecords_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -129,6 +146,12 @@ type AdminServiceServer interface {
 	// record of the message id; UNAVAILABLE while no signed checkpoint covers
 	// the records yet (one is made about every second).
 	ExportEvidence(context.Context, *ExportEvidenceRequest) (*ExportEvidenceResponse, error)
+	// ListRecords returns the records of this node's ledger that match one
+	// query, oldest first: the calls of a client subsystem, the calls to a
+	// service, or the calls made on behalf of a user (who looked at whose
+	// data, and why), each within an optional time range of the calls' start.
+	// Reader role. Bodies are never included (ExportEvidence has them).
+	ListRecords(context.Context, *ListRecordsRequest) (*ListRecordsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -150,6 +173,9 @@ func (UnimplementedAdminServiceServer) ListAccess(context.Context, *ListAccessRe
 }
 func (UnimplementedAdminServiceServer) ExportEvidence(context.Context, *ExportEvidenceRequest) (*ExportEvidenceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExportEvidence not implemented")
+}
+func (UnimplementedAdminServiceServer) ListRecords(context.Context, *ListRecordsRequest) (*ListRecordsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRecords not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -244,6 +270,24 @@ func _AdminService_ExportEvidence_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListRecords_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRecordsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListRecords(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListRecords_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListRecords(ctx, req.(*ListRecordsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -266,6 +310,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExportEvidence",
 			Handler:    _AdminService_ExportEvidence_Handler,
+		},
+		{
+			MethodName: "ListRecords",
+			Handler:    _AdminService_ListRecords_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
