@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
 	"github.com/sildmesh/sild/ident"
@@ -99,56 +100,88 @@ func (s *adminServer) ListRecords(ctx context.Context, req *nodev1.ListRecordsRe
 	return resp, nil
 }
 
+// recordQuery is a checked ListRecords request.
+type recordQuery struct {
+	client   *ident.Subsystem
+	service  *ident.Service
+	user     string
+	from, to time.Time
+	limit    int
+}
+
+// parseRecordQuery checks req; a bad request is an *rpcerr.Error naming the
+// field.
+func parseRecordQuery(req *nodev1.ListRecordsRequest) (recordQuery, error) {
+	bad := func(msg string) error { return refuseAdmin(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, msg) }
+	q := recordQuery{limit: int(req.GetLimit())}
+	switch {
+	case q.limit == 0:
+		q.limit = defaultRecordLimit
+	case q.limit > maxRecordLimit:
+		return q, bad(fmt.Sprintf("limit: at most %d", maxRecordLimit))
+	}
+	for _, b := range []struct {
+		name string
+		ts   *timestamppb.Timestamp
+		dst  *time.Time
+	}{{"from", req.GetFrom(), &q.from}, {"to", req.GetTo(), &q.to}} {
+		if b.ts == nil {
+			continue
+		}
+		if err := b.ts.CheckValid(); err != nil {
+			return q, bad(b.name + ": not a valid time")
+		}
+		*b.dst = b.ts.AsTime()
+	}
+	if !q.from.IsZero() && !q.to.IsZero() && !q.from.Before(q.to) {
+		return q, bad("from: must be before to")
+	}
+	switch by := req.GetBy().(type) {
+	case *nodev1.ListRecordsRequest_Client:
+		sub, err := ident.SubsystemFromProto(by.Client)
+		if err != nil {
+			return q, bad("client: " + err.Error())
+		}
+		q.client = &sub
+	case *nodev1.ListRecordsRequest_Service:
+		svc, err := ident.ServiceFromProto(by.Service)
+		if err != nil {
+			return q, bad("service: " + err.Error())
+		}
+		q.service = &svc
+	case *nodev1.ListRecordsRequest_UserId:
+		if !envelope.ValidUserID(by.UserId) {
+			return q, bad("user_id: 1 to 256 printable ASCII characters")
+		}
+		q.user = by.UserId
+	default:
+		return q, bad("give one of client, service and user_id")
+	}
+	return q, nil
+}
+
 // QueryRecords answers a ListRecords request from led (a running node's
 // ledger, or one opened from a stopped node's directory). A bad request is
 // an *rpcerr.Error naming the field; other errors are the ledger's.
 func QueryRecords(led *ledger.Ledger, req *nodev1.ListRecordsRequest) (*nodev1.ListRecordsResponse, error) {
-	bad := func(msg string) error { return refuseAdmin(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, msg) }
-	limit := int(req.GetLimit())
-	switch {
-	case limit == 0:
-		limit = defaultRecordLimit
-	case limit > maxRecordLimit:
-		return nil, bad(fmt.Sprintf("limit: at most %d", maxRecordLimit))
-	}
-	var from, to time.Time
-	if req.GetFrom() != nil {
-		from = req.GetFrom().AsTime()
-	}
-	if req.GetTo() != nil {
-		to = req.GetTo().AsTime()
-	}
-	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
-		return nil, bad("from: must be before to")
+	q, err := parseRecordQuery(req)
+	if err != nil {
+		return nil, err
 	}
 	var recs []*ledger.Stored
-	var err error
-	switch by := req.GetBy().(type) {
-	case *nodev1.ListRecordsRequest_Client:
-		sub, perr := ident.SubsystemFromProto(by.Client)
-		if perr != nil {
-			return nil, bad("client: " + perr.Error())
-		}
-		recs, err = led.ByClient(sub.String(), from, to, limit+1)
-	case *nodev1.ListRecordsRequest_Service:
-		svc, perr := ident.ServiceFromProto(by.Service)
-		if perr != nil {
-			return nil, bad("service: " + perr.Error())
-		}
-		recs, err = led.ByService(svc.Subsystem.String(), svc.Name, from, to, limit+1)
-	case *nodev1.ListRecordsRequest_UserId:
-		if !envelope.ValidUserID(by.UserId) {
-			return nil, bad("user_id: 1 to 256 printable ASCII characters")
-		}
-		recs, err = led.ByUser(by.UserId, from, to, limit+1)
+	switch {
+	case q.client != nil:
+		recs, err = led.ByClient(q.client.String(), q.from, q.to, q.limit+1)
+	case q.service != nil:
+		recs, err = led.ByService(q.service.Subsystem.String(), q.service.Name, q.from, q.to, q.limit+1)
 	default:
-		return nil, bad("give one of client, service and user_id")
+		recs, err = led.ByUser(q.user, q.from, q.to, q.limit+1)
 	}
 	if err != nil {
 		return nil, err
 	}
-	resp := &nodev1.ListRecordsResponse{More: len(recs) > limit}
-	for _, r := range recs[:min(len(recs), limit)] {
+	resp := &nodev1.ListRecordsResponse{More: len(recs) > q.limit}
+	for _, r := range recs[:min(len(recs), q.limit)] {
 		a, err := anypb.New(r.Record)
 		if err != nil {
 			return nil, err
