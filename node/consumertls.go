@@ -73,13 +73,11 @@ func loadConsumerTLS(cfg *Config) (*consumerTLS, error) {
 	// gRPC clients offer only h2. HTTP clients (curl, browsers, Java's
 	// HttpClient) offer http/1.1 as well: they get HTTP/1.1, which the
 	// REST bridge on this port serves (gateway.SplitListener).
-	base := ct.config
-	ct.config = base.Clone()
+	http1 := ct.config.Clone()
+	http1.NextProtos = []string{"http/1.1"}
 	ct.config.GetConfigForClient = func(h *tls.ClientHelloInfo) (*tls.Config, error) {
 		if slices.Contains(h.SupportedProtos, "http/1.1") {
-			c := base.Clone()
-			c.NextProtos = []string{"http/1.1"}
-			return c, nil
+			return http1, nil
 		}
 		return nil, nil
 	}
