@@ -93,7 +93,8 @@ type AdminKey struct {
 type ConsumerTLS struct {
 	// CertFile and KeyFile are the listener's certificate (PEM, with its
 	// chain) and private key; member systems verify them as they would any
-	// TLS server. Read at start.
+	// TLS server. Read at start and again within seconds of a change, as
+	// are the subsystems' ClientCerts.
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
 	// RequireClientCert makes member systems present a client certificate

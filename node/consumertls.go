@@ -7,10 +7,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -22,14 +25,30 @@ import (
 	"github.com/sildmesh/sild/pki"
 )
 
+// consumerTLSReload is how often the consumer listener's certificate files
+// are checked for changes.
+var consumerTLSReload = 10 * time.Second
+
 // consumerTLS is the TLS of the consumer listener (Config.ConsumerTLS):
 // the listener's configuration and, with RequireClientCert, the client
-// certificates each subsystem pins.
+// certificates each subsystem pins. The files are read at start and again
+// when they change (reload), so that certificates can be replaced without
+// a restart.
 type consumerTLS struct {
 	config  *tls.Config
 	require bool
-	pins    map[ident.Subsystem]map[[sha256.Size]byte]bool
 	now     func() time.Time
+
+	certFile, keyFile string
+	pinFiles          map[ident.Subsystem][]string
+	state             atomic.Pointer[tlsState]
+}
+
+// tlsState is what the files held when last read.
+type tlsState struct {
+	cert  *tls.Certificate
+	pins  map[ident.Subsystem]map[[sha256.Size]byte]bool
+	stamp string // the files' sizes and modification times
 }
 
 // loadConsumerTLS reads the files cfg.ConsumerTLS names (nil if not set).
@@ -38,33 +57,26 @@ func loadConsumerTLS(cfg *Config) (*consumerTLS, error) {
 	if t == nil {
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("consumer_tls: %w", err)
-	}
-	ct := &consumerTLS{require: t.RequireClientCert, pins: map[ident.Subsystem]map[[sha256.Size]byte]bool{}, now: time.Now}
-	for i, s := range cfg.Subsystems {
-		sub, _ := ident.ParseSubsystem(s.ID) // validated
-		for _, f := range s.ClientCerts {
-			certs, err := readCerts(f)
-			if err != nil {
-				return nil, fmt.Errorf("subsystems[%d].client_certs: %w", i, err)
-			}
-			if ct.pins[sub] == nil {
-				ct.pins[sub] = map[[sha256.Size]byte]bool{}
-			}
-			for _, c := range certs {
-				ct.pins[sub][sha256.Sum256(c.Raw)] = true
-			}
+	ct := &consumerTLS{require: t.RequireClientCert, now: time.Now, certFile: t.CertFile, keyFile: t.KeyFile,
+		pinFiles: map[ident.Subsystem][]string{}}
+	for _, s := range cfg.Subsystems {
+		if len(s.ClientCerts) > 0 {
+			sub, _ := ident.ParseSubsystem(s.ID) // validated
+			ct.pinFiles[sub] = s.ClientCerts
 		}
 	}
-	if ct.require && len(ct.pins) == 0 {
+	if ct.require && len(ct.pinFiles) == 0 {
 		return nil, errors.New("consumer_tls.require_client_cert: no subsystem pins a client certificate (client_certs)")
 	}
+	st, err := ct.read(cfg.Subsystems)
+	if err != nil {
+		return nil, err
+	}
+	ct.state.Store(st)
 	ct.config = &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{"h2", "http/1.1"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return ct.state.Load().cert, nil },
+		MinVersion:     tls.VersionTLS12,
+		NextProtos:     []string{"h2", "http/1.1"},
 	}
 	if ct.require {
 		ct.config.ClientAuth = tls.RequireAnyClientCert
@@ -82,6 +94,83 @@ func loadConsumerTLS(cfg *Config) (*consumerTLS, error) {
 		return nil, nil
 	}
 	return ct, nil
+}
+
+// read reads every file; errors name the setting (subs, the configured
+// subsystems in order, only for the index in their errors).
+func (t *consumerTLS) read(subs []SubsystemConfig) (*tlsState, error) {
+	stamp := t.stamp()
+	cert, err := tls.LoadX509KeyPair(t.certFile, t.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("consumer_tls: %w", err)
+	}
+	st := &tlsState{cert: &cert, pins: map[ident.Subsystem]map[[sha256.Size]byte]bool{}, stamp: stamp}
+	for sub, files := range t.pinFiles {
+		st.pins[sub] = map[[sha256.Size]byte]bool{}
+		for _, f := range files {
+			certs, err := readCerts(f)
+			if err != nil {
+				i := slices.IndexFunc(subs, func(s SubsystemConfig) bool { return s.ID == sub.String() })
+				return nil, fmt.Errorf("subsystems[%d].client_certs: %w", max(i, 0), err)
+			}
+			for _, c := range certs {
+				st.pins[sub][sha256.Sum256(c.Raw)] = true
+			}
+		}
+	}
+	return st, nil
+}
+
+// stamp describes the files' sizes and modification times (a file that
+// cannot be read is left for read to name).
+func (t *consumerTLS) stamp() string {
+	files := []string{t.certFile, t.keyFile}
+	for _, fs := range t.pinFiles {
+		files = append(files, fs...)
+	}
+	slices.Sort(files)
+	var b strings.Builder
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil {
+			fmt.Fprintf(&b, "%s %d %d\n", f, fi.Size(), fi.ModTime().UnixNano())
+		} else {
+			fmt.Fprintf(&b, "%s missing\n", f)
+		}
+	}
+	return b.String()
+}
+
+// reload reads the files again if any changed since they were last read,
+// and reports whether it did. On an error the certificates in use stay.
+func (t *consumerTLS) reload(subs []SubsystemConfig) (bool, error) {
+	if t.stamp() == t.state.Load().stamp {
+		return false, nil
+	}
+	st, err := t.read(subs)
+	if err != nil {
+		return false, err
+	}
+	t.state.Store(st)
+	return true, nil
+}
+
+// watch reloads the files every interval until ctx ends.
+func (t *consumerTLS) watch(ctx context.Context, interval time.Duration, subs []SubsystemConfig, log *slog.Logger) {
+	tk := time.NewTicker(interval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+			switch ok, err := t.reload(subs); {
+			case err != nil:
+				log.Warn("consumer TLS files changed but cannot be used; keeping the certificates in use", "err", err)
+			case ok:
+				log.Info("consumer TLS certificates reloaded")
+			}
+		}
+	}
 }
 
 // readCerts reads the PEM certificates of file (at least one).
@@ -105,7 +194,7 @@ func (t *consumerTLS) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error 
 	}
 	sum := sha256.Sum256(raw[0])
 	pinned := false
-	for _, pins := range t.pins {
+	for _, pins := range t.state.Load().pins {
 		pinned = pinned || pins[sum]
 	}
 	if !pinned {
@@ -130,7 +219,7 @@ func (t *consumerTLS) mayCallAs(st *tls.ConnectionState, client ident.Subsystem)
 	if st == nil || len(st.PeerCertificates) == 0 {
 		return false
 	}
-	return t.pins[client][sha256.Sum256(st.PeerCertificates[0].Raw)]
+	return t.state.Load().pins[client][sha256.Sum256(st.PeerCertificates[0].Raw)]
 }
 
 // grpcMayCallAs is exchange.Config.MayCallAs. A call without transport

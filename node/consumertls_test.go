@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -92,6 +93,7 @@ func TestConsumerMTLS(t *testing.T) {
 	expired := selfSigned(t, dir, "expired-app", time.Now().Add(-time.Hour))
 	archive, _ := ident.ParseSubsystem("EE/GOV/70000311/archive")
 
+	defer node.SetConsumerTLSReload(50 * time.Millisecond)()
 	m := startTwoNodes(t, ctx, nil, func(c *node.Config) {
 		if !strings.HasSuffix(c.Subsystems[0].ID, "/licensing") {
 			return
@@ -187,5 +189,33 @@ func TestConsumerMTLS(t *testing.T) {
 	}
 	if _, _, err := rest(nil, m.licensing); err == nil {
 		t.Fatal("REST without a client certificate accepted")
+	}
+
+	// Certificates are replaced without a restart: licensing's application
+	// gets a new certificate (the old one no longer works) and the node a
+	// new server certificate.
+	renewed := selfSigned(t, t.TempDir(), "licensing-app", far)
+	if err := os.WriteFile(app1.certFile, renewed.certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	server2 := selfSigned(t, t.TempDir(), "node-a", far)
+	for _, f := range [][2]string{{server2.certFile, server.certFile}, {server2.keyFile, server.keyFile}} {
+		b, _ := os.ReadFile(f[0])
+		if err := os.WriteFile(f[1], b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roots.AppendCertsFromPEM(server2.certPEM)
+	registrytest.WaitFor(t, 10*time.Second, "the renewed certificate accepted", func() bool { return call(&renewed, m.licensing) == nil })
+	if err := call(&app1, m.licensing); status.Code(err) != codes.Unavailable {
+		t.Errorf("replaced certificate: %v, want the handshake refused", err)
+	}
+	conn, err := tls.Dial("tcp", m.a.n.ConsumerAddr(), &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{renewed.cert}, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if got := conn.ConnectionState().PeerCertificates[0].Raw; !bytes.Equal(got, server2.cert.Certificate[0]) {
+		t.Error("the node still presents its old certificate")
 	}
 }
