@@ -218,4 +218,12 @@ func TestConsumerMTLS(t *testing.T) {
 	if got := conn.ConnectionState().PeerCertificates[0].Raw; !bytes.Equal(got, server2.cert.Certificate[0]) {
 		t.Error("the node still presents its old certificate")
 	}
+	// A broken file is not taken: the certificates in use stay.
+	if err := os.WriteFile(server.certFile, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // several checks
+	if err := call(&renewed, m.licensing); err != nil {
+		t.Errorf("after a broken certificate file: %v", err)
+	}
 }
