@@ -116,7 +116,7 @@ func TestScenario(t *testing.T) {
 		"link EE <-> FI active on both sides", "refused as expected: ACCESS_DENIED",
 		"131052-308T Matti Virtanen", "grpcurl -plaintext -H 'sild-client: EE/GOV/70000310/licensing'",
 		"curl -s -H 'Sild-Client: EE/GOV/70000310/licensing'", "admin API key  sild_", "all 6 scenario steps succeeded",
-		"ledger export --node-admin 127.0.0.1:",
+		"ledger export --node-admin 127.0.0.1:", "ctl access list --node-admin 127.0.0.1:", "ledger query --node-admin 127.0.0.1:",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q", want)

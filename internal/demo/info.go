@@ -51,8 +51,11 @@ func (d *Demo) printNodes() {
 		d.Printf("  curl -s -H %s -H 'Content-Type: application/json' -d %s %s%s\n", shq("Sild-Client: "+lic.Subsystem.String()),
 			shq(`{"registryCode":"`+services.CompanyCode+`"}`), d.REST, restPath(d.Tax, "GetTaxStatus"))
 	}
-	d.Printf("  # the tax board's access rights, over its node's admin REST API\n")
+	d.Printf("  # the tax board's access rights on its node (or over its admin REST API)\n")
+	d.Printf("  %s ctl access list --node-admin %s --api-key %s\n", d.Command, d.Tax.Node.AdminAddr(), d.Tax.Node.AdminKey)
 	d.Printf("  curl -s -H %s http://%s/v1/access\n", shq("Authorization: Bearer "+d.Tax.Node.AdminKey), d.Tax.Node.AdminAddr())
+	d.Printf("  # who asked for data on behalf of user %s, and why: the licensing authority's ledger\n", userID)
+	d.Printf("  %s ledger query --node-admin %s --api-key %s --user %s\n", d.Command, lic.Node.AdminAddr(), lic.Node.AdminKey, userID)
 	d.Printf("  # the evidence of step 1 from the licensing authority's running node, checked offline\n")
 	d.Printf("  %s ledger export --node-admin %s --api-key %s --message-id demo-1 -o demo-1.bundle\n", d.Command, lic.Node.AdminAddr(), lic.Node.AdminKey)
 	d.Printf("  %s ledger verify demo-1.bundle --trust %s\n", d.Command, d.EE.BundleFile)
