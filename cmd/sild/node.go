@@ -38,10 +38,13 @@ also be set in the environment as SILD_NODE_<FLAG>, e.g. SILD_NODE_TOKEN (a
 prefix of its own, so that the SILD_REGISTRY and SILD_TRUST of 'sild ctl'
 do not steer a node).
 
-Listeners: --consumer-listen for member systems (gRPC, plaintext: keep it on
-loopback or a private network), --exchange-listen for other nodes (mTLS with
-SPIFFE SVIDs), --admin-listen for the admin gRPC API (access rights) and
-/metrics, /healthz, /readyz.`,
+Listeners: --consumer-listen for member systems (gRPC and REST; plaintext,
+so keep it on loopback or a private network, unless the YAML's consumer_tls
+serves it over TLS, or mTLS with the member systems' certificates each
+subsystem pins in client_certs), --exchange-listen for other nodes (mTLS
+with SPIFFE SVIDs), --admin-listen for the admin gRPC API (access rights,
+evidence; see 'sild ctl access' and 'sild ledger query') and /metrics,
+/healthz, /readyz. docs/configuration.md lists every setting.`,
 		Example: `  # node.yaml
   node: EE/GOV/70000310/ss1
   registry: 127.0.0.1:7400
