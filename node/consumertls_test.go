@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	metav1 "github.com/sildmesh/sild/gen/sild/meta/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
@@ -141,6 +142,23 @@ func TestConsumerMTLS(t *testing.T) {
 	// for want of an access right.
 	if err := call(&app2, archive); rpcerr.Reason(err) != rpcerr.ReasonAccessDenied {
 		t.Fatalf("archive calling as archive: %v", err)
+	}
+	// The metaservice answers which methods a client may call only to a
+	// caller that may speak for it.
+	allowed := func(cert *tlsFiles, as ident.Subsystem) error {
+		conn, err := grpc.NewClient(m.a.n.ConsumerAddr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert.cert}})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_, err = metav1.NewMetaServiceClient(conn).AllowedMethods(ctx, &metav1.AllowedMethodsRequest{Client: as.Proto(), Target: m.bizreg.Proto()})
+		return err
+	}
+	if err := allowed(&app1, m.licensing); err != nil {
+		t.Fatalf("allowed methods for its own subsystem: %v", err)
+	}
+	if err := allowed(&app2, m.licensing); rpcerr.Reason(err) != rpcerr.ReasonUnknownClient {
+		t.Fatalf("allowed methods for another subsystem: %v", err)
 	}
 	for name, cert := range map[string]*tlsFiles{"no certificate": nil, "unpinned": &stranger, "expired": &expired} {
 		if err := call(cert, m.licensing); status.Code(err) != codes.Unavailable {

@@ -42,6 +42,10 @@ type Config struct {
 	Topology func() *topology.Topology
 	// Clients are the client subsystems of this node's member systems.
 	Clients []ident.Subsystem
+	// MayCallAs, if set, reports whether the caller (e.g. by its TLS client
+	// certificate) may speak for client, as exchange.Config.MayCallAs:
+	// AllowedMethods answers only for such a client.
+	MayCallAs func(ctx context.Context, client ident.Subsystem) bool
 	// Dial returns a connection to another node's exchange listener over
 	// mTLS (consumer side, for AllowedMethods) and a func to call when done
 	// with it; the connection is shared, not closed.
@@ -181,6 +185,9 @@ func (c *Consumer) AllowedMethods(ctx context.Context, r *metav1.AllowedMethodsR
 	}
 	if !served || !top.Serves(c.cfg.Self, client) {
 		return nil, refuse(codes.PermissionDenied, rpcerr.ReasonUnknownClient, "client "+client.String()+" is not served by this node")
+	}
+	if c.cfg.MayCallAs != nil && !c.cfg.MayCallAs(ctx, client) {
+		return nil, refuse(codes.PermissionDenied, rpcerr.ReasonUnknownClient, "caller may not speak for the client subsystem")
 	}
 	hosts := top.Hosts(target)
 	if len(hosts) == 0 {
