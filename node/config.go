@@ -225,13 +225,9 @@ func (c *Config) Validate() error {
 
 // roots reads the pinned trust bundle.
 func (c *Config) roots() ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(c.TrustBundle)
+	certs, err := pki.ReadCerts(c.TrustBundle)
 	if err != nil {
 		return nil, fmt.Errorf("trust_bundle: %w", err)
-	}
-	certs, err := pki.DecodeCerts(data)
-	if err != nil || len(certs) == 0 {
-		return nil, fmt.Errorf("trust_bundle %s: no certificates (%v)", c.TrustBundle, err)
 	}
 	return certs, nil
 }

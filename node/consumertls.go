@@ -108,7 +108,7 @@ func (t *consumerTLS) read(subs []SubsystemConfig) (*tlsState, error) {
 	for sub, files := range t.pinFiles {
 		st.pins[sub] = map[[sha256.Size]byte]bool{}
 		for _, f := range files {
-			certs, err := readCerts(f)
+			certs, err := pki.ReadCerts(f)
 			if err != nil {
 				i := slices.IndexFunc(subs, func(s SubsystemConfig) bool { return s.ID == sub.String() })
 				return nil, fmt.Errorf("subsystems[%d].client_certs: %w", max(i, 0), err)
@@ -171,19 +171,6 @@ func (t *consumerTLS) watch(ctx context.Context, interval time.Duration, subs []
 			}
 		}
 	}
-}
-
-// readCerts reads the PEM certificates of file (at least one).
-func readCerts(file string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := pki.DecodeCerts(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
-	}
-	return certs, nil
 }
 
 // verifyClient accepts, in the handshake, a client certificate that some

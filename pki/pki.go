@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -258,6 +259,20 @@ func EncodeCerts(certs ...*x509.Certificate) []byte {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	return out
+}
+
+// ReadCerts reads a PEM file of certificates (at least one, and nothing
+// else, as DecodeCerts); its errors name the file.
+func ReadCerts(file string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := DecodeCerts(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return certs, nil
 }
 
 // DecodeCerts parses concatenated PEM certificates; it fails on anything else.

@@ -5,6 +5,8 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -112,6 +114,19 @@ func TestPEMRoundTrip(t *testing.T) {
 	}
 	if _, err := DecodeCerts([]byte("-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n")); err == nil {
 		t.Fatal("key accepted as certificate")
+	}
+	// ReadCerts reads the same from a file, and its errors name the file.
+	dir := t.TempDir()
+	good, junk := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "junk.pem")
+	os.WriteFile(good, EncodeCerts(ca.Cert), 0o600)
+	os.WriteFile(junk, pemKey, 0o600)
+	if certs, err := ReadCerts(good); err != nil || len(certs) != 1 || !certs[0].Equal(ca.Cert) {
+		t.Fatalf("ReadCerts = %v, %v", certs, err)
+	}
+	for _, f := range []string{junk, filepath.Join(dir, "missing.pem")} {
+		if _, err := ReadCerts(f); err == nil || !strings.Contains(err.Error(), f) {
+			t.Errorf("ReadCerts(%s): %v", f, err)
+		}
 	}
 }
 

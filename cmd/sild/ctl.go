@@ -242,16 +242,9 @@ func apiKeyOf(key, file, hint string) (string, error) {
 // loadTrust reads a PEM bundle of root certificates; the trust domain is
 // the SPIFFE ID in the first root's URI SAN.
 func loadTrust(file string) (*x509bundle.Bundle, spiffeid.TrustDomain, error) {
-	data, err := os.ReadFile(file)
+	roots, err := pki.ReadCerts(file)
 	if err != nil {
 		return nil, spiffeid.TrustDomain{}, fmt.Errorf("trust bundle: %w", err)
-	}
-	roots, err := pki.DecodeCerts(data)
-	if err != nil {
-		return nil, spiffeid.TrustDomain{}, fmt.Errorf("trust bundle %s: %w", file, err)
-	}
-	if len(roots) == 0 {
-		return nil, spiffeid.TrustDomain{}, fmt.Errorf("trust bundle %s: no certificates", file)
 	}
 	if len(roots[0].URIs) == 0 {
 		return nil, spiffeid.TrustDomain{}, fmt.Errorf("trust bundle %s: the root has no SPIFFE trust domain (URI SAN)", file)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -100,13 +99,9 @@ then each side sees what the other exports to it.`,
 			if trust == "" {
 				return fmt.Errorf("--trust: required")
 			}
-			data, err := os.ReadFile(trust)
+			roots, err := pki.ReadCerts(trust)
 			if err != nil {
-				return err
-			}
-			roots, err := pki.DecodeCerts(data)
-			if err != nil || len(roots) == 0 {
-				return fmt.Errorf("--trust %s: no certificates (%v)", trust, err)
+				return fmt.Errorf("--trust: %w", err)
 			}
 			for _, r := range roots {
 				fmt.Fprintln(cmd.OutOrStdout(), pki.Fingerprint(r))

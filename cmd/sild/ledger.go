@@ -73,13 +73,9 @@ func readTrust(path string) ([]*x509.Certificate, error) {
 	if path == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(path)
+	certs, err := pki.ReadCerts(path)
 	if err != nil {
 		return nil, fmt.Errorf("trust bundle: %w", err)
-	}
-	certs, err := pki.DecodeCerts(b)
-	if err != nil {
-		return nil, fmt.Errorf("trust bundle %s: %w", path, err)
 	}
 	return certs, nil
 }

@@ -176,16 +176,9 @@ func (o *registryOptions) config(logOut io.Writer) (registry.Config, error) {
 	}
 	cfg.Logger = log
 	if o.trust != "" {
-		data, err := os.ReadFile(o.trust)
+		roots, err := pki.ReadCerts(o.trust)
 		if err != nil {
 			return cfg, fmt.Errorf("--trust: %w", err)
-		}
-		roots, err := pki.DecodeCerts(data)
-		if err != nil {
-			return cfg, fmt.Errorf("--trust %s: %w", o.trust, err)
-		}
-		if len(roots) == 0 {
-			return cfg, fmt.Errorf("--trust %s: no certificates", o.trust)
 		}
 		cfg.TrustBundle = roots
 	}
