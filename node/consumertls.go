@@ -37,11 +37,18 @@ var consumerTLSReload = 10 * time.Second
 type consumerTLS struct {
 	config  *tls.Config
 	require bool
-	now     func() time.Time
 
 	certFile, keyFile string
-	pinFiles          map[ident.Subsystem][]string
+	pinFiles          []pinSource
 	state             atomic.Pointer[tlsState]
+}
+
+// pinSource is the client_certs of the subsystem at index in the
+// configuration.
+type pinSource struct {
+	sub   ident.Subsystem
+	index int
+	files []string
 }
 
 // tlsState is what the files held when last read.
@@ -57,18 +64,17 @@ func loadConsumerTLS(cfg *Config) (*consumerTLS, error) {
 	if t == nil {
 		return nil, nil
 	}
-	ct := &consumerTLS{require: t.RequireClientCert, now: time.Now, certFile: t.CertFile, keyFile: t.KeyFile,
-		pinFiles: map[ident.Subsystem][]string{}}
-	for _, s := range cfg.Subsystems {
+	ct := &consumerTLS{require: t.RequireClientCert, certFile: t.CertFile, keyFile: t.KeyFile}
+	for i, s := range cfg.Subsystems {
 		if len(s.ClientCerts) > 0 {
 			sub, _ := ident.ParseSubsystem(s.ID) // validated
-			ct.pinFiles[sub] = s.ClientCerts
+			ct.pinFiles = append(ct.pinFiles, pinSource{sub: sub, index: i, files: s.ClientCerts})
 		}
 	}
 	if ct.require && len(ct.pinFiles) == 0 {
 		return nil, errors.New("consumer_tls.require_client_cert: no subsystem pins a client certificate (client_certs)")
 	}
-	st, err := ct.read(cfg.Subsystems)
+	st, err := ct.read()
 	if err != nil {
 		return nil, err
 	}
@@ -96,25 +102,23 @@ func loadConsumerTLS(cfg *Config) (*consumerTLS, error) {
 	return ct, nil
 }
 
-// read reads every file; errors name the setting (subs, the configured
-// subsystems in order, only for the index in their errors).
-func (t *consumerTLS) read(subs []SubsystemConfig) (*tlsState, error) {
+// read reads every file; errors name the setting.
+func (t *consumerTLS) read() (*tlsState, error) {
 	stamp := t.stamp()
 	cert, err := tls.LoadX509KeyPair(t.certFile, t.keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("consumer_tls: %w", err)
 	}
 	st := &tlsState{cert: &cert, pins: map[ident.Subsystem]map[[sha256.Size]byte]bool{}, stamp: stamp}
-	for sub, files := range t.pinFiles {
-		st.pins[sub] = map[[sha256.Size]byte]bool{}
-		for _, f := range files {
+	for _, p := range t.pinFiles {
+		st.pins[p.sub] = map[[sha256.Size]byte]bool{}
+		for _, f := range p.files {
 			certs, err := pki.ReadCerts(f)
 			if err != nil {
-				i := slices.IndexFunc(subs, func(s SubsystemConfig) bool { return s.ID == sub.String() })
-				return nil, fmt.Errorf("subsystems[%d].client_certs: %w", max(i, 0), err)
+				return nil, fmt.Errorf("subsystems[%d].client_certs: %w", p.index, err)
 			}
 			for _, c := range certs {
-				st.pins[sub][sha256.Sum256(c.Raw)] = true
+				st.pins[p.sub][sha256.Sum256(c.Raw)] = true
 			}
 		}
 	}
@@ -125,8 +129,8 @@ func (t *consumerTLS) read(subs []SubsystemConfig) (*tlsState, error) {
 // cannot be read is left for read to name).
 func (t *consumerTLS) stamp() string {
 	files := []string{t.certFile, t.keyFile}
-	for _, fs := range t.pinFiles {
-		files = append(files, fs...)
+	for _, p := range t.pinFiles {
+		files = append(files, p.files...)
 	}
 	slices.Sort(files)
 	var b strings.Builder
@@ -142,11 +146,11 @@ func (t *consumerTLS) stamp() string {
 
 // reload reads the files again if any changed since they were last read,
 // and reports whether it did. On an error the certificates in use stay.
-func (t *consumerTLS) reload(subs []SubsystemConfig) (bool, error) {
+func (t *consumerTLS) reload() (bool, error) {
 	if t.stamp() == t.state.Load().stamp {
 		return false, nil
 	}
-	st, err := t.read(subs)
+	st, err := t.read()
 	if err != nil {
 		return false, err
 	}
@@ -155,7 +159,7 @@ func (t *consumerTLS) reload(subs []SubsystemConfig) (bool, error) {
 }
 
 // watch reloads the files every interval until ctx ends.
-func (t *consumerTLS) watch(ctx context.Context, interval time.Duration, subs []SubsystemConfig, log *slog.Logger) {
+func (t *consumerTLS) watch(ctx context.Context, interval time.Duration, log *slog.Logger) {
 	tk := time.NewTicker(interval)
 	defer tk.Stop()
 	for {
@@ -163,7 +167,7 @@ func (t *consumerTLS) watch(ctx context.Context, interval time.Duration, subs []
 		case <-ctx.Done():
 			return
 		case <-tk.C:
-			switch ok, err := t.reload(subs); {
+			switch ok, err := t.reload(); {
 			case err != nil:
 				log.Warn("consumer TLS files changed but cannot be used; keeping the certificates in use", "err", err)
 			case ok:
@@ -191,7 +195,7 @@ func (t *consumerTLS) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error 
 	if err != nil {
 		return err
 	}
-	if now := t.now(); now.Before(c.NotBefore) || now.After(c.NotAfter) {
+	if now := time.Now(); now.Before(c.NotBefore) || now.After(c.NotAfter) {
 		return errors.New("client certificate expired or not yet valid")
 	}
 	return nil

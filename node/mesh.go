@@ -141,7 +141,7 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	consumerLn, copts := n.consumerLn, []grpc.ServerOption(nil)
 	rest := gateway.ConsumerConfig{Topology: n.Topology, Logger: n.log}
 	if ct := n.consumerTLS; ct != nil {
-		go ct.watch(ctx, consumerTLSReload, n.cfg.Subsystems, n.log)
+		go ct.watch(ctx, consumerTLSReload, n.log)
 		consumerLn = tls.NewListener(consumerLn, ct.config)
 		copts = append(copts, grpc.Creds(newHandshaken()))
 		cfg.MayCallAs, rest.MayCallAs = ct.grpcMayCallAs, ct.restMayCallAs
