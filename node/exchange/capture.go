@@ -2,6 +2,7 @@ package exchange
 
 import (
 	"bytes"
+	"maps"
 	"slices"
 	"sync"
 
@@ -75,14 +76,16 @@ func (c *capture) message(to *[][]byte, b []byte) {
 	*to = append(*to, bytes.Clone(b))
 }
 
-// responseHeaders keeps the response headers md.
-func (c *capture) responseHeaders(md metadata.MD) {
+// responseHeaders keeps the response headers md and returns them
+// unchanged (a relayHooks.header).
+func (c *capture) responseHeaders(md metadata.MD) metadata.MD {
 	if c == nil {
-		return
+		return md
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.body.ResponseHeaders = headers(md)
+	return md
 }
 
 // result is the body to record with the response trailers md, or nil.
@@ -99,13 +102,8 @@ func (c *capture) result(trailers metadata.MD) *ledgerv1.Body {
 // headers lists md's entries in key order (each value its own entry, in
 // the order received).
 func headers(md metadata.MD) []*ledgerv1.Header {
-	keys := make([]string, 0, len(md))
-	for k := range md {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
 	var out []*ledgerv1.Header
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(md)) {
 		for _, v := range md[k] {
 			out = append(out, &ledgerv1.Header{Key: k, Value: []byte(v)})
 		}

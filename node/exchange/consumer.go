@@ -349,10 +349,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 			c.cfg.Logger.Warn("malformed answer from provider node", "message_id", req.MessageID, "node", peer.String())
 			return false, signatureInvalid(ComponentConsumer, "the provider's answer is not sealed as the protocol requires")
 		},
-		header: func(md metadata.MD) metadata.MD {
-			body.responseHeaders(md)
-			return md
-		},
+		header: body.responseHeaders,
 	})
 
 	err = res.err

@@ -276,10 +276,7 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 			prepend(f, tagData)
 			return true, nil
 		},
-		header: func(md metadata.MD) metadata.MD {
-			body.responseHeaders(md)
-			return md
-		},
+		header: body.responseHeaders,
 	})
 	if !res.local {
 		trailer = res.trailer
