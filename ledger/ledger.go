@@ -601,6 +601,20 @@ func (l *Ledger) BodyMode(local string) BodyMode {
 	return l.cfg.DefaultBodyMode
 }
 
+// KeepsBodies reports whether the ledger keeps anything of some
+// subsystem's bodies (a body mode other than off).
+func (l *Ledger) KeepsBodies() bool {
+	if l.cfg.DefaultBodyMode != BodyOff {
+		return true
+	}
+	for _, m := range l.cfg.BodyModes {
+		if m != BodyOff {
+			return true
+		}
+	}
+	return false
+}
+
 // keep returns what of body the configuration keeps for rec, or nil.
 func (l *Ledger) keep(rec *ledgerv1.Record, body *ledgerv1.Body) *ledgerv1.Body {
 	if body == nil {

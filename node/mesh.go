@@ -106,7 +106,7 @@ func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
 		_, err := led.Append(ctx, r, body).Wait(ctx)
 		return err
 	})
-	if n.keepsBodies() {
+	if led.KeepsBodies() { // else the exchange passes no body, at no cost
 		cfg.Capture = func(sub ident.Subsystem) exchange.Capture {
 			switch led.BodyMode(sub.String()) {
 			case ledger.BodyMetadata:
@@ -172,22 +172,12 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 	meta.NewConsumer(mcfg).Register(cs)
 	meta.NewProvider(mcfg).Register(ps)
 	// gateway: the legacy REST consumer shares the consumer port (HTTP/1.x;
-	// gRPC is told apart by the HTTP/2 preface) and calls it over gRPC.
+	// gRPC is told apart by the HTTP/2 preface) and calls the consumer's
+	// gRPC server in process.
 	grpcLn, restLn := gateway.SplitListener(consumerLn)
 	errc := make(chan error, 3)
 	go func() { errc <- serveGRPC(ctx, cs, grpcLn) }()
 	go func() { errc <- serveGRPC(ctx, ps, n.exchangeLn) }()
 	go func() { errc <- gateway.ServeConsumer(ctx, restLn, cs, rest) }()
 	return errors.Join(<-errc, <-errc, <-errc)
-}
-
-// keepsBodies reports whether the ledger keeps anything of some subsystem's
-// exchange bodies (when none does, the exchange passes none, at no cost).
-func (n *Node) keepsBodies() bool {
-	for _, s := range n.cfg.Subsystems {
-		if s.Body != "" && s.Body != ledger.BodyOff.String() {
-			return true
-		}
-	}
-	return false
 }
