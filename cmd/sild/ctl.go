@@ -158,8 +158,8 @@ func envNameWith(prefix, flag string) string {
 // calls fn with a context bounded by --timeout.
 func ctlRun(opts *ctlOptions, fn func(ctx context.Context, c *ctl, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
-		if opts.output != "table" && opts.output != "json" {
-			return fmt.Errorf("--output %q: must be table or json", opts.output)
+		if err := checkOutput(opts.output); err != nil {
+			return err
 		}
 		conn, err := dialRegistry(opts)
 		if err != nil {
@@ -290,6 +290,14 @@ func (e *ctlError) Unwrap() error { return e.err }
 
 // json reports whether -o json was asked for.
 func (c *ctl) json() bool { return c.opts.output == "json" }
+
+// checkOutput refuses an --output other than table or json.
+func checkOutput(format string) error {
+	if format != "table" && format != "json" {
+		return fmt.Errorf("--output %q: must be table or json", format)
+	}
+	return nil
+}
 
 // printJSON writes m in the protobuf JSON mapping.
 func (c *ctl) printJSON(m proto.Message) error {

@@ -16,8 +16,13 @@ import (
 )
 
 // dialNodeAdmin connects to a running node's admin listener (plaintext
-// gRPC, as it serves it on loopback) with an API key of its admin_keys.
-func dialNodeAdmin(addr, key string) (nodev1.AdminServiceClient, func(), error) {
+// gRPC, as it serves it on loopback) with an API key of its admin_keys,
+// given as --api-key (key) or --api-key-file (keyFile).
+func dialNodeAdmin(addr, key, keyFile string) (nodev1.AdminServiceClient, func(), error) {
+	key, err := apiKeyOf(key, keyFile, "a key of the node's admin_keys; 'sild node admin-key' makes one")
+	if err != nil {
+		return nil, nil, err
+	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithPerRPCCredentials(apikey.Credentials(key, false)))
 	if err != nil {
@@ -53,17 +58,13 @@ SUBSYSTEM/SERVICE (EE/GOV/70000310/business-registry/sild.demo.v1.BusinessRegist
 	cmd.PersistentFlags().StringVar(&nodeAdmin, "node-admin", "", "admin listener of the provider's node, host:port (its admin_listen; env SILD_NODE_ADMIN)")
 	run := func(fn func(ctx context.Context, c *ctl, admin nodev1.AdminServiceClient, args []string) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
-			if opts.output != "table" && opts.output != "json" {
-				return fmt.Errorf("--output %q: must be table or json", opts.output)
+			if err := checkOutput(opts.output); err != nil {
+				return err
 			}
 			if nodeAdmin == "" {
 				return errors.New("--node-admin: required (the node's admin_listen, host:port; env SILD_NODE_ADMIN)")
 			}
-			key, err := apiKeyOf(opts.apiKey, opts.keyFile, "a key of the node's admin_keys; 'sild node admin-key' makes one")
-			if err != nil {
-				return err
-			}
-			admin, closeConn, err := dialNodeAdmin(nodeAdmin, key)
+			admin, closeConn, err := dialNodeAdmin(nodeAdmin, opts.apiKey, opts.keyFile)
 			if err != nil {
 				return err
 			}

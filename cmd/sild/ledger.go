@@ -183,11 +183,7 @@ func (s *ledgerSource) check() error {
 
 // dial connects to the admin listener with the API key.
 func (s *ledgerSource) dial() (nodev1.AdminServiceClient, func(), error) {
-	key, err := apiKeyOf(s.apiKey, s.apiKeyFile, "a key of the node's admin_keys")
-	if err != nil {
-		return nil, nil, err
-	}
-	return dialNodeAdmin(s.admin, key)
+	return dialNodeAdmin(s.admin, s.apiKey, s.apiKeyFile)
 }
 
 // exportFromNode asks a running node's admin listener for the evidence of

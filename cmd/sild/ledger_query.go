@@ -47,8 +47,8 @@ Export a record's evidence with 'sild ledger export --message-id'.`,
 			if err := bindEnv(cmd.Flags(), nil, "api-key", "api-key-file"); err != nil {
 				return err
 			}
-			if output != "table" && output != "json" {
-				return fmt.Errorf("--output %q: must be table or json", output)
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			req := &nodev1.ListRecordsRequest{Limit: limit}
 			given := 0
