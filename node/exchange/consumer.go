@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -42,7 +43,16 @@ type Consumer struct {
 	pruned   *topology.Topology // the configuration conns were last checked against
 	inflight map[ident.Node]*atomic.Int64
 	closed   bool
+
+	// connectWait bounds the wait for a hosting node's connection while
+	// another hosting node remains to be tried (defaultConnectWait).
+	connectWait time.Duration
 }
+
+// defaultConnectWait is how long a call waits at most for a connection to
+// a hosting node that is not ready, if the target has another node; at most
+// half of the call's remaining time is spent so.
+const defaultConnectWait = 3 * time.Second
 
 type peerKey struct{ addr, id string }
 
@@ -67,7 +77,8 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 		return nil, fmt.Errorf("new consumer: %w", err)
 	}
 	c := &Consumer{cfg: cfg, clients: map[ident.Subsystem]bool{},
-		conns: map[peerKey]*pooled{}, inflight: map[ident.Node]*atomic.Int64{}}
+		conns: map[peerKey]*pooled{}, inflight: map[ident.Node]*atomic.Int64{},
+		connectWait: defaultConnectWait}
 	for _, s := range cfg.Clients {
 		c.clients[s] = true
 	}
@@ -116,12 +127,10 @@ func (c *Consumer) Conn(topo *topology.Topology, n ident.Node) (conn *grpc.Clien
 // acquire returns the pooled connection to node n of topo with a reference
 // held for the caller, who must release it.
 func (c *Consumer) acquire(topo *topology.Topology, n ident.Node) (*pooled, error) {
-	rec := topo.Node(n)
-	id, err := spiffeid.FromString(rec.GetSpiffeId())
-	if err != nil || rec.GetAddress() == "" {
-		return nil, errUnusableNode
+	k, id, err := peerKeyOf(topo, n)
+	if err != nil {
+		return nil, err
 	}
-	k := peerKey{rec.GetAddress(), id.String()}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -133,7 +142,7 @@ func (c *Consumer) acquire(topo *topology.Topology, n ident.Node) (*pooled, erro
 	p := c.conns[k]
 	if p == nil {
 		tc := tlsconfig.MTLSClientConfig(c.cfg.SVID, c.cfg.Bundles, tlsconfig.AuthorizeID(id))
-		cc, err := grpc.NewClient(k.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, windowOptions...)...)
+		cc, err := grpc.NewClient(k.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc)), statusWatchOption}, windowOptions...)...)
 		if err != nil {
 			return nil, err
 		}
@@ -142,6 +151,16 @@ func (c *Consumer) acquire(topo *topology.Topology, n ident.Node) (*pooled, erro
 	}
 	p.refs++
 	return p, nil
+}
+
+// peerKeyOf is where topo says node n is and who it must prove to be.
+func peerKeyOf(topo *topology.Topology, n ident.Node) (peerKey, spiffeid.ID, error) {
+	rec := topo.Node(n)
+	id, err := spiffeid.FromString(rec.GetSpiffeId())
+	if err != nil || rec.GetAddress() == "" {
+		return peerKey{}, spiffeid.ID{}, errUnusableNode
+	}
+	return peerKey{rec.GetAddress(), id.String()}, id, nil
 }
 
 // release drops a reference taken by acquire, closing a stale connection
@@ -184,8 +203,10 @@ func (c *Consumer) counter(n ident.Node) *atomic.Int64 {
 	return v
 }
 
-// order returns hosts with the least busy first, rotating among equals.
-func (c *Consumer) order(hosts []ident.Node) []ident.Node {
+// order returns hosts with those whose connection is usable first (ready,
+// idle or not yet made; then connecting; then failing), and among those the
+// least busy first, rotating among equals.
+func (c *Consumer) order(topo *topology.Topology, hosts []ident.Node) []ident.Node {
 	n := len(hosts)
 	start := int(c.rr.Add(1) % uint64(n))
 	out := make([]ident.Node, 0, n)
@@ -193,24 +214,83 @@ func (c *Consumer) order(hosts []ident.Node) []ident.Node {
 		out = append(out, hosts[(start+i)%n])
 	}
 	load := make(map[ident.Node]int64, n)
+	rank := make(map[ident.Node]int, n)
 	for _, h := range out {
 		load[h] = c.counter(h).Load()
+		rank[h] = c.health(topo, h)
+	}
+	less := func(a, b ident.Node) bool {
+		if rank[a] != rank[b] {
+			return rank[a] < rank[b]
+		}
+		return load[a] < load[b]
 	}
 	// Stable insertion sort: n is small.
 	for i := 1; i < n; i++ {
-		for j := i; j > 0 && load[out[j]] < load[out[j-1]]; j-- {
+		for j := i; j > 0 && less(out[j], out[j-1]); j-- {
 			out[j], out[j-1] = out[j-1], out[j]
 		}
 	}
 	return out
 }
 
+// health ranks the pooled connection to node n: 0 usable (ready, idle or
+// none yet), 1 connecting, 2 failing.
+func (c *Consumer) health(topo *topology.Topology, n ident.Node) int {
+	k, _, err := peerKeyOf(topo, n)
+	if err != nil {
+		return 2
+	}
+	c.mu.Lock()
+	p := c.conns[k]
+	c.mu.Unlock()
+	if p == nil {
+		return 0
+	}
+	switch p.cc.GetState() {
+	case connectivity.Ready, connectivity.Idle:
+		return 0
+	case connectivity.Connecting:
+		return 1
+	default:
+		return 2
+	}
+}
+
+// ready waits until cc is connected, for at most c.connectWait and half of
+// ctx's remaining time; false if it is not by then or is failing.
+func (c *Consumer) ready(ctx context.Context, cc *grpc.ClientConn) bool {
+	wait := c.connectWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)/2)
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	for {
+		s := cc.GetState()
+		switch s {
+		case connectivity.Ready:
+			return true
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return false
+		case connectivity.Idle:
+			cc.Connect()
+		}
+		if !cc.WaitForStateChange(wctx, s) {
+			return false
+		}
+	}
+}
+
 // open starts the call on one of hosts, trying the next one while no
-// connection can be made. It returns the stream, the chosen node and a
+// connection can be made: a node that refuses, fails, or does not connect
+// within the connect wait while another node remains. Nothing has been
+// sent to a node passed over. It returns the stream, the chosen node and a
 // release func.
 func (c *Consumer) open(ctx context.Context, topo *topology.Topology, hosts []ident.Node, method string) (grpc.ClientStream, ident.Node, func(), error) {
 	opts := callOptions(c.cfg.MaxMessageSize, c.cfg.MaxMessageSize+overhead)
-	for _, n := range c.order(hosts) {
+	order := c.order(topo, hosts)
+	for i, n := range order {
 		p, err := c.acquire(topo, n)
 		if errors.Is(err, errUnusableNode) {
 			c.cfg.Logger.Warn("hosting node unusable in configuration", "node", n.String())
@@ -218,6 +298,14 @@ func (c *Consumer) open(ctx context.Context, topo *topology.Topology, hosts []id
 		}
 		if err != nil {
 			return nil, n, nil, c.refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "node shutting down")
+		}
+		if i < len(order)-1 && !c.ready(ctx, p.cc) {
+			c.release(p)
+			if ce, ok := rpcerr.FromContext(ctx.Err()); ok {
+				return nil, n, nil, ce
+			}
+			c.cfg.Logger.Warn("provider node not connected, trying another", "node", n.String())
+			continue
 		}
 		ctr := c.counter(n)
 		ctr.Add(1)
@@ -284,6 +372,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 	omd.Set(envelope.HeaderMessageID, req.MessageID)
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
 	defer cancel()
+	upCtx, answered := watchStatus(upCtx)
 	// The canonical path: what was validated and what the chains bind.
 	cs, peer, release, err := c.open(upCtx, topo, hosts, req.FullMethod())
 	if err != nil {
@@ -353,6 +442,10 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 	})
 
 	err = res.err
+	if err != nil && !res.local && !answered.Load() && ctx.Err() == nil {
+		c.cfg.Logger.Warn("connection to provider node lost", "message_id", req.MessageID, "node", peer.String(), "err", err)
+		err = c.refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "the connection to the provider's node was lost")
+	}
 	if fedCut != nil && fedCut() {
 		err = federationInactive(ComponentConsumer, peer.Member.Instance)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/mem"
@@ -174,16 +175,42 @@ func TestConsumerChecksTheProvidersSeal(t *testing.T) {
 // TestOrderLeastBusyFirst: the consumer tries the hosting node with the
 // fewest calls in flight first, then the others by load; among equally
 // busy nodes it rotates, so that idle nodes share the calls.
+// A node whose connection is failing is tried last, however busy the
+// others are.
+func TestOrderHealthyFirst(t *testing.T) {
+	m := newMesh(t)
+	topo := m.topoA.Load()
+	p, err := m.cons.acquire(topo, nodeC) // 127.0.0.1:1 refuses
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.cons.release(p)
+	p.cc.Connect()
+	ctx := ctxT(t)
+	for s := p.cc.GetState(); s != connectivity.TransientFailure; s = p.cc.GetState() {
+		if !p.cc.WaitForStateChange(ctx, s) {
+			t.Fatalf("connection to a refusing node stayed %v", s)
+		}
+	}
+	m.cons.counter(nodeB).Store(5)
+	for range 3 {
+		if got := m.cons.order(topo, []ident.Node{nodeC, nodeB}); got[0] != nodeB {
+			t.Fatalf("order %v: the failing node first", got)
+		}
+	}
+}
+
 func TestOrderLeastBusyFirst(t *testing.T) {
 	c := &Consumer{inflight: map[ident.Node]*atomic.Int64{}}
 	a, _ := ident.ParseNode("EE/GOV/1/a")
 	b, _ := ident.ParseNode("EE/GOV/1/b")
 	d, _ := ident.ParseNode("EE/GOV/1/d")
 	hosts := []ident.Node{a, b, d}
+	topo := newMesh(t).topoA.Load() // names none of them: equally healthy
 	c.counter(a).Store(2)
 	c.counter(d).Store(1)
 	for range 3 { // whatever the rotation
-		if got := c.order(hosts); got[0] != b || got[1] != d || got[2] != a {
+		if got := c.order(topo, hosts); got[0] != b || got[1] != d || got[2] != a {
 			t.Fatalf("order %v, want b, d, a by load", got)
 		}
 	}
@@ -191,7 +218,7 @@ func TestOrderLeastBusyFirst(t *testing.T) {
 	c.counter(d).Store(0)
 	first := map[ident.Node]int{}
 	for range 30 {
-		first[c.order(hosts)[0]]++
+		first[c.order(topo, hosts)[0]]++
 	}
 	if first[a] != 10 || first[b] != 10 || first[d] != 10 {
 		t.Fatalf("idle nodes chosen first %v times, want 10 each", first)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"maps"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -452,6 +453,12 @@ func (m *mesh) withHosts(t *testing.T, hosts ...ident.Node) ident.Node {
 	dead := listen(t)
 	deadAddr := dead.Addr().String()
 	_ = dead.Close()
+	return m.withHostsAt(t, deadAddr, hosts...)
+}
+
+// withHostsAt is withHosts with node D at addr.
+func (m *mesh) withHostsAt(t *testing.T, deadAddr string, hosts ...ident.Node) ident.Node {
+	t.Helper()
 	nodeD := mustNode("EE/COM/70000311/ss2")
 	gc := proto.Clone(m.gc).(*registryv1.GlobalConfig)
 	idD, err := ident.NodeSPIFFEID(td, nodeD)
@@ -485,6 +492,42 @@ func TestFailoverToReachableNode(t *testing.T) {
 	}
 	if n := m.be.calls.Load(); n != 4 {
 		t.Fatalf("backend called %d times", n)
+	}
+}
+
+// A hosting node that accepts connections but never completes a handshake
+// holds a call up only for the connect wait; then the call goes to the
+// other node, and later calls go there first while it is still connecting.
+func TestFailoverFromHangingNode(t *testing.T) {
+	m := newMesh(t)
+	m.cons.connectWait = 200 * time.Millisecond
+	hang := listen(t)
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			t.Cleanup(func() { _ = c.Close() }) // held open, never answered
+		}
+	}()
+	t.Cleanup(func() { _ = hang.Close() })
+	m.withHostsAt(t, hang.Addr().String(), ident.Node{}, nodeB) // D (hanging) and B
+	for i := range 10 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := m.client.UnaryCall(as(ctx, licensing, registry), &testpb.SimpleRequest{})
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if n := m.be.calls.Load(); n != 10 {
+		t.Fatalf("backend called %d times, want 10", n)
+	}
+	if accepted.Load() == 0 {
+		t.Fatal("the hanging node was never tried: the test proves nothing")
 	}
 }
 

@@ -51,7 +51,7 @@ func NewProvider(cfg Config) (*Provider, error) {
 	p := &Provider{cfg: cfg, replay: envelope.NewReplay(cfg.ReplayWindow, cfg.ReplayMax),
 		backends: map[ident.Subsystem]*grpc.ClientConn{}}
 	for sub, addr := range cfg.Backends {
-		opts := append(append([]grpc.DialOption{plaintext}, windowOptions...), cfg.BackendDialOptions...)
+		opts := append(append([]grpc.DialOption{plaintext, statusWatchOption}, windowOptions...), cfg.BackendDialOptions...)
 		cc, err := grpc.NewClient(addr, opts...)
 		if err != nil {
 			_ = p.Close()
@@ -230,6 +230,7 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 		fedCut, stop = watchFederation(&p.cfg, caller.Member.Instance, cancel)
 		defer stop()
 	}
+	upCtx, answered := watchStatus(upCtx)
 	cs, err := backend.NewStream(upCtx, fullDuplex, req.FullMethod(), callOptions(p.cfg.MaxMessageSize, p.cfg.MaxMessageSize)...)
 	if err != nil {
 		if ce, ok := rpcerr.FromContext(ctx.Err()); ok {
@@ -281,6 +282,10 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 	if !res.local {
 		trailer = res.trailer
 		ss.SetTrailer(res.trailer)
+		if res.err != nil && !answered.Load() && ctx.Err() == nil {
+			p.cfg.Logger.Warn("connection to backend lost", "message_id", req.MessageID, "target", req.Target.String(), "err", res.err)
+			res.err = refuseP(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "the connection to the backend was lost")
+		}
 	}
 	if fedCut() {
 		return answer(federationInactive(ComponentProvider, caller.Member.Instance))
