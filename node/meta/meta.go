@@ -8,6 +8,9 @@
 //
 // With a sild-target header, reflection shows that subsystem's published
 // services (plus the MetaService); without one, every published service.
+// Each service is described from the files published with it, even when
+// another service's files use the same paths. Reflection also knows
+// google.rpc.ErrorInfo, so that clients can read why the node refused.
 //
 // AllowedMethods is answered by the target's node, which holds the access
 // rights: the consumer side forwards it over mTLS (Config.Dial) to the
@@ -16,6 +19,7 @@ package meta
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	"google.golang.org/grpc"
@@ -55,6 +59,16 @@ type Config struct {
 	Access     *access.Store
 	Backends   map[ident.Subsystem]string
 	CallerNode func(ctx context.Context, top *topology.Topology) (ident.Node, error)
+	// Logger receives what a caller is not told, such as why no node of
+	// a target answered, and catalogue problems; nil discards it.
+	Logger *slog.Logger
+}
+
+func (cfg *Config) log() *slog.Logger {
+	if cfg.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return cfg.Logger
 }
 
 func refuse(code codes.Code, reason, msg string) error {
@@ -79,7 +93,7 @@ func NewConsumer(cfg Config) *Consumer { return &Consumer{cfg: cfg} }
 // Register registers the MetaService and reflection on s.
 func (c *Consumer) Register(s grpc.ServiceRegistrar) {
 	metav1.RegisterMetaServiceServer(s, c)
-	registerReflection(s, c.cfg.Topology)
+	registerReflection(s, c.cfg.Topology, c.cfg.log())
 }
 
 // allServices returns every catalogue entry: own and federated.

@@ -2,13 +2,18 @@ package meta
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
+	"log/slog"
 	"sync"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	v1reflectiongrpc "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	v1alphareflectiongrpc "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -23,16 +28,53 @@ import (
 // catalogue is the reflection view of one target (or of all, target ""),
 // built from one configuration version.
 type catalogue struct {
-	files    *protoregistry.Files
-	types    *dynamicpb.Types
+	files    *resolver
+	types    extensions // one per set of files
 	services map[string]grpc.ServiceInfo
 }
 
 func (c *catalogue) GetServiceInfo() map[string]grpc.ServiceInfo { return c.services }
 
+// resolver looks names and paths up in several sets of files in turn: the
+// node's own first, then each published service's, in catalogue order. Each
+// set links on its own, so two services whose files share a path (say
+// service.proto) are both described, each from its own file, rather than
+// the later one being dropped. A service, or a method of one, is looked up
+// first in the set published with that service.
+type resolver struct {
+	sets    []*protoregistry.Files
+	service map[protoreflect.FullName]*protoregistry.Files
+}
+
+func (r *resolver) FindFileByPath(path string) (protoreflect.FileDescriptor, error) {
+	for _, f := range r.sets {
+		if fd, err := f.FindFileByPath(path); err == nil {
+			return fd, nil
+		}
+	}
+	return nil, protoregistry.NotFound
+}
+
+func (r *resolver) FindDescriptorByName(name protoreflect.FullName) (protoreflect.Descriptor, error) {
+	for _, n := range []protoreflect.FullName{name, name.Parent()} {
+		if f := r.service[n]; f != nil {
+			if d, err := f.FindDescriptorByName(name); err == nil {
+				return d, nil
+			}
+		}
+	}
+	for _, f := range r.sets {
+		if d, err := f.FindDescriptorByName(name); err == nil {
+			return d, nil
+		}
+	}
+	return nil, protoregistry.NotFound
+}
+
 // reflector serves server reflection per stream from the catalogue.
 type reflector struct {
 	top   func() *topology.Topology
+	log   *slog.Logger
 	mu    sync.Mutex
 	cache map[cacheKey]*catalogue
 }
@@ -42,8 +84,8 @@ type cacheKey struct {
 	target  string
 }
 
-func registerReflection(s grpc.ServiceRegistrar, top func() *topology.Topology) {
-	r := &reflector{top: top, cache: map[cacheKey]*catalogue{}}
+func registerReflection(s grpc.ServiceRegistrar, top func() *topology.Topology, log *slog.Logger) {
+	r := &reflector{top: top, log: log, cache: map[cacheKey]*catalogue{}}
 	v1reflectiongrpc.RegisterServerReflectionServer(s, v1Reflection{r})
 	v1alphareflectiongrpc.RegisterServerReflectionServer(s, v1alphaReflection{r})
 }
@@ -57,7 +99,7 @@ func (r *reflector) options(ctx context.Context) reflection.ServerOptions {
 		}
 	}
 	c := r.catalogue(target)
-	return reflection.ServerOptions{Services: c, DescriptorResolver: c.files, ExtensionResolver: extensions{c.types}}
+	return reflection.ServerOptions{Services: c, DescriptorResolver: c.files, ExtensionResolver: c.types}
 }
 
 func (r *reflector) catalogue(target string) *catalogue {
@@ -72,7 +114,7 @@ func (r *reflector) catalogue(target string) *catalogue {
 	if c := r.cache[key]; c != nil {
 		return c
 	}
-	c := build(top, target)
+	c := build(top, target, r.log)
 	if len(r.cache) > 64 {
 		clear(r.cache)
 	}
@@ -80,71 +122,122 @@ func (r *reflector) catalogue(target string) *catalogue {
 	return c
 }
 
-// build collects the files of the target's published services (every
-// service when target is ""), plus the MetaService's own. A file another
-// provider already registered under the same name is used as is.
-func build(top *topology.Topology, target string) *catalogue {
-	c := &catalogue{files: new(protoregistry.Files), services: map[string]grpc.ServiceInfo{}}
-	add := func(fd protoreflect.FileDescriptor) {
-		if _, err := c.files.FindFileByPath(fd.Path()); err == nil {
-			return
-		}
-		for i := 0; i < fd.Imports().Len(); i++ {
-			if imp := fd.Imports().Get(i).FileDescriptor; imp != nil && !imp.IsPlaceholder() {
-				if _, err := c.files.FindFileByPath(imp.Path()); err != nil {
-					_ = c.files.RegisterFile(imp)
-				}
-			}
-		}
-		_ = c.files.RegisterFile(fd)
-	}
-	add(metav1.File_sild_meta_v1_meta_proto)
-	c.services[metav1.MetaService_ServiceDesc.ServiceName] = grpc.ServiceInfo{}
-	if top != nil {
-		var sub ident.Subsystem
-		if target != "" {
-			var err error
-			if sub, err = ident.ParseSubsystem(target); err != nil {
-				top = nil
-			}
-		}
-		if top != nil {
-			for _, e := range allServices(top) {
-				svc, err := ident.ServiceFromProto(e.GetService())
-				if err != nil || !e.GetEnabled() || (target != "" && svc.Subsystem != sub) {
-					continue
-				}
-				files, err := descset.Parse(e.GetFileDescriptorSet())
-				if err != nil {
-					continue
-				}
-				d, err := files.FindDescriptorByName(protoreflect.FullName(svc.Name))
-				if err != nil {
-					continue
-				}
-				addWithDeps(add, d.ParentFile(), files)
-				c.services[svc.Name] = grpc.ServiceInfo{}
-			}
+// ownFiles are the node's own files: the MetaService's, and the error
+// details its refusals carry (google.rpc.ErrorInfo), so that reflection
+// clients can read them.
+var ownFiles = func() *protoregistry.Files {
+	files := new(protoregistry.Files)
+	for _, fd := range []protoreflect.FileDescriptor{metav1.File_sild_meta_v1_meta_proto, errdetails.File_google_rpc_error_details_proto} {
+		if err := registerWithImports(files, fd); err != nil {
+			panic(fmt.Sprintf("meta: own descriptors: %v", err))
 		}
 	}
-	c.types = dynamicpb.NewTypes(c.files)
+	return files
+}()
+
+// registerWithImports registers fd after its imports (depth first), each
+// file once.
+func registerWithImports(files *protoregistry.Files, fd protoreflect.FileDescriptor) error {
+	if fd.IsPlaceholder() {
+		return nil
+	}
+	if _, err := files.FindFileByPath(fd.Path()); err == nil {
+		return nil
+	}
+	for i := 0; i < fd.Imports().Len(); i++ {
+		if err := registerWithImports(files, fd.Imports().Get(i).FileDescriptor); err != nil {
+			return err
+		}
+	}
+	return files.RegisterFile(fd)
+}
+
+// build collects, for each of the target's published services (every
+// service when target is ""), the file defining it and its imports, plus
+// the node's own files. A file path that two services bring with different
+// content is logged: each service is still described from its own file,
+// but a client that asks for the file by name, or for both services on one
+// stream, sees only one of them.
+func build(top *topology.Topology, target string, log *slog.Logger) *catalogue {
+	c := &catalogue{
+		files:    &resolver{sets: []*protoregistry.Files{ownFiles}, service: map[protoreflect.FullName]*protoregistry.Files{}},
+		types:    extensions{dynamicpb.NewTypes(ownFiles)},
+		services: map[string]grpc.ServiceInfo{metav1.MetaService_ServiceDesc.ServiceName: {}},
+	}
+	if top == nil {
+		return c
+	}
+	var sub ident.Subsystem
+	if target != "" {
+		var err error
+		if sub, err = ident.ParseSubsystem(target); err != nil {
+			return c
+		}
+	}
+	type origin struct {
+		service string
+		digest  [sha256.Size]byte
+	}
+	paths := map[string]origin{}
+	for _, e := range allServices(top) {
+		svc, err := ident.ServiceFromProto(e.GetService())
+		if err != nil || !e.GetEnabled() || (target != "" && svc.Subsystem != sub) {
+			continue
+		}
+		if _, dup := c.services[svc.Name]; dup {
+			continue // the same service of another subsystem: the first is described
+		}
+		sd, err := descset.Service(e.GetFileDescriptorSet(), svc.Name)
+		if err != nil {
+			continue
+		}
+		files := new(protoregistry.Files)
+		if err := registerWithImports(files, sd.ParentFile()); err != nil {
+			continue
+		}
+		c.files.sets = append(c.files.sets, files)
+		c.files.service[sd.FullName()] = files
+		c.types = append(c.types, dynamicpb.NewTypes(files))
+		c.services[svc.Name] = grpc.ServiceInfo{}
+		files.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
+			raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(protodesc.ToFileDescriptorProto(fd))
+			o := origin{svc.String(), sha256.Sum256(raw)}
+			if first, ok := paths[fd.Path()]; !ok {
+				paths[fd.Path()] = o
+			} else if first.digest != o.digest {
+				log.Warn("reflection: two published services bring different files under one path; a client that asks for the file by name, or for both services on one stream, gets the first",
+					slog.String("path", fd.Path()), slog.String("first", first.service), slog.String("service", o.service),
+					slog.Uint64("config_version", top.Version), slog.String("sild_target", target))
+			}
+			return true
+		})
+	}
 	return c
 }
 
-// addWithDeps registers fd after its imports (depth first).
-func addWithDeps(add func(protoreflect.FileDescriptor), fd protoreflect.FileDescriptor, files *protoregistry.Files) {
-	for i := 0; i < fd.Imports().Len(); i++ {
-		if dep, err := files.FindFileByPath(fd.Imports().Get(i).Path()); err == nil {
-			addWithDeps(add, dep, files)
+// extensions resolves extensions by name or number in the catalogue's
+// sets of files, in turn; ranging over a message's extensions reports none
+// (published services rarely use extensions, and reflection clients only
+// need them for extendable messages).
+type extensions []*dynamicpb.Types
+
+func (x extensions) FindExtensionByName(field protoreflect.FullName) (protoreflect.ExtensionType, error) {
+	for _, t := range x {
+		if xt, err := t.FindExtensionByName(field); err == nil {
+			return xt, nil
 		}
 	}
-	add(fd)
+	return nil, protoregistry.NotFound
 }
 
-// extensions resolves extensions by number; ranging over a message's
-// extensions reports none (published services rarely use extensions, and
-// reflection clients only need them for extendable messages).
-type extensions struct{ *dynamicpb.Types }
+func (x extensions) FindExtensionByNumber(message protoreflect.FullName, field protoreflect.FieldNumber) (protoreflect.ExtensionType, error) {
+	for _, t := range x {
+		if xt, err := t.FindExtensionByNumber(message, field); err == nil {
+			return xt, nil
+		}
+	}
+	return nil, protoregistry.NotFound
+}
 
 func (extensions) RangeExtensionsByMessage(protoreflect.FullName, func(protoreflect.ExtensionType) bool) {
 }
@@ -161,4 +254,4 @@ func (v v1alphaReflection) ServerReflectionInfo(stream v1alphareflectiongrpc.Ser
 	return reflection.NewServer(v.r.options(stream.Context())).ServerReflectionInfo(stream)
 }
 
-var _ protodesc.Resolver = (*protoregistry.Files)(nil)
+var _ protodesc.Resolver = (*resolver)(nil)
