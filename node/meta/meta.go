@@ -107,19 +107,24 @@ func allServices(top *topology.Topology) []*registryv1.CatalogEntry {
 	return out
 }
 
+// allSubsystems returns every subsystem: own and federated.
+func allSubsystems(top *topology.Topology) []*registryv1.Subsystem {
+	out := append([]*registryv1.Subsystem(nil), top.Config.GetSubsystems()...)
+	for _, f := range top.Config.GetFederated() {
+		if f.GetActive() {
+			out = append(out, f.GetSubsystems()...)
+		}
+	}
+	return out
+}
+
 func (c *Consumer) ListClients(_ context.Context, r *metav1.ListClientsRequest) (*metav1.ListClientsResponse, error) {
 	top, err := current(c.cfg.Topology)
 	if err != nil {
 		return nil, err
 	}
-	subs := top.Config.GetSubsystems()
-	for _, f := range top.Config.GetFederated() {
-		if f.GetActive() {
-			subs = append(subs, f.GetSubsystems()...)
-		}
-	}
 	resp := &metav1.ListClientsResponse{}
-	for _, s := range subs {
+	for _, s := range allSubsystems(top) {
 		if r.GetInstance() == "" || s.GetId().GetMember().GetInstance() == r.GetInstance() {
 			resp.Subsystems = append(resp.Subsystems, s.GetId())
 		}
@@ -164,7 +169,21 @@ func (c *Consumer) ListMethods(_ context.Context, r *metav1.ListMethodsRequest) 
 	if err != nil {
 		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "target: "+err.Error())
 	}
+	if !known(top, target) {
+		return nil, refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "subsystem "+target.String()+" is not in the configuration")
+	}
 	return &metav1.ListMethodsResponse{Methods: methodsOf(top, target)}, nil
+}
+
+// known reports whether sub is a subsystem of this ecosystem or of an
+// active federated one.
+func known(top *topology.Topology, sub ident.Subsystem) bool {
+	for _, s := range allSubsystems(top) {
+		if id, err := ident.SubsystemFromProto(s.GetId()); err == nil && id == sub {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Consumer) GetServiceDescriptor(_ context.Context, r *metav1.GetServiceDescriptorRequest) (*metav1.GetServiceDescriptorResponse, error) {
@@ -176,9 +195,10 @@ func (c *Consumer) GetServiceDescriptor(_ context.Context, r *metav1.GetServiceD
 	if err != nil {
 		return nil, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "service: "+err.Error())
 	}
+	// A disabled service is hidden, as from ListMethods and reflection.
 	e := top.Service(svc)
-	if e == nil {
-		return nil, refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "service "+svc.String()+" is not in the catalogue")
+	if e == nil || !e.GetEnabled() {
+		return nil, refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "service "+svc.String()+" is not in the catalogue or not enabled")
 	}
 	return &metav1.GetServiceDescriptorResponse{FileDescriptorSet: e.GetFileDescriptorSet()}, nil
 }
@@ -207,21 +227,24 @@ func (c *Consumer) AllowedMethods(ctx context.Context, r *metav1.AllowedMethodsR
 	if len(hosts) == 0 {
 		return nil, refuse(codes.NotFound, rpcerr.ReasonUnknownTarget, "no active node serves "+target.String())
 	}
-	var last error
 	for _, h := range hosts {
 		conn, release, err := c.cfg.Dial(ctx, h)
-		if err != nil {
-			last = err
-			continue
+		if err == nil {
+			var resp *metav1.AllowedMethodsResponse
+			resp, err = metav1.NewMetaServiceClient(conn).AllowedMethods(ctx, r)
+			release()
+			if err == nil || rpcerr.Reason(err) != "" {
+				return resp, err // the provider's answer or refusal
+			}
 		}
-		resp, err := metav1.NewMetaServiceClient(conn).AllowedMethods(ctx, r)
-		release()
-		if err == nil || rpcerr.Reason(err) != "" {
-			return resp, err
+		if ctxErr, ok := rpcerr.FromContext(ctx.Err()); ok {
+			return nil, ctxErr
 		}
-		last = err
+		// Why the node could not be asked stays in this node's log.
+		c.cfg.log().WarnContext(ctx, "metaservice: a node hosting the target did not answer AllowedMethods",
+			slog.String("target", target.String()), slog.String("node", h.String()), slog.Any("err", err))
 	}
-	return nil, refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "no node of "+target.String()+" answered: "+errText(last))
+	return nil, refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "no node hosting "+target.String()+" could be reached")
 }
 
 // allowedRequest parses the client and target of an AllowedMethods request.
@@ -233,13 +256,6 @@ func allowedRequest(r *metav1.AllowedMethodsRequest) (client, target ident.Subsy
 		return client, target, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidIdentifier, "target: "+err.Error())
 	}
 	return client, target, nil
-}
-
-func errText(err error) string {
-	if err == nil {
-		return "no error"
-	}
-	return err.Error()
 }
 
 // Provider answers AllowedMethods on the exchange listener.
