@@ -434,9 +434,9 @@ func newCtlServiceCmd(opts *ctlOptions) *cobra.Command {
 		Long: `Publish a gRPC service of a subsystem, e.g.
 EE/GOV/70000310/licensing/licensing.v1.Licenses, with the FileDescriptorSet
 that defines it and everything it imports (buf build --as-file-descriptor-set
--o FILE), or fetched from the running backend by gRPC server reflection
-(--from-backend host:port, plaintext). Published services start disabled
-unless --enabled is given.`,
+-o FILE), or fetched from the running backend by gRPC server reflection, v1
+or v1alpha (--from-backend host:port, plaintext). Published services start
+disabled unless --enabled is given.`,
 		Args: cobra.ExactArgs(1),
 		RunE: ctlRun(opts, func(ctx context.Context, c *ctl, args []string) error {
 			id, err := argService(args[0])
@@ -475,7 +475,7 @@ unless --enabled is given.`,
 		}),
 	}
 	publish.Flags().StringVar(&descFile, "descriptor-set", "", "binary FileDescriptorSet defining the service")
-	publish.Flags().StringVar(&fromBackend, "from-backend", "", "fetch the descriptors from this backend's gRPC server reflection (host:port)")
+	publish.Flags().StringVar(&fromBackend, "from-backend", "", "fetch the descriptors from this backend's gRPC server reflection, v1 or v1alpha (host:port)")
 	publish.Flags().BoolVar(&enabled, "enabled", false, "enable the service at once")
 	setEnabled := func(use, short string, on bool) *cobra.Command {
 		return &cobra.Command{

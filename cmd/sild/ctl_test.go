@@ -15,9 +15,11 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/reflection"
+	v1alphagrpc "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
@@ -295,18 +297,43 @@ func TestCtlAgainstCluster(t *testing.T) {
 			t.Fatalf("publish of undefined service: %v", err)
 		}
 		mustCtl(t, follower, "service", "publish", svc, "--descriptor-set", set)
-		// Or straight from a running backend by reflection.
-		backend := grpc.NewServer()
-		testpb.RegisterTestServiceServer(backend, testpb.UnimplementedTestServiceServer{})
-		reflection.Register(backend)
-		bl, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		// Or straight from a running backend by reflection, v1 or, from an
+		// older server, v1alpha alone: what is published is what the
+		// backend was compiled with.
+		for name, register := range map[string]func(*grpc.Server){
+			"v1": func(s *grpc.Server) { reflection.RegisterV1(s) },
+			"v1alpha": func(s *grpc.Server) {
+				v1alphagrpc.RegisterServerReflectionServer(s, reflection.NewServer(reflection.ServerOptions{Services: s}))
+			},
+		} {
+			backend := grpc.NewServer()
+			testpb.RegisterTestServiceServer(backend, testpb.UnimplementedTestServiceServer{})
+			register(backend)
+			bl, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			go backend.Serve(bl)
+			fromBackend := "EE/GOV/70000310/licensing/grpc.testing.TestService"
+			mustCtl(t, follower, "service", "publish", fromBackend, "--from-backend", bl.Addr().String())
+			backend.Stop()
+			var list registryv1.ListServicesResponse
+			fromJSON(t, mustCtl(t, leader, "service", "list", "-o", "json"), &list)
+			var set []byte
+			for _, e := range list.GetServices() {
+				if serviceStr(e.GetService()) == fromBackend {
+					set = e.GetFileDescriptorSet()
+				}
+			}
+			sd, err := descset.Service(set, "grpc.testing.TestService")
+			if err != nil {
+				t.Fatalf("%s: published descriptors: %v", name, err)
+			}
+			if got, want := protodesc.ToFileDescriptorProto(sd.ParentFile()), protodesc.ToFileDescriptorProto(testpb.File_grpc_testing_test_proto); !proto.Equal(got, want) {
+				t.Fatalf("%s: published %v, want %v", name, got, want)
+			}
+			mustCtl(t, follower, "service", "remove", fromBackend)
 		}
-		go backend.Serve(bl)
-		defer backend.Stop()
-		mustCtl(t, follower, "service", "publish", "EE/GOV/70000310/licensing/grpc.testing.TestService", "--from-backend", bl.Addr().String())
-		mustCtl(t, follower, "service", "remove", "EE/GOV/70000310/licensing/grpc.testing.TestService")
 		var list registryv1.ListServicesResponse
 		fromJSON(t, mustCtl(t, leader, "service", "list", "-o", "json"), &list)
 		if len(list.GetServices()) != 1 || list.GetServices()[0].GetEnabled() || len(list.GetServices()[0].GetFileDescriptorSet()) == 0 {

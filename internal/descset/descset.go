@@ -8,9 +8,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -52,23 +55,42 @@ func Service(raw []byte, service string) (protoreflect.ServiceDescriptor, error)
 // maxFiles bounds what FromReflection follows.
 const maxFiles = 1000
 
-// FromReflection asks a backend's gRPC server reflection (v1) for the file
-// defining service and, transitively, the files it imports, and returns
-// them as a serialized FileDescriptorSet, imports first.
+// Server reflection's methods: v1, and v1alpha, which older servers offer
+// alone. Their messages are the same on the wire, so v1alpha is spoken with
+// v1's message types.
+const (
+	reflectionV1      = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+	reflectionV1Alpha = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+)
+
+// FromReflection asks a backend's gRPC server reflection (v1, or v1alpha
+// if the backend does not implement v1) for the file defining service and,
+// transitively, the files it imports, and returns them as a serialized
+// FileDescriptorSet, imports first.
 func FromReflection(ctx context.Context, conn grpc.ClientConnInterface, service string) ([]byte, error) {
-	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the reflection streams
+	first := &reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: service}}
+	var stream grpc.ClientStream
+	var resp *reflectionpb.ServerReflectionResponse
+	var err error
+	for _, method := range []string{reflectionV1, reflectionV1Alpha} {
+		stream, err = conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, method)
+		if err == nil {
+			resp, err = exchange(stream, first)
+		}
+		if status.Code(err) != codes.Unimplemented {
+			break
+		}
+	}
+	if status.Code(err) == codes.Unimplemented {
+		return nil, fmt.Errorf("reflection: the backend serves no gRPC server reflection (v1 or v1alpha): %w", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reflection: %w", err)
 	}
 	defer stream.CloseSend()
-	ask := func(req *reflectionpb.ServerReflectionRequest) ([]*descriptorpb.FileDescriptorProto, error) {
-		if err := stream.Send(req); err != nil {
-			return nil, fmt.Errorf("reflection: %w", err)
-		}
-		resp, err := stream.Recv()
-		if err != nil {
-			return nil, fmt.Errorf("reflection: %w", err)
-		}
+	files := func(resp *reflectionpb.ServerReflectionResponse) ([]*descriptorpb.FileDescriptorProto, error) {
 		if e := resp.GetErrorResponse(); e != nil {
 			return nil, fmt.Errorf("reflection: %s", e.GetErrorMessage())
 		}
@@ -81,6 +103,13 @@ func FromReflection(ctx context.Context, conn grpc.ClientConnInterface, service 
 			out = append(out, fd)
 		}
 		return out, nil
+	}
+	ask := func(req *reflectionpb.ServerReflectionRequest) ([]*descriptorpb.FileDescriptorProto, error) {
+		resp, err := exchange(stream, req)
+		if err != nil {
+			return nil, fmt.Errorf("reflection: %w", err)
+		}
+		return files(resp)
 	}
 	have := map[string]*descriptorpb.FileDescriptorProto{}
 	var order []string
@@ -110,11 +139,11 @@ func FromReflection(ctx context.Context, conn grpc.ClientConnInterface, service 
 		}
 		return nil
 	}
-	first, err := ask(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: service}})
+	fds, err := files(resp)
 	if err != nil {
 		return nil, err
 	}
-	if err := visit(first); err != nil {
+	if err := visit(fds); err != nil {
 		return nil, err
 	}
 	set := &descriptorpb.FileDescriptorSet{}
@@ -129,6 +158,20 @@ func FromReflection(ctx context.Context, conn grpc.ClientConnInterface, service 
 		return nil, fmt.Errorf("reflected descriptors: %w", err)
 	}
 	return raw, nil
+}
+
+// exchange sends req on a reflection stream and receives the answer. A
+// stream the server has ended (say, Unimplemented) fails the send with
+// io.EOF; the status is then what the receive returns.
+func exchange(stream grpc.ClientStream, req *reflectionpb.ServerReflectionRequest) (*reflectionpb.ServerReflectionResponse, error) {
+	if err := stream.SendMsg(req); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	resp := &reflectionpb.ServerReflectionResponse{}
+	if err := stream.RecvMsg(resp); err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
 // Of returns the serialized FileDescriptorSet of files and, transitively,
