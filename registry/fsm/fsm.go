@@ -347,6 +347,7 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 			return nil, notFound("node " + n.String())
 		}
 		rec.State = registryv1.NodeState_NODE_STATE_REVOKED
+		rec.PreviousSigningKeyHash = ""
 		for _, sub := range s.Subsystems {
 			sub.Nodes = slices.DeleteFunc(sub.Nodes, func(x *identv1.NodeId) bool { return nodeKey(x) == n.String() })
 		}
@@ -412,6 +413,9 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 		rec.State = registryv1.NodeState_NODE_STATE_ACTIVE
 		rec.Address = o.GetAddress()
 		rec.SvidKeyHash, rec.SigningKeyHash = o.GetSvidKeyHash(), o.GetSigningKeyHash()
+		// A join starts over (e.g. after the node lost its keys): nothing
+		// signed before it is vouched for any longer.
+		rec.PreviousSigningKeyHash = ""
 
 	case *registryv1.Command_NodeRenewed:
 		o := op.NodeRenewed
@@ -428,6 +432,11 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 		}
 		if o.GetAddress() != "" {
 			rec.Address = o.GetAddress()
+		}
+		// The replaced signing key stays listed until the next renewal: the
+		// node keeps signing with it until its peers know the new one.
+		if rec.GetSigningKeyHash() != o.GetSigningKeyHash() {
+			rec.PreviousSigningKeyHash = rec.GetSigningKeyHash()
 		}
 		rec.SvidKeyHash, rec.SigningKeyHash = o.GetSvidKeyHash(), o.GetSigningKeyHash()
 

@@ -435,9 +435,15 @@ type Node struct {
 	SigningKeyHash string    `protobuf:"bytes,4,opt,name=signing_key_hash,json=signingKeyHash,proto3" json:"signing_key_hash,omitempty"`
 	State          NodeState `protobuf:"varint,5,opt,name=state,proto3,enum=sild.registry.v1.NodeState" json:"state,omitempty"`
 	// SPIFFE ID of the node, spiffe://<td>/node/<class>/<member>/<node>.
-	SpiffeId      string `protobuf:"bytes,6,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SpiffeId string `protobuf:"bytes,6,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// "sha256:<hex>" of the message-signing key that signing_key_hash replaced
+	// at the node's last renewal; empty after a join or removal. Its
+	// signatures stay acceptable (while its certificate is valid) until the
+	// next renewal replaces it: the node signs with it until its configuration
+	// lists the new key and the other nodes have had time to receive that.
+	PreviousSigningKeyHash string `protobuf:"bytes,7,opt,name=previous_signing_key_hash,json=previousSigningKeyHash,proto3" json:"previous_signing_key_hash,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -508,6 +514,13 @@ func (x *Node) GetState() NodeState {
 func (x *Node) GetSpiffeId() string {
 	if x != nil {
 		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Node) GetPreviousSigningKeyHash() string {
+	if x != nil {
+		return x.PreviousSigningKeyHash
 	}
 	return ""
 }
@@ -832,14 +845,15 @@ const file_sild_registry_v1_config_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"d\n" +
 	"\tSubsystem\x12*\n" +
 	"\x02id\x18\x01 \x01(\v2\x1a.sild.ident.v1.SubsystemIdR\x02id\x12+\n" +
-	"\x05nodes\x18\x02 \x03(\v2\x15.sild.ident.v1.NodeIdR\x05nodes\"\xe5\x01\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x15.sild.ident.v1.NodeIdR\x05nodes\"\xa0\x02\n" +
 	"\x04Node\x12%\n" +
 	"\x02id\x18\x01 \x01(\v2\x15.sild.ident.v1.NodeIdR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\"\n" +
 	"\rsvid_key_hash\x18\x03 \x01(\tR\vsvidKeyHash\x12(\n" +
 	"\x10signing_key_hash\x18\x04 \x01(\tR\x0esigningKeyHash\x121\n" +
 	"\x05state\x18\x05 \x01(\x0e2\x1b.sild.registry.v1.NodeStateR\x05state\x12\x1b\n" +
-	"\tspiffe_id\x18\x06 \x01(\tR\bspiffeId\"y\n" +
+	"\tspiffe_id\x18\x06 \x01(\tR\bspiffeId\x129\n" +
+	"\x19previous_signing_key_hash\x18\a \x01(\tR\x16previousSigningKeyHash\"y\n" +
 	"\vGlobalGroup\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x124\n" +
