@@ -456,7 +456,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 		if st.respSeal != nil || code == codes.OK {
 			sig, verr := sign.Unmarshal(st.respSeal)
 			if verr == nil {
-				verr = verifyPeer(c.cfg.Verifier, topo, peer, sig, respDigest, c.cfg.Now())
+				verr = verifyPeer(&c.cfg, topo, peer, sig, respDigest, c.cfg.Now())
 			}
 			if verr != nil {
 				c.cfg.Logger.Warn("provider signature invalid", "message_id", req.MessageID, "node", peer.String(), "err", verr)

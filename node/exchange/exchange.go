@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
+	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/access"
@@ -244,9 +245,16 @@ func sealDigest(dir envelope.Direction, c *envelope.Chain, code codes.Code) []by
 	return h.Sum(nil)
 }
 
-// verifyPeer checks that sig signs digest by the signing key of node peer
-// under the configuration's roots.
-func verifyPeer(v *sign.Verifier, topo *topology.Topology, peer ident.Node, sig *sign.Signature, digest []byte, at time.Time) error {
+// verifyPeer checks that sig signs digest by a registered signing key of
+// node peer. topo is the configuration the call started with, cfg.Topology
+// the current one. The key must be one a configuration lists for the peer:
+// its signing key or the one its last renewal replaced (which the node goes
+// on using until the others have the new one), in topo or, if the peer is
+// still registered there under the same SPIFFE ID and not revoked, in the
+// current configuration, where the key of a renewal during a long call
+// appears. The certificate must chain to the roots of the configuration
+// that lists the key and be valid at.
+func verifyPeer(cfg *Config, topo *topology.Topology, peer ident.Node, sig *sign.Signature, digest []byte, at time.Time) error {
 	rec := topo.Node(peer)
 	if rec == nil {
 		return errors.New("peer node not in configuration")
@@ -255,10 +263,20 @@ func verifyPeer(v *sign.Verifier, topo *topology.Topology, peer ident.Node, sig 
 	if err != nil {
 		return fmt.Errorf("peer spiffe id: %w", err)
 	}
-	if kh := rec.GetSigningKeyHash(); kh != "" && sig.KeyID != kh {
-		return errors.New("signature key is not the node's registered signing key")
+	listing := topo
+	if !listsKey(rec, sig.KeyID) {
+		cur := cfg.Topology()
+		var now *registryv1.Node
+		if cur != nil && cur != topo {
+			now = cur.Node(peer)
+		}
+		if now == nil || now.GetSpiffeId() != rec.GetSpiffeId() ||
+			now.GetState() == registryv1.NodeState_NODE_STATE_REVOKED || !listsKey(now, sig.KeyID) {
+			return errors.New("signature key is not a registered signing key of the node")
+		}
+		listing = cur
 	}
-	id, err := v.Verify(sig, digest, nil, topo.RootsOf(peer.Member.Instance), at)
+	id, err := cfg.Verifier.Verify(sig, digest, nil, listing.RootsOf(peer.Member.Instance), at)
 	if err != nil {
 		return err
 	}
@@ -266,6 +284,13 @@ func verifyPeer(v *sign.Verifier, topo *topology.Topology, peer ident.Node, sig 
 		return fmt.Errorf("signed by %s, not by %s", id, want)
 	}
 	return nil
+}
+
+// listsKey reports whether rec names keyID as the node's signing key or
+// as the one its last renewal replaced (any key if rec names none).
+func listsKey(rec *registryv1.Node, keyID string) bool {
+	kh := rec.GetSigningKeyHash()
+	return kh == "" || keyID == kh || (keyID != "" && keyID == rec.GetPreviousSigningKeyHash())
 }
 
 // callState is what one call accumulates on either side: the hash chains of

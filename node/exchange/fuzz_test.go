@@ -32,7 +32,7 @@ func FuzzRequestFrame(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{tagSeal})
 	topo := m.topoB.Load()
-	v := sign.NewVerifier(0)
+	cfg := &Config{Topology: m.topoB.Load, Verifier: sign.NewVerifier(0)}
 	now := time.Now()
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr := &forward.Frame{Data: mem.BufferSlice{mem.SliceBuffer(bytes.Clone(b))}}
@@ -49,14 +49,14 @@ func FuzzRequestFrame(f *testing.F) {
 		if tag != tagSeal {
 			return
 		}
-		if _, err := openSeal(v, topo, nodeC, rest, digest[:], now); err == nil && !bytes.Equal(rest, good) {
+		if _, err := openSeal(cfg, topo, nodeC, rest, digest[:], now); err == nil && !bytes.Equal(rest, good) {
 			// Only re-encodings of the one genuine signature may pass.
 			s2, uerr := sign.Unmarshal(rest)
 			if uerr != nil || !bytes.Equal(s2.RootSignature, sig.RootSignature) {
 				t.Fatalf("accepted a seal that is not C's signature: %x", rest)
 			}
 		}
-		if _, err := openSeal(v, topo, nodeA, rest, digest[:], now); err == nil {
+		if _, err := openSeal(cfg, topo, nodeA, rest, digest[:], now); err == nil {
 			t.Fatal("C's seal accepted as A's")
 		}
 	})

@@ -255,7 +255,7 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 				return true, false, nil
 			case tagSeal:
 				d := sealDigest(envelope.DirRequest, st.reqChain, codes.OK)
-				sig, err := openSeal(p.cfg.Verifier, topo, caller, rest, d, p.cfg.Now())
+				sig, err := openSeal(&p.cfg, topo, caller, rest, d, p.cfg.Now())
 				f.Free()
 				if err != nil {
 					p.cfg.Logger.Warn("consumer signature invalid", "message_id", req.MessageID, "node", caller.String(), "err", err)
@@ -295,12 +295,12 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 
 // openSeal decodes the seal b sent by node caller and checks that it signs
 // digest d.
-func openSeal(v *sign.Verifier, topo *topology.Topology, caller ident.Node, b, d []byte, at time.Time) (*sign.Signature, error) {
+func openSeal(cfg *Config, topo *topology.Topology, caller ident.Node, b, d []byte, at time.Time) (*sign.Signature, error) {
 	sig, err := sign.Unmarshal(bytes.Clone(b))
 	if err != nil {
 		return nil, err
 	}
-	if err := verifyPeer(v, topo, caller, sig, d, at); err != nil {
+	if err := verifyPeer(cfg, topo, caller, sig, d, at); err != nil {
 		return nil, err
 	}
 	return sig, nil
