@@ -8,9 +8,11 @@
 //
 // With a sild-target header, reflection shows that subsystem's published
 // services (plus the MetaService); without one, every published service.
-// Each service is described from the files published with it, even when
-// another service's files use the same paths. Reflection also knows
-// google.rpc.ErrorInfo, so that clients can read why the node refused.
+// Each service is described from the files published with it; a file whose
+// path a different file of an earlier service took is served under
+// sild/catalogue/<service>/<path>, so clients that cache files by path see
+// both. Reflection also knows google.rpc.ErrorInfo, so that clients can
+// read why the node refused.
 //
 // AllowedMethods is answered by the target's node, which holds the access
 // rights: the consumer side forwards it over mTLS (Config.Dial) to the

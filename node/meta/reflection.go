@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	metav1 "github.com/sildmesh/sild/gen/sild/meta/v1"
@@ -154,10 +155,15 @@ func registerWithImports(files *protoregistry.Files, fd protoreflect.FileDescrip
 
 // build collects, for each of the target's published services (every
 // service when target is ""), the file defining it and its imports, plus
-// the node's own files. A file path that two services bring with different
-// content is logged: each service is still described from its own file,
-// but a client that asks for the file by name, or for both services on one
-// stream, sees only one of them.
+// the node's own files.
+//
+// Reflection clients (grpcurl among them) cache files by path, per stream
+// or per session, so a file that defines other things under a path that an
+// earlier service's file already took would be taken for that one. Such a
+// file is served under a path of its own, "sild/catalogue/<service>/<path>"
+// (and the files importing it say so), and the renaming is logged. Files
+// that differ only in file options or source info, as the well-known types
+// compiled by different protoc versions do, count as the same file.
 func build(top *topology.Topology, target string, log *slog.Logger) *catalogue {
 	c := &catalogue{
 		files:    &resolver{sets: []*protoregistry.Files{ownFiles}, service: map[protoreflect.FullName]*protoregistry.Files{}},
@@ -175,10 +181,14 @@ func build(top *topology.Topology, target string, log *slog.Logger) *catalogue {
 		}
 	}
 	type origin struct {
-		service string
+		service string // who brought the file first
 		digest  [sha256.Size]byte
 	}
 	paths := map[string]origin{}
+	ownFiles.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
+		paths[fd.Path()] = origin{"the node", fileDigest(protodesc.ToFileDescriptorProto(fd))}
+		return true
+	})
 	for _, e := range allServices(top) {
 		svc, err := ident.ServiceFromProto(e.GetService())
 		if err != nil || !e.GetEnabled() || (target != "" && svc.Subsystem != sub) {
@@ -191,28 +201,68 @@ func build(top *topology.Topology, target string, log *slog.Logger) *catalogue {
 		if err != nil {
 			continue
 		}
-		files := new(protoregistry.Files)
-		if err := registerWithImports(files, sd.ParentFile()); err != nil {
+		set := &descriptorpb.FileDescriptorSet{}
+		renamed := map[string]string{}
+		for _, fd := range withImports(sd.ParentFile()) { // imports first
+			fdp := protodesc.ToFileDescriptorProto(fd)
+			for i, dep := range fdp.GetDependency() {
+				if to, ok := renamed[dep]; ok {
+					fdp.Dependency[i] = to
+				}
+			}
+			o := origin{svc.String(), fileDigest(fdp)}
+			if first, ok := paths[fd.Path()]; !ok {
+				paths[fd.Path()] = o
+			} else if first.digest != o.digest {
+				to := "sild/catalogue/" + svc.String() + "/" + fd.Path()
+				renamed[fd.Path()] = to
+				fdp.Name = proto.String(to)
+				log.Info("reflection: a published service's file has the path of a different file published before it; reflection serves it under another path",
+					slog.String("path", fd.Path()), slog.String("served_as", to), slog.String("service", o.service), slog.String("first", first.service),
+					slog.Uint64("config_version", top.Version), slog.String("sild_target", target))
+			}
+			set.File = append(set.File, fdp)
+		}
+		files, err := protodesc.NewFiles(set)
+		if err != nil {
+			log.Warn("reflection: a published service's files do not link", slog.String("service", svc.String()), slog.Any("err", err))
 			continue
 		}
 		c.files.sets = append(c.files.sets, files)
 		c.files.service[sd.FullName()] = files
 		c.types = append(c.types, dynamicpb.NewTypes(files))
 		c.services[svc.Name] = grpc.ServiceInfo{}
-		files.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
-			raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(protodesc.ToFileDescriptorProto(fd))
-			o := origin{svc.String(), sha256.Sum256(raw)}
-			if first, ok := paths[fd.Path()]; !ok {
-				paths[fd.Path()] = o
-			} else if first.digest != o.digest {
-				log.Warn("reflection: two published services bring different files under one path; a client that asks for the file by name, or for both services on one stream, gets the first",
-					slog.String("path", fd.Path()), slog.String("first", first.service), slog.String("service", o.service),
-					slog.Uint64("config_version", top.Version), slog.String("sild_target", target))
-			}
-			return true
-		})
 	}
 	return c
+}
+
+// withImports returns fd and, transitively, the files it imports, each
+// once, imports first.
+func withImports(fd protoreflect.FileDescriptor) []protoreflect.FileDescriptor {
+	var out []protoreflect.FileDescriptor
+	seen := map[string]bool{}
+	var add func(protoreflect.FileDescriptor)
+	add = func(f protoreflect.FileDescriptor) {
+		if f.IsPlaceholder() || seen[f.Path()] {
+			return
+		}
+		seen[f.Path()] = true
+		for i := 0; i < f.Imports().Len(); i++ {
+			add(f.Imports().Get(i).FileDescriptor)
+		}
+		out = append(out, f)
+	}
+	add(fd)
+	return out
+}
+
+// fileDigest identifies what a file defines: its encoding without file
+// options and source info.
+func fileDigest(fdp *descriptorpb.FileDescriptorProto) [sha256.Size]byte {
+	fdp = proto.CloneOf(fdp)
+	fdp.Options, fdp.SourceCodeInfo = nil, nil
+	raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(fdp)
+	return sha256.Sum256(raw)
 }
 
 // extensions resolves extensions by name or number in the catalogue's

@@ -66,18 +66,26 @@ func entry(sub ident.Subsystem, service string, enabled bool, set []byte) *regis
 	return &registryv1.CatalogEntry{Service: ident.Service{Subsystem: sub, Name: service}.Proto(), Enabled: enabled, FileDescriptorSet: set}
 }
 
-// impostorSet is a FileDescriptorSet whose one file has the path of
-// grpc.testing's test.proto but defines other.v1.OtherService.
+// impostorSet is a FileDescriptorSet whose files have the paths of
+// grpc.testing's test.proto and messages.proto but define
+// other.v1.OtherService and the message it takes, the one importing the
+// other as in grpc.testing.
 func impostorSet(t *testing.T) []byte {
 	t.Helper()
+	messages := testpb.File_grpc_testing_messages_proto
 	set := &descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{{
-		Name:    proto.String(testpb.File_grpc_testing_test_proto.Path()),
+		Name:    proto.String(messages.Path()),
 		Package: proto.String("other.v1"),
 		Syntax:  proto.String("proto3"),
 		MessageType: []*descriptorpb.DescriptorProto{{
 			Name:  proto.String("Ping"),
 			Field: []*descriptorpb.FieldDescriptorProto{{Name: proto.String("text"), JsonName: proto.String("text"), Number: proto.Int32(1), Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()}},
 		}},
+	}, {
+		Name:       proto.String(testpb.File_grpc_testing_test_proto.Path()),
+		Package:    proto.String("other.v1"),
+		Syntax:     proto.String("proto3"),
+		Dependency: []string{messages.Path()},
 		Service: []*descriptorpb.ServiceDescriptorProto{{
 			Name:   proto.String("OtherService"),
 			Method: []*descriptorpb.MethodDescriptorProto{{Name: proto.String("Echo"), InputType: proto.String(".other.v1.Ping"), OutputType: proto.String(".other.v1.Ping")}},
@@ -224,12 +232,71 @@ func TestReflectionDescribesServicesWhoseFilesSharePaths(t *testing.T) {
 				if md, ok := describe(t, conn, target, "other.v1.OtherService.Echo").(protoreflect.MethodDescriptor); !ok || md.Input().FullName() != "other.v1.Ping" {
 					t.Fatalf("target %q: Echo described as %v", target, md)
 				}
+				describeOnOneStream(t, conn, target, "grpc.testing.TestService", "other.v1.OtherService")
 			}
-			// The operator learns of the clash, with both services named.
-			if l := logs.String(); !strings.Contains(l, "grpc/testing/test.proto") || !strings.Contains(l, "other.v1.OtherService") || !strings.Contains(l, "grpc.testing.TestService") {
-				t.Fatalf("clash not logged: %s", l)
+			// The operator learns of the clashes, with both services named.
+			l := logs.String()
+			for _, want := range []string{"path=grpc/testing/test.proto", "path=grpc/testing/messages.proto", "other.v1.OtherService", "grpc.testing.TestService"} {
+				if !strings.Contains(l, want) {
+					t.Fatalf("clash not logged (%s): %s", want, l)
+				}
 			}
 		})
+	}
+}
+
+// describeOnOneStream asks for services on one stream, as a client that
+// keeps the first file it gets under each path (grpcurl's does), and
+// checks that the files it then has link and define them all.
+func describeOnOneStream(t *testing.T, conn *grpc.ClientConn, target string, services ...protoreflect.FullName) {
+	t.Helper()
+	ask, cache := reflectV1(t, conn, target), map[string]*descriptorpb.FileDescriptorProto{}
+	for _, service := range services {
+		for _, fd := range filesOf(t, ask(symbolRequest(string(service)))).GetFile() {
+			if cache[fd.GetName()] == nil {
+				cache[fd.GetName()] = fd
+			}
+		}
+	}
+	set := &descriptorpb.FileDescriptorSet{}
+	for _, fd := range cache {
+		set.File = append(set.File, fd)
+	}
+	files, err := protodesc.NewFiles(set)
+	if err != nil {
+		t.Fatalf("target %q: the files reflected on one stream do not link: %v", target, err)
+	}
+	for _, service := range services {
+		if _, err := files.FindDescriptorByName(service); err != nil {
+			t.Fatalf("target %q: %s not among the files reflected on one stream: %v", target, service, err)
+		}
+	}
+}
+
+func TestReflectionSharesFilesThatDifferOnlyInOptions(t *testing.T) {
+	// Another service imports grpc.testing's messages.proto compiled with
+	// other file options, as the well-known types compiled by different
+	// protoc versions are.
+	messages := protodesc.ToFileDescriptorProto(testpb.File_grpc_testing_messages_proto)
+	messages.Options = &descriptorpb.FileOptions{GoPackage: proto.String("example.com/elsewhere/testing"), JavaPackage: proto.String("com.example")}
+	reader := &descriptorpb.FileDescriptorProto{
+		Name: proto.String("other/v1/reader.proto"), Package: proto.String("other.v1"), Syntax: proto.String("proto3"),
+		Dependency: []string{messages.GetName()},
+		Service: []*descriptorpb.ServiceDescriptorProto{{
+			Name:   proto.String("Reader"),
+			Method: []*descriptorpb.MethodDescriptorProto{{Name: proto.String("Read"), InputType: proto.String(".grpc.testing.SimpleRequest"), OutputType: proto.String(".grpc.testing.SimpleResponse")}},
+		}},
+	}
+	raw, err := proto.Marshal(&descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{messages, reader}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	top := catalogTopology(t, "", entry(bizreg, "grpc.testing.TestService", true, descset.Of(testpb.File_grpc_testing_test_proto)), entry(bizreg, "other.v1.Reader", true, raw))
+	conn := serve(t, Config{Self: selfNode, Topology: func() *topology.Topology { return top }, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	describeOnOneStream(t, conn, bizreg.String(), "grpc.testing.TestService", "other.v1.Reader")
+	if logs.Len() != 0 {
+		t.Fatalf("logged: %s", logs.String())
 	}
 }
 
