@@ -168,6 +168,7 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 			return consumer.Conn(top, peer) // pooled with the exchange's connections
 		},
 		Access: n.access, Backends: cfg.Backends, CallerNode: exchange.CallerNode, MayCallAs: cfg.MayCallAs,
+		Logger: n.log,
 	}
 	meta.NewConsumer(mcfg).Register(cs)
 	meta.NewProvider(mcfg).Register(ps)
