@@ -345,12 +345,13 @@ type Ledger struct {
 
 	commits, records atomic.Uint64 // counted by commit
 
-	hmu        sync.Mutex
-	stamped    uint64 // size of the latest time-stamped checkpoint
-	unstamped  []mark // committed batches not covered by a time-stamp
-	cpSize     uint64 // size of the latest signed checkpoint
-	cpStamped  bool
-	stampFails int
+	hmu          sync.Mutex
+	maxUnstamped time.Duration // Config.MaxUnstamped, or as SetMaxUnstamped changed it
+	stamped      uint64        // size of the latest time-stamped checkpoint
+	unstamped    []mark        // committed batches not covered by a time-stamp
+	cpSize       uint64        // size of the latest signed checkpoint
+	cpStamped    bool
+	stampFails   int
 }
 
 // New opens (or creates) the ledger in cfg.Dir. Appends are made durable
@@ -401,7 +402,7 @@ func open(cfg Config, readOnly bool) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", cfg.Dir, err)
 	}
-	l := &Ledger{cfg: cfg, db: db, logger: logger, readOnly: readOnly,
+	l := &Ledger{cfg: cfg, db: db, logger: logger, readOnly: readOnly, maxUnstamped: cfg.MaxUnstamped,
 		in: make(chan *pending, 4*max(cfg.MaxBatch, 1)), stopped: make(chan struct{})}
 	if len(cfg.BodyKey) != 0 {
 		block, err := aes.NewCipher(cfg.BodyKey)
@@ -513,10 +514,23 @@ func (l *Ledger) Healthy() error {
 	l.hmu.Lock()
 	defer l.hmu.Unlock()
 	if len(l.unstamped) > 0 {
-		if wait := l.cfg.Now().Sub(l.unstamped[0].at); wait > l.cfg.MaxUnstamped {
+		if wait := l.cfg.Now().Sub(l.unstamped[0].at); wait > l.maxUnstamped {
 			return unavailable("time-stamping has failed for too long")
 		}
 	}
+	return nil
+}
+
+// SetMaxUnstamped replaces Config.MaxUnstamped (d must be positive) while
+// the ledger runs: Healthy and Append measure the records waiting for a
+// time-stamp against d from now on.
+func (l *Ledger) SetMaxUnstamped(d time.Duration) error {
+	if d <= 0 {
+		return errors.New("ledger: MaxUnstamped must be positive")
+	}
+	l.hmu.Lock()
+	l.maxUnstamped = d
+	l.hmu.Unlock()
 	return nil
 }
 

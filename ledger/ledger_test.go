@@ -198,6 +198,24 @@ func TestUnstampedTooLongRefusesAppends(t *testing.T) {
 	if rpcerr.Reason(err) != rpcerr.ReasonLedgerUnavailable || rpcerr.Component(err) != Component {
 		t.Fatalf("append after %v unstamped: %v", 61*time.Second, err)
 	}
+	// The limit can change while the ledger runs (a node follows its
+	// configuration's lifetime): longer, and the ledger is healthy again;
+	// shorter, and it is not.
+	if err := l.SetMaxUnstamped(2 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Healthy(); err != nil {
+		t.Fatalf("after raising the limit: %v", err)
+	}
+	if err := l.SetMaxUnstamped(0); err == nil {
+		t.Fatal("a zero limit was taken")
+	}
+	if err := l.SetMaxUnstamped(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if rpcerr.Reason(l.Healthy()) != rpcerr.ReasonLedgerUnavailable {
+		t.Fatal("healthy after lowering the limit again")
+	}
 	// Once the authority answers again, appends are accepted.
 	p.failStamps.Store(false)
 	waitFor(t, "the ledger to become healthy", func() bool { return l.Healthy() == nil })
