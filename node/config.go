@@ -68,7 +68,13 @@ type Config struct {
 
 	// CheckpointInterval is how often the ledger signs a checkpoint (default
 	// 1 s); MaxUnstamped how long records may wait for a time-stamp before
-	// exchanges are refused with LEDGER_UNAVAILABLE (default 10 min).
+	// exchanges are refused with LEDGER_UNAVAILABLE. The time-stamping
+	// authority runs on the registry, so by default (zero) MaxUnstamped
+	// follows the lifetime of the global configuration in use (plus a
+	// checkpoint interval and a time-stamp request's 30 s): with the
+	// registry unreachable, exchanges go on until the configuration
+	// expires. A value shorter than that lifetime stops them sooner (the
+	// node warns).
 	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
 	MaxUnstamped       time.Duration `yaml:"max_unstamped"`
 	// LedgerKeyFile holds the AES-256 key (64 hex digits) that encrypts

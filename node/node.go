@@ -19,6 +19,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -79,7 +80,12 @@ type Node struct {
 	consumerTLS                     *consumerTLS // nil: plaintext
 	metrics                         *prometheus.Registry
 	configVersion                   prometheus.Gauge
+	maxUnstamped                    prometheus.Gauge // the ledger's limit in effect (seconds)
 	exchanges                       *exchangeMetrics
+
+	limitMu      sync.Mutex
+	limit        time.Duration // the ledger's max_unstamped in effect
+	limitForLife time.Duration // the configuration lifetime limit was set for
 }
 
 // New validates cfg and opens the listeners (so that their addresses are
@@ -106,8 +112,10 @@ func New(cfg Config) (*Node, error) {
 		metrics: prometheus.NewRegistry(),
 	}
 	n.configVersion = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sild_node_config_version", Help: "Version of the global configuration in use."})
+	n.maxUnstamped = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sild_node_ledger_max_unstamped_seconds",
+		Help: "How long ledger records may wait for a time-stamp before exchanges are refused (max_unstamped, or the configuration's lifetime)."})
 	n.exchanges = newExchangeMetrics()
-	n.metrics.MustRegister(collectors.NewGoCollector(), n.configVersion, n.exchanges.calls, n.exchanges.duration)
+	n.metrics.MustRegister(collectors.NewGoCollector(), n.configVersion, n.maxUnstamped, n.exchanges.calls, n.exchanges.duration)
 	listen := func(addr string) net.Listener {
 		if err != nil {
 			return nil
@@ -235,6 +243,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	defer led.Close()
+	n.followConfigLifetime(led)
 	n.ledgerP.Store(led)
 	for _, c := range batchMetrics(led, n.signer, n.verifier) {
 		n.metrics.MustRegister(c)
@@ -244,6 +253,17 @@ func (n *Node) Run(ctx context.Context) error {
 	run("renew", n.renewLoop)
 	run("admin", n.serveAdmin)
 	run("ledger", led.Run)
+	run("ledger limit", func(ctx context.Context) error {
+		for {
+			changed := n.TopologyChanged()
+			n.followConfigLifetime(led)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-changed:
+			}
+		}
+	})
 	run("mesh", func(ctx context.Context) error { return n.serveMesh(ctx, led) })
 	n.log.Info("node running", "consumer", n.ConsumerAddr(), "exchange", n.ExchangeAddr(), "admin", n.AdminAddr())
 	<-ctx.Done()
@@ -259,6 +279,51 @@ func (n *Node) Run(ctx context.Context) error {
 	default:
 		return nil
 	}
+}
+
+// defaultConfigLifetime stands for the configuration's lifetime until the
+// node has a configuration (the registry's default --config-ttl).
+const defaultConfigLifetime = time.Hour
+
+// followConfigLifetime sets the ledger's max_unstamped for the
+// configuration in use. The time-stamping authority runs on the registry:
+// when the registry is unreachable, records wait for a time-stamp while the
+// node goes on with its cached configuration. Unset, max_unstamped is
+// therefore the configuration's lifetime plus what a record may already
+// have waited when the registry went away (a checkpoint interval and a
+// time-stamp request), so that exchanges go on until the configuration
+// expires (CONFIG_EXPIRED), and no record waits for its time-stamp longer
+// than the node may work without the registry. A max_unstamped shorter than
+// the lifetime is kept, with a warning.
+func (n *Node) followConfigLifetime(led *ledger.Ledger) {
+	var known time.Duration // the configuration's lifetime, 0 before one is known
+	if top := n.Topology(); top != nil {
+		known = max(top.Expires.Sub(top.Config.GetIssuedAt().AsTime()), 0)
+	}
+	n.limitMu.Lock()
+	defer n.limitMu.Unlock()
+	if n.limit != 0 && known == n.limitForLife {
+		return
+	}
+	lifetime := cmp.Or(known, defaultConfigLifetime)
+	limit := n.cfg.MaxUnstamped
+	if limit == 0 {
+		def := ledger.DefaultConfig()
+		limit = lifetime + cmp.Or(n.cfg.CheckpointInterval, def.CheckpointInterval) + def.StampTimeout
+	} else if known != 0 && limit < lifetime {
+		n.log.Warn("max_unstamped is shorter than the global configuration's lifetime: while the registry and its time-stamping authority are unreachable, "+
+			"exchanges will be refused (LEDGER_UNAVAILABLE) after max_unstamped, before the configuration expires; leave max_unstamped unset to follow the configuration",
+			"max_unstamped", limit, "config_lifetime", lifetime)
+	}
+	if err := led.SetMaxUnstamped(limit); err != nil {
+		n.log.Error("ledger max_unstamped", "err", err)
+		return
+	}
+	if limit != n.limit {
+		n.log.Info("ledger records may wait for a time-stamp", "max_unstamped", limit, "config_lifetime", lifetime)
+	}
+	n.limit, n.limitForLife = limit, known
+	n.maxUnstamped.Set(limit.Seconds())
 }
 
 // serveGRPC serves srv on ln until ctx ends.
@@ -354,6 +419,15 @@ func (n *Node) ready() error {
 	}
 	if _, err := n.svids.GetX509SVID(); err != nil {
 		return err
+	}
+	if led := n.Ledger(); led != nil {
+		if err := led.Healthy(); err != nil {
+			n.limitMu.Lock()
+			limit := n.limit
+			n.limitMu.Unlock()
+			return fmt.Errorf("%w: records have waited longer than max_unstamped (%s) for a time-stamp from %s; exchanges are refused until one answers",
+				err, limit, strings.Join(top.Config.GetTsaUrls(), ", "))
+		}
 	}
 	return nil
 }
