@@ -25,10 +25,12 @@ type Config struct {
 	// as the first to watch; the configuration names the others.
 	Registry string `yaml:"registry"`
 	// TrustBundle is a PEM file with the ecosystem's root certificates,
-	// pinned before the first join (the registry is verified against it).
+	// pinned before the first join (the registry is verified against it);
+	// later the roots stored in DataDir serve.
 	TrustBundle string `yaml:"trust_bundle"`
 	// JoinToken is the one-time token from `sild ctl node token`; needed
-	// only on the first start.
+	// on the first start, and again to join anew once the stored SVID has
+	// expired (a node stopped past its expiry); otherwise unused.
 	JoinToken string `yaml:"join_token"`
 	// DataDir holds keys, certificates, the cached configuration, access
 	// rights and the ledger.

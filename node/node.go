@@ -183,20 +183,8 @@ func (n *Node) setRoots(roots []*x509.Certificate) {
 // Run starts the node and blocks until ctx ends.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.closeListeners()
-	id, err := loadIdentity(n.cfg.DataDir)
-	var joinConfig *signedConfig // the configuration a first join returns
-	switch {
-	case err == nil:
-	case errors.Is(err, os.ErrNotExist):
-		n.log.Info("no identity yet: joining", "registry", n.cfg.Registry)
-		id, joinConfig, err = n.join(ctx)
-		if err != nil {
-			return err
-		}
-		if err := id.save(n.cfg.DataDir); err != nil {
-			return err
-		}
-	default:
+	id, joinConfig, err := n.startIdentity(ctx) // joinConfig: the configuration a join returns
+	if err != nil {
 		return err
 	}
 	linger := n.cfg.BatchDelay
@@ -279,6 +267,74 @@ func (n *Node) Run(ctx context.Context) error {
 	default:
 		return nil
 	}
+}
+
+// startIdentity returns the node's identity: the one in the data
+// directory, if it is this node's and its SVID has not expired, else a new
+// one from the join token, with the configuration the join returned.
+func (n *Node) startIdentity(ctx context.Context) (*identity, *signedConfig, error) {
+	id, err := loadIdentity(n.cfg.DataDir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if n.cfg.TrustBundle == "" {
+			return nil, nil, errors.New("trust_bundle: required on the first start (no identity in data_dir " + n.cfg.DataDir +
+				" yet): the PEM file of the ecosystem's root certificates, from its registry operator; give it with --trust, SILD_NODE_TRUST or trust_bundle in --config")
+		}
+		if n.cfg.JoinToken == "" {
+			return nil, nil, errors.New("join_token: required on the first start (no identity in data_dir " + n.cfg.DataDir +
+				" yet): a one-time token from the registry operator (sild ctl node token " + n.self.String() +
+				"); give it with --token, SILD_NODE_TOKEN or join_token in --config")
+		}
+		n.log.Info("no identity yet: joining", "registry", n.cfg.Registry)
+		return n.joinAndSave(ctx)
+	case err != nil:
+		return nil, nil, fmt.Errorf("identity in data_dir %s: %w", n.cfg.DataDir, err)
+	}
+	svid, err := pki.NewSVID(id.svidKey, id.svidChain...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("identity in data_dir %s: %w", n.cfg.DataDir, err)
+	}
+	if owner, err := ident.NodeFromSPIFFEID(svid.ID, n.self.Member.Instance); err != nil || owner != n.self {
+		whose := svid.ID.String()
+		if err == nil {
+			whose = "node " + owner.String()
+		}
+		return nil, nil, fmt.Errorf("data_dir %s holds the identity of %s, not of node %s: give each node its own data directory (--data), or correct node (--node)",
+			n.cfg.DataDir, whose, n.self)
+	}
+	expired := id.svidChain[0].NotAfter
+	if time.Now().Before(expired) {
+		return id, nil, nil
+	}
+	at := expired.UTC().Format(time.RFC3339)
+	newToken := "get a new join token from the registry operator (sild ctl node token " + n.self.String() +
+		") and start with --token <token> (or SILD_NODE_TOKEN): the node joins again and keeps its ledger and access rights"
+	if n.cfg.JoinToken == "" {
+		return nil, nil, fmt.Errorf("the SVID of %s in data_dir %s expired at %s, so neither the registry nor other nodes accept it; %s",
+			n.self, n.cfg.DataDir, at, newToken)
+	}
+	n.log.Warn("SVID expired: joining again with the join token", "expired", at, "registry", n.cfg.Registry)
+	if n.cfg.TrustBundle == "" { // the roots the node last trusted
+		n.cfg.TrustBundle = filepath.Join(n.cfg.DataDir, fileBundle)
+	}
+	id, sc, err := n.joinAndSave(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the SVID of %s expired at %s, and joining again with the configured join token failed (%w); a join token works only once: %s",
+			n.self, at, err, newToken)
+	}
+	return id, sc, nil
+}
+
+// joinAndSave joins with the join token and stores the new identity.
+func (n *Node) joinAndSave(ctx context.Context) (*identity, *signedConfig, error) {
+	id, sc, err := n.join(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := id.save(n.cfg.DataDir); err != nil {
+		return nil, nil, err
+	}
+	return id, sc, nil
 }
 
 // defaultConfigLifetime stands for the configuration's lifetime until the

@@ -29,9 +29,10 @@ func nodeCmd(o *nodeOptions) *cobra.Command {
 		Long: `sild node runs a member organisation's security server. On its first start
 it joins the ecosystem with a one-time token (sild ctl node token <node id>)
 and the pinned trust bundle, receives its SVID and signing certificate and
-keeps them renewed; it watches the signed global configuration and caches it
-in the data directory, so it keeps working while the registry is unreachable
-(until the configuration expires).
+keeps them renewed (a node stopped until its SVID expired needs a new token);
+it watches the signed global configuration and caches it in the data
+directory, so it keeps working while the registry is unreachable (until the
+configuration expires).
 
 Settings come from a YAML file (--config) and flags; flags win. Every flag can
 also be set in the environment as SILD_NODE_<FLAG>, e.g. SILD_NODE_TOKEN (a
