@@ -41,6 +41,10 @@ type identity struct {
 	svidKey, signKey     crypto.Signer
 	svidChain, signChain []*x509.Certificate
 	roots                []*x509.Certificate
+	// obtained is when the node got the certificates from the registry (for
+	// one loaded from disk, when they were stored): their lifetime starts
+	// then, their NotBefore is back-dated for slow clocks.
+	obtained time.Time
 }
 
 func (id *identity) expiry() time.Time {
@@ -51,14 +55,42 @@ func (id *identity) expiry() time.Time {
 	return exp
 }
 
+// lifetime is how long the identity is valid from when it was obtained.
+func (id *identity) lifetime() time.Duration { return id.expiry().Sub(id.obtained) }
+
 // renewAt is when the identity should be renewed: renewBefore ahead of
-// expiry, or at half its lifetime when renewBefore is zero.
-func (id *identity) renewAt(renewBefore time.Duration) time.Time {
-	leaf := id.svidChain[0]
-	if renewBefore > 0 {
-		return id.expiry().Add(-renewBefore)
+// expiry, or halfway through its lifetime when renewBefore is zero or not
+// shorter than the lifetime (renewing as soon as renewed, over and over);
+// fellBack reports the latter case of a non-zero renewBefore.
+func (id *identity) renewAt(renewBefore time.Duration) (at time.Time, fellBack bool) {
+	life := id.lifetime()
+	if renewBefore > 0 && renewBefore < life {
+		return id.expiry().Add(-renewBefore), false
 	}
-	return leaf.NotBefore.Add(id.expiry().Sub(leaf.NotBefore) / 2)
+	return id.obtained.Add(life / 2), renewBefore > 0
+}
+
+// Retries of a failed renewal: the first after a tenth of the time that
+// renewing ahead of expiry leaves (at least minRenewRetry, at most
+// maxRenewRetry), each further one after twice as long, up to
+// maxRenewRetry, but never later than halfway to expiry.
+const (
+	minRenewRetry = time.Second
+	maxRenewRetry = 30 * time.Second
+)
+
+// retryIn is how long to wait before retrying after failures failed
+// renewals (1 for the first), at now.
+func (id *identity) retryIn(renewBefore time.Duration, failures int, now time.Time) time.Duration {
+	at, _ := id.renewAt(renewBefore)
+	d := min(maxRenewRetry, max(minRenewRetry, id.expiry().Sub(at)/10))
+	for i := 1; i < failures && d < maxRenewRetry; i++ {
+		d = min(2*d, maxRenewRetry)
+	}
+	if left := id.expiry().Sub(now); left > 0 {
+		d = min(d, max(minRenewRetry, left/2))
+	}
+	return d
 }
 
 func loadIdentity(dir string) (*identity, error) {
@@ -87,6 +119,10 @@ func loadIdentity(dir string) (*identity, error) {
 	}
 	if len(id.svidChain) == 0 || len(id.signChain) == 0 || len(id.roots) == 0 {
 		return nil, errors.New("load identity: empty certificate file")
+	}
+	id.obtained = id.svidChain[0].NotBefore
+	if fi, err := os.Stat(filepath.Join(dir, fileSVIDCert)); err == nil && fi.ModTime().After(id.obtained) {
+		id.obtained = fi.ModTime() // save wrote it when the node got it
 	}
 	return id, nil
 }
@@ -137,7 +173,7 @@ func newKeys() (svid, sign crypto.Signer, svidCSR, signCSR []byte, err error) {
 
 // certsFrom parses and checks issued certificates against the keys.
 func certsFrom(c *registryv1.Certificates, svidKey, signKey crypto.Signer, self ident.Node) (*identity, error) {
-	id := &identity{svidKey: svidKey, signKey: signKey}
+	id := &identity{svidKey: svidKey, signKey: signKey, obtained: time.Now()}
 	var err error
 	if id.svidChain, err = pki.ParseDERs(c.GetSvidChain()); err != nil || len(id.svidChain) == 0 {
 		return nil, fmt.Errorf("svid chain: %v", err)
@@ -200,15 +236,16 @@ func (n *Node) join(ctx context.Context) (*identity, *registryv1.SignedConfig, e
 	return id, resp.GetConfig(), nil
 }
 
-// renew replaces the node's keys and certificates over mTLS.
-func (n *Node) renew(ctx context.Context) error {
+// renew replaces the node's keys and certificates over mTLS and installs
+// the new ones.
+func (n *Node) renew(ctx context.Context) (*identity, error) {
 	conn, err := n.registryConn()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	svidKey, signKey, svidCSR, signCSR, err := newKeys()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, joinRPCTimeout)
 	defer cancel()
@@ -216,16 +253,16 @@ func (n *Node) renew(ctx context.Context) error {
 		SvidCsr: svidCSR, SigningCsr: signCSR, Address: n.exchangeAdvertise(),
 	})
 	if err != nil {
-		return fmt.Errorf("renew: %w", err)
+		return nil, fmt.Errorf("renew: %w", err)
 	}
 	id, err := certsFrom(resp.GetCertificates(), svidKey, signKey, n.self)
 	if err != nil {
-		return fmt.Errorf("renew: %w", err)
+		return nil, fmt.Errorf("renew: %w", err)
 	}
 	if err := id.save(n.cfg.DataDir); err != nil {
-		return err
+		return nil, err
 	}
-	return n.install(id)
+	return id, n.install(id)
 }
 
 // install makes id the node's identity: new handshakes present the new SVID

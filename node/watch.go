@@ -247,29 +247,51 @@ func (n *Node) watchOnce(ctx context.Context) error {
 	}
 }
 
-// renewLoop renews the identity when due; on failure it retries every
-// 30 s (sooner in tests through RenewBefore) until it works or expires.
+// renewLoop renews the identity when due (identity.renewAt). A failed
+// renewal is retried after identity.retryIn (30 s with the default
+// settings), with another registry server, until it works or the identity
+// expires.
 func (n *Node) renewLoop(ctx context.Context) error {
+	warned := false
 	for {
 		n.idMu.Lock()
-		at := n.id.renewAt(n.cfg.RenewBefore)
+		id := n.id
 		n.idMu.Unlock()
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Until(at)):
+		at, fellBack := id.renewAt(n.cfg.RenewBefore)
+		if fellBack && !warned {
+			warned = true
+			n.log.Warn("renew_before is not shorter than the lifetime of the certificates the registry issues: renewing at half-life instead",
+				"renew_before", n.cfg.RenewBefore, "lifetime", id.lifetime().Round(time.Second))
 		}
-		if err := n.renew(ctx); err != nil {
+		if !sleepUntil(ctx, at) {
+			return nil
+		}
+		for failures := 1; ; failures++ {
+			_, err := n.renew(ctx)
+			if err == nil {
+				break
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
-			n.log.Error("renew identity", "err", err)
+			wait := id.retryIn(n.cfg.RenewBefore, failures, time.Now())
+			n.log.Error("renew identity", "err", err, "retry_in", wait)
 			n.nextRegistry()
-			select {
-			case <-ctx.Done():
+			if !sleepUntil(ctx, time.Now().Add(wait)) {
 				return nil
-			case <-time.After(min(30*time.Second, max(time.Second, n.cfg.RenewBefore/10))):
 			}
 		}
+	}
+}
+
+// sleepUntil waits until t; false if ctx ended first.
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+		return true
 	}
 }
