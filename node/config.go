@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -151,82 +152,102 @@ func LoadConfig(path string) (Config, error) {
 	defer f.Close()
 	dec := yaml.NewDecoder(f)
 	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
+	if err := dec.Decode(&cfg); errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("node config %s: the file is empty (no YAML settings; see deploy/node.example.yaml)", path)
+	} else if err != nil {
 		return cfg, fmt.Errorf("node config %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
-// Validate checks the configuration; errors name the YAML key.
+// FieldError is an error of Validate about one setting, named by its YAML
+// key (e.g. data_dir, subsystems[0].backend).
+type FieldError struct {
+	Key string
+	Err error
+}
+
+func (e *FieldError) Error() string { return e.Key + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(key, format string, a ...any) error {
+	return &FieldError{Key: key, Err: fmt.Errorf(format, a...)}
+}
+
+// Validate checks the configuration; its errors are *FieldError, which
+// name the YAML key.
 func (c *Config) Validate() error {
 	if _, err := ident.ParseNode(c.Node); err != nil {
-		return fmt.Errorf("node: %w", err)
+		return &FieldError{Key: "node", Err: err}
 	}
 	if c.DataDir == "" {
-		return errors.New("data_dir: required")
+		return fieldErr("data_dir", "required")
 	}
 	if c.Registry == "" {
-		return errors.New("registry: required (host:port of a registry server)")
+		return fieldErr("registry", "required (host:port of a registry server)")
 	}
-	for name, addr := range map[string]string{"consumer_listen": c.ConsumerListen, "exchange_listen": c.ExchangeListen, "admin_listen": c.AdminListen} {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+	for _, l := range []struct{ key, addr string }{{"consumer_listen", c.ConsumerListen}, {"exchange_listen", c.ExchangeListen}, {"admin_listen", c.AdminListen}} {
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			return &FieldError{Key: l.key, Err: err}
 		}
 	}
 	seen := map[string]bool{}
 	for i, s := range c.Subsystems {
+		key := func(field string) string { return fmt.Sprintf("subsystems[%d].%s", i, field) }
 		sub, err := ident.ParseSubsystem(s.ID)
 		if err != nil {
-			return fmt.Errorf("subsystems[%d].id: %w", i, err)
+			return &FieldError{Key: key("id"), Err: err}
 		}
 		if seen[sub.String()] {
-			return fmt.Errorf("subsystems[%d].id: %s listed twice", i, sub)
+			return fieldErr(key("id"), "%s listed twice", sub)
 		}
 		seen[sub.String()] = true
 		if gateway.IsJSONBackend(s.Backend) { // gateway: a JSON/HTTP backend
 			if err := gateway.CheckBaseURL(s.Backend); err != nil {
-				return fmt.Errorf("subsystems[%d].backend: %w", i, err)
+				return &FieldError{Key: key("backend"), Err: err}
 			}
 		} else if s.Backend != "" {
 			if _, _, err := net.SplitHostPort(s.Backend); err != nil {
-				return fmt.Errorf("subsystems[%d].backend: %w", i, err)
+				return &FieldError{Key: key("backend"), Err: err}
 			}
 		}
 		if len(s.ClientCerts) > 0 && (c.ConsumerTLS == nil || !c.ConsumerTLS.RequireClientCert) {
-			return fmt.Errorf("subsystems[%d].client_certs: need consumer_tls.require_client_cert", i)
+			return fieldErr(key("client_certs"), "need consumer_tls.require_client_cert")
 		}
 		switch s.Body {
 		case "", "off":
 		case "metadata", "full":
 			if c.LedgerKeyFile == "" {
-				return fmt.Errorf("subsystems[%d].body: %s needs ledger_key_file (bodies are encrypted at rest)", i, s.Body)
+				return fieldErr(key("body"), "%s needs ledger_key_file (bodies are encrypted at rest)", s.Body)
 			}
 		default:
-			return fmt.Errorf("subsystems[%d].body: want off, metadata or full", i)
+			return fieldErr(key("body"), "want off, metadata or full")
 		}
 	}
 	if t := c.ConsumerTLS; t != nil && (t.CertFile == "" || t.KeyFile == "") {
-		return errors.New("consumer_tls: cert_file and key_file are required")
+		return fieldErr("consumer_tls", "cert_file and key_file are required")
 	}
 	for i, k := range c.AdminKeys {
 		if !apikey.ValidHash(k.Hash) {
-			return fmt.Errorf("admin_keys[%d].hash: want sha256:<64 hex digits>", i)
+			return fieldErr(fmt.Sprintf("admin_keys[%d].hash", i), "want sha256:<64 hex digits>")
 		}
 		if k.Role != "admin" && k.Role != "reader" {
-			return fmt.Errorf("admin_keys[%d].role: want admin or reader", i)
+			return fieldErr(fmt.Sprintf("admin_keys[%d].role", i), "want admin or reader")
 		}
 	}
 	if c.MaxMessageSize < 4<<20 {
-		return errors.New("max_message_size: at least 4 MiB")
+		return fieldErr("max_message_size", "at least 4 MiB")
 	}
-	if c.CheckpointInterval < 0 || c.MaxUnstamped < 0 || c.LedgerRetention < 0 {
-		return errors.New("checkpoint_interval, max_unstamped, ledger_retention: must not be negative")
-	}
-	if c.RenewBefore < 0 {
-		return errors.New("renew_before: must not be negative")
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"checkpoint_interval", c.CheckpointInterval}, {"max_unstamped", c.MaxUnstamped}, {"ledger_retention", c.LedgerRetention}, {"renew_before", c.RenewBefore}} {
+		if d.v < 0 {
+			return fieldErr(d.key, "must not be negative")
+		}
 	}
 	if c.BatchDelay < 0 || c.BatchDelay > time.Second {
-		return errors.New("batch_delay: between 0s (never wait) and 1s")
+		return fieldErr("batch_delay", "between 0s (never wait) and 1s")
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -132,9 +133,36 @@ func (o *nodeOptions) config(cmd *cobra.Command) (node.Config, error) {
 	}
 	cfg.Logger = log
 	if err := cfg.Validate(); err != nil {
-		return cfg, fmt.Errorf("%w (set it in --config or with the flag of that name)", err)
+		return cfg, fmt.Errorf("%w (%s)", err, nodeSettingHint(err))
 	}
 	return cfg, nil
+}
+
+// nodeFlags are the flags of the node's YAML keys that have one.
+var nodeFlags = map[string]string{
+	"node": "--node", "registry": "--registry", "trust_bundle": "--trust", "join_token": "--token", "data_dir": "--data",
+	"consumer_listen": "--consumer-listen", "exchange_listen": "--exchange-listen",
+	"exchange_advertise": "--exchange-advertise", "admin_listen": "--admin-listen",
+	"subsystems.id": "--subsystem ID[=BACKEND]", "subsystems.backend": "--subsystem ID[=BACKEND]",
+}
+
+// nodeSettingHint says where the setting a Validate error names is set.
+func nodeSettingHint(err error) string {
+	var fe *node.FieldError
+	if !errors.As(err, &fe) {
+		return "see docs/configuration.md"
+	}
+	key := fe.Key // e.g. data_dir, subsystems[2].backend
+	if i := strings.IndexByte(key, '['); i >= 0 {
+		if j := strings.IndexByte(key, ']'); j > i {
+			key = key[:i] + key[j+1:] // subsystems.backend
+		}
+	}
+	if flag, ok := nodeFlags[key]; ok {
+		name, _, _ := strings.Cut(strings.TrimPrefix(flag, "--"), " ")
+		return fmt.Sprintf("set %s in the --config file, or %s (%s)", fe.Key, flag, envNameWith("SILD_NODE_", name))
+	}
+	return fmt.Sprintf("it has no flag: set %s in the --config file", fe.Key)
 }
 
 func newNodeAdminKeyCmd() *cobra.Command {
