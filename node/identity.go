@@ -93,6 +93,23 @@ func (id *identity) retryIn(renewBefore time.Duration, failures int, now time.Ti
 	return d
 }
 
+// keySwitchGrace is how long after its configuration lists a renewed
+// signing key the node goes on signing with the previous one, so that the
+// other nodes receive that configuration too: the watch streams of this
+// ecosystem deliver it at once (a reconnecting one within its 5 s
+// backoff), a federated registry copies it within its federation refresh
+// (30 s by default). The next renewal, which drops the previous key from
+// the configuration, waits as long again after the switch, for what was
+// signed with it to reach the other side.
+const keySwitchGrace = time.Minute
+
+// switchGrace is keySwitchGrace, or a quarter of the time until the
+// identity is to be renewed if that is shorter (short lifetimes).
+func (id *identity) switchGrace(renewBefore time.Duration) time.Duration {
+	at, _ := id.renewAt(renewBefore)
+	return max(0, min(keySwitchGrace, at.Sub(id.obtained)/4))
+}
+
 func loadIdentity(dir string) (*identity, error) {
 	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
 	id := &identity{}
@@ -237,7 +254,8 @@ func (n *Node) join(ctx context.Context) (*identity, *registryv1.SignedConfig, e
 }
 
 // renew replaces the node's keys and certificates over mTLS and installs
-// the new ones.
+// the new ones; the exchange signer moves to the new signing key later
+// (switchSigningKey).
 func (n *Node) renew(ctx context.Context) (*identity, error) {
 	conn, err := n.registryConn()
 	if err != nil {
@@ -266,7 +284,10 @@ func (n *Node) renew(ctx context.Context) (*identity, error) {
 }
 
 // install makes id the node's identity: new handshakes present the new SVID
-// (calls in flight keep their connections), new signatures use the new key.
+// (calls in flight keep their connections) and the ledger signs its
+// checkpoints with the new key. Exchanges are signed with the key the
+// signer was made with, or last switched to (switchSigningKey): the other
+// nodes check those signatures against the keys their configuration lists.
 func (n *Node) install(id *identity) error {
 	svid, err := pki.NewSVID(id.svidKey, id.svidChain...)
 	if err != nil {
@@ -277,11 +298,6 @@ func (n *Node) install(id *identity) error {
 	n.idMu.Lock()
 	n.id = id
 	n.idMu.Unlock()
-	if n.signer != nil {
-		if err := n.signer.SetIdentity(id.signKey, id.signChain); err != nil {
-			return err
-		}
-	}
 	if led := n.Ledger(); led != nil {
 		if err := led.SetSigner(id.signKey, id.signChain); err != nil {
 			return err
@@ -289,4 +305,74 @@ func (n *Node) install(id *identity) error {
 	}
 	n.log.Info("identity installed", "svid", svid.ID.String(), "expires", id.expiry().UTC().Format(time.RFC3339))
 	return nil
+}
+
+// switchSigningKey moves the exchange signer from the signing key of old
+// to that of next, which a renewal just installed. The registry lists both
+// keys for this node until its next renewal, but the other nodes know the
+// new one only once they have a configuration issued since: so the signer
+// switches once the configuration in use lists the new key and
+// switchGrace has passed since, for the others to receive it too. It
+// switches sooner if the old key stops being usable: halfway from the
+// renewal to the old certificate's expiry (so that what it signs still
+// verifies when it is time-stamped, and later offline), or once the
+// configuration no longer trusts the old certificate's root (a finished CA
+// rotation). It returns when it switched, or false if ctx ended first (a
+// restart signs with the new key, which the registry recorded before
+// issuing its certificate).
+func (n *Node) switchSigningKey(ctx context.Context, old, next *identity) (time.Time, bool) {
+	kid, err := pki.KeyHash(next.signKey.Public())
+	if err != nil { // certsFrom checked the key; unreachable
+		n.log.Error("renewed signing key", "err", err)
+		return time.Now(), true
+	}
+	grace := next.switchGrace(n.cfg.RenewBefore)
+	deadline := next.obtained.Add(old.signChain[0].NotAfter.Sub(next.obtained) / 2)
+	var listed time.Time // when the configuration in use first listed kid
+	for {
+		changed := n.TopologyChanged()
+		now := time.Now()
+		top := n.Topology()
+		if listed.IsZero() && top != nil && top.Node(n.self).GetSigningKeyHash() == kid {
+			listed = now
+		}
+		why := ""
+		switch {
+		case !listed.IsZero() && !now.Before(listed.Add(grace)):
+			why = "the configuration lists it"
+		case !now.Before(deadline):
+			why = "the previous signing certificate is close to expiry"
+		case top != nil && !trustsSigning(top.Roots, old, now) && trustsSigning(top.Roots, next, now):
+			why = "the configuration no longer trusts the previous signing certificate"
+		}
+		if why != "" {
+			if n.signer != nil {
+				if err := n.signer.SetIdentity(next.signKey, next.signChain); err != nil {
+					n.log.Error("switch signing key", "err", err)
+				}
+			}
+			n.log.Info("exchanges signed with the renewed key", "key", kid, "because", why)
+			return now, true
+		}
+		wake := deadline
+		if !listed.IsZero() && listed.Add(grace).Before(wake) {
+			wake = listed.Add(grace)
+		}
+		t := time.NewTimer(time.Until(wake))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return time.Time{}, false
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// trustsSigning reports whether id's signing certificate is valid at now
+// under roots.
+func trustsSigning(roots []*x509.Certificate, id *identity, now time.Time) bool {
+	_, err := pki.Verify(id.signChain[0], roots, pki.KindSigning, now)
+	return err == nil
 }

@@ -101,3 +101,24 @@ func TestRenewRetry(t *testing.T) {
 		})
 	}
 }
+
+// The grace before and after a switch of signing keys is a minute, or a
+// quarter of the time to the next renewal if that is shorter.
+func TestSwitchGrace(t *testing.T) {
+	t0 := time.Now().Truncate(time.Second)
+	day, short := issuedIdentity(t, t0, 24*time.Hour), issuedIdentity(t, t0, time.Minute)
+	for _, tc := range []struct {
+		id     *identity
+		before time.Duration
+		want   time.Duration
+	}{
+		{day, 0, keySwitchGrace},
+		{day, 24*time.Hour - 2*time.Second, 500 * time.Millisecond},
+		{short, 0, 7500 * time.Millisecond},
+		{short, 2 * time.Minute, 7500 * time.Millisecond},
+	} {
+		if got := tc.id.switchGrace(tc.before); got != tc.want {
+			t.Errorf("switchGrace(%s) of a %s identity: %s, want %s", tc.before, tc.id.lifetime(), got, tc.want)
+		}
+	}
+}

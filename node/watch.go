@@ -247,11 +247,14 @@ func (n *Node) watchOnce(ctx context.Context) error {
 	}
 }
 
-// renewLoop renews the identity when due (identity.renewAt). A failed
-// renewal is retried after identity.retryIn (30 s with the default
-// settings), with another registry server, until it works or the identity
-// expires.
+// renewLoop renews the identity when due (identity.renewAt), then moves the
+// exchange signer to the new signing key (switchSigningKey); the next
+// renewal, which drops the previous key from the configuration, comes no
+// sooner than a switchGrace after that. A failed renewal is retried after
+// identity.retryIn (30 s with the default settings), with another registry
+// server, until it works or the identity expires.
 func (n *Node) renewLoop(ctx context.Context) error {
+	var notBefore time.Time // the previous signing key's last use, plus a grace
 	warned := false
 	for {
 		n.idMu.Lock()
@@ -263,12 +266,16 @@ func (n *Node) renewLoop(ctx context.Context) error {
 			n.log.Warn("renew_before is not shorter than the lifetime of the certificates the registry issues: renewing at half-life instead",
 				"renew_before", n.cfg.RenewBefore, "lifetime", id.lifetime().Round(time.Second))
 		}
+		if at.Before(notBefore) {
+			at = notBefore
+		}
 		if !sleepUntil(ctx, at) {
 			return nil
 		}
+		var next *identity
 		for failures := 1; ; failures++ {
-			_, err := n.renew(ctx)
-			if err == nil {
+			var err error
+			if next, err = n.renew(ctx); err == nil {
 				break
 			}
 			if ctx.Err() != nil {
@@ -281,6 +288,11 @@ func (n *Node) renewLoop(ctx context.Context) error {
 				return nil
 			}
 		}
+		switched, ok := n.switchSigningKey(ctx, id, next)
+		if !ok {
+			return nil
+		}
+		notBefore = switched.Add(next.switchGrace(n.cfg.RenewBefore))
 	}
 }
 
