@@ -37,12 +37,15 @@ type MetaServiceClient interface {
 	// those of federated ecosystems.
 	ListClients(ctx context.Context, in *ListClientsRequest, opts ...grpc.CallOption) (*ListClientsResponse, error)
 	// ListMethods lists the methods a target subsystem publishes in the
-	// catalogue.
+	// catalogue (enabled services only). A target the configuration does not
+	// know is refused with NOT_FOUND, reason UNKNOWN_TARGET.
 	ListMethods(ctx context.Context, in *ListMethodsRequest, opts ...grpc.CallOption) (*ListMethodsResponse, error)
 	// AllowedMethods asks the target's node which of its methods the client
-	// may call. The client must be one the calling node serves.
+	// may call. The client must be one the calling node serves. If no node
+	// hosting the target answers: UNAVAILABLE, reason TARGET_UNAVAILABLE.
 	AllowedMethods(ctx context.Context, in *AllowedMethodsRequest, opts ...grpc.CallOption) (*AllowedMethodsResponse, error)
-	// GetServiceDescriptor returns a published service's FileDescriptorSet.
+	// GetServiceDescriptor returns a published, enabled service's
+	// FileDescriptorSet; NOT_FOUND, reason UNKNOWN_TARGET, otherwise.
 	GetServiceDescriptor(ctx context.Context, in *GetServiceDescriptorRequest, opts ...grpc.CallOption) (*GetServiceDescriptorResponse, error)
 }
 
@@ -106,12 +109,15 @@ type MetaServiceServer interface {
 	// those of federated ecosystems.
 	ListClients(context.Context, *ListClientsRequest) (*ListClientsResponse, error)
 	// ListMethods lists the methods a target subsystem publishes in the
-	// catalogue.
+	// catalogue (enabled services only). A target the configuration does not
+	// know is refused with NOT_FOUND, reason UNKNOWN_TARGET.
 	ListMethods(context.Context, *ListMethodsRequest) (*ListMethodsResponse, error)
 	// AllowedMethods asks the target's node which of its methods the client
-	// may call. The client must be one the calling node serves.
+	// may call. The client must be one the calling node serves. If no node
+	// hosting the target answers: UNAVAILABLE, reason TARGET_UNAVAILABLE.
 	AllowedMethods(context.Context, *AllowedMethodsRequest) (*AllowedMethodsResponse, error)
-	// GetServiceDescriptor returns a published service's FileDescriptorSet.
+	// GetServiceDescriptor returns a published, enabled service's
+	// FileDescriptorSet; NOT_FOUND, reason UNKNOWN_TARGET, otherwise.
 	GetServiceDescriptor(context.Context, *GetServiceDescriptorRequest) (*GetServiceDescriptorResponse, error)
 	mustEmbedUnimplementedMetaServiceServer()
 }
