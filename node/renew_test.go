@@ -250,3 +250,42 @@ func TestRenewBeforeBeyondLifetime(t *testing.T) {
 		t.Fatalf("no warning about renew_before in the log:\n%s", logs.String())
 	}
 }
+
+// After a renewal a node goes on signing with its previous key for a
+// while, so that the other nodes, which may receive the configuration
+// listing its new key a little later, still accept its signatures; the
+// configuration lists both keys meanwhile. Then it signs with the new key.
+func TestSigningKeySwitchWaitsForTheConfiguration(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	m := startTwoNodes(t, ctx, nil, renewEvery(4*time.Second)) // a grace of 1 s
+	m.grant(t, ctx)
+	registrytest.WaitFor(t, 10*time.Second, "grant in effect", func() bool { _, err := m.call(t, ctx, ""); return err == nil })
+	keyA, _, err := m.signingKeys(t, ctx, "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := m.a.n.ID()
+	svid, err := os.ReadFile(filepath.Join(m.dirA, "svid.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The renewal: A stored its new certificates, and its configuration
+	// lists the new key, the old one as previous.
+	registrytest.WaitFor(t, 30*time.Second, "A's renewal", func() bool {
+		rec := m.a.n.Topology().Node(self)
+		now, err := os.ReadFile(filepath.Join(m.dirA, "svid.crt"))
+		return err == nil && !bytes.Equal(now, svid) && rec.GetSigningKeyHash() != keyA && rec.GetPreviousSigningKeyHash() == keyA
+	})
+	newKey := m.a.n.Topology().Node(self).GetSigningKeyHash()
+	if a, _, err := m.signingKeys(t, ctx, "just after"); err != nil || a != keyA {
+		t.Fatalf("just after the renewal A signed with %q (%v), want its previous key %q", a, err, keyA)
+	}
+	registrytest.WaitFor(t, 10*time.Second, "A signs with its new key", func() bool {
+		a, _, err := m.signingKeys(t, ctx, fmt.Sprint("after-", time.Now().UnixNano()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a == newKey
+	})
+}
