@@ -430,6 +430,23 @@ func (m *mesh) dialAs(t testing.TB, n *testNode) *grpc.ClientConn {
 	return c
 }
 
+// echoedStream starts a bidirectional stream from licensing to registry
+// with message id id and has one message echoed through the mesh.
+func (m *mesh) echoedStream(t testing.TB, id string) testpb.TestService_FullDuplexCallClient {
+	t.Helper()
+	s, err := m.client.FullDuplexCall(as(ctxT(t), licensing, registry, envelope.HeaderMessageID, id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatalf("first answer: %v", err)
+	}
+	return s
+}
+
 func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)

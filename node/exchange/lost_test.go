@@ -8,12 +8,10 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
-	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/protobuf/proto"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/internal/rpcerr"
-	"github.com/sildmesh/sild/node/envelope"
 )
 
 // cutProxy forwards TCP connections to target until cut closes them all,
@@ -74,16 +72,7 @@ func (p *cutProxy) cut() {
 // message echoed, cuts p's connections and returns the stream's error.
 func lostMidCall(t *testing.T, m *mesh, p *cutProxy, id string) error {
 	t.Helper()
-	s, err := m.client.FullDuplexCall(as(ctxT(t), licensing, registry, envelope.HeaderMessageID, id))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("before the cut")}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Recv(); err != nil {
-		t.Fatalf("echo before the cut: %v", err)
-	}
+	s := m.echoedStream(t, id)
 	p.cut()
 	for {
 		if _, err := s.Recv(); err != nil {

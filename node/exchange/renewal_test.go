@@ -14,12 +14,10 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
-	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/protobuf/proto"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/internal/rpcerr"
-	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/pki"
 )
 
@@ -143,16 +141,7 @@ func TestSignatureKeysAcrossRenewal(t *testing.T) {
 			m.setTopo(t, &m.topoA, config(tc.start))
 			m.setTopo(t, &m.topoB, config(tc.start))
 			id := "renewal-" + tc.name
-			stream, err := m.client.FullDuplexCall(as(ctxT(t), licensing, registry, envelope.HeaderMessageID, id))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := stream.Recv(); err != nil {
-				t.Fatalf("first answer: %v", err)
-			}
+			stream := m.echoedStream(t, id)
 			// Mid-call: one side renews, the other's configuration moves on.
 			tc.sign.use()
 			current := config(tc.current)
@@ -164,7 +153,7 @@ func TestSignatureKeysAcrossRenewal(t *testing.T) {
 			if err := stream.CloseSend(); err != nil {
 				t.Fatal(err)
 			}
-			_, err = stream.Recv()
+			_, err := stream.Recv()
 			logged := logs.take()
 			if tc.refusal == "" {
 				if err != io.EOF {
