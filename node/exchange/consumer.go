@@ -288,7 +288,7 @@ func (c *Consumer) ready(ctx context.Context, cc *grpc.ClientConn) bool {
 // sent to a node passed over. It returns the stream, the chosen node and a
 // release func.
 func (c *Consumer) open(ctx context.Context, topo *topology.Topology, hosts []ident.Node, method string) (grpc.ClientStream, ident.Node, func(), error) {
-	opts := callOptions(c.cfg.MaxMessageSize, c.cfg.MaxMessageSize+overhead)
+	opts := callOptions(c.cfg.MaxMessageSize+overhead, c.cfg.MaxMessageSize+overhead)
 	order := c.order(topo, hosts)
 	for i, n := range order {
 		p, err := c.acquire(topo, n)
@@ -391,6 +391,16 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 		respChain: envelope.NewChain(envelope.DirResponse, req),
 	}
 	body := c.cfg.capture(req.Client, md)
+	// The answer of a method that answers once is held until the provider's
+	// seal over it verified and this node's record is durable; a stream's
+	// messages pass as they come, and its status vouches for them.
+	hold := topo.SingleResponse(ident.Service{Subsystem: req.Target, Name: req.Service}, req.Method)
+	var held *forward.Frame
+	defer func() {
+		if held != nil {
+			held.Free()
+		}
+	}()
 	res := relay(ss, cs, cancel, relayHooks{
 		up: func(f *forward.Frame) (bool, bool, error) {
 			b := frameBytes(f)
@@ -428,6 +438,20 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 			case ok && st.respSeal == nil && tag == tagData:
 				st.respChain.Add(rest)
 				body.response(rest)
+				if hold && held == nil {
+					held = f
+					return false, nil
+				}
+				if held != nil { // a second answer: the method did not answer once
+					hold = false
+					h := held
+					held = nil
+					if err := ss.SendMsg(h); err != nil {
+						h.Free()
+						f.Free()
+						return false, err
+					}
+				}
 				return true, nil
 			case ok && st.respSeal == nil && tag == tagSeal:
 				st.respSeal = bytes.Clone(rest)
@@ -442,7 +466,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 	})
 
 	err = res.err
-	if err != nil && !res.local && !answered.Load() && ctx.Err() == nil {
+	if lostUpstream(ctx, res, answered) {
 		c.cfg.Logger.Warn("connection to provider node lost", "message_id", req.MessageID, "node", peer.String(), "err", err)
 		err = c.refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "the connection to the provider's node was lost")
 	}
@@ -485,6 +509,14 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 	if rerr := c.cfg.Recorder.Record(rctx, rec, body.result(res.trailer)); rerr != nil {
 		c.cfg.Logger.Error("record exchange", "message_id", req.MessageID, "err", rerr)
 		return ledgerUnavailable(ComponentConsumer)
+	}
+	if held != nil && err == nil {
+		h := held
+		held = nil
+		if serr := ss.SendMsg(h); serr != nil {
+			h.Free()
+			c.cfg.Logger.Warn("answer not delivered", "message_id", req.MessageID, "err", serr)
+		}
 	}
 	return err
 }

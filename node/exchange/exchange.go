@@ -370,8 +370,8 @@ func finishRecord(rec *ledgerv1.Record, reqDigest, respDigest []byte, reqN, resp
 	rec.EndTime = timestamppb.New(end)
 }
 
-// overhead is what the exchange protocol adds to a request message
-// between nodes: the tag, or a whole seal.
+// overhead is what the exchange protocol adds to a message between nodes,
+// in either direction: the tag, or a whole seal.
 const overhead = 1 + sign.MaxEncodedLen
 
 // callOptions are the options of every forwarded stream.

@@ -30,6 +30,7 @@ import (
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/descset"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/ledger"
 	"github.com/sildmesh/sild/node/access"
@@ -351,7 +352,8 @@ func newMeshWith(t testing.TB, realLedgers bool, adjust ...func(*Config)) *mesh 
 			{Id: empty.Proto()},
 		},
 		Services: []*registryv1.CatalogEntry{
-			{Service: ident.Service{Subsystem: registry, Name: testService}.Proto(), Enabled: true},
+			{Service: ident.Service{Subsystem: registry, Name: testService}.Proto(), Enabled: true,
+				FileDescriptorSet: descset.Of(testpb.File_grpc_testing_test_proto)},
 			{Service: ident.Service{Subsystem: registry, Name: "grpc.testing.UnimplementedService"}.Proto(), Enabled: false},
 		},
 	}

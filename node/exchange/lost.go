@@ -5,7 +5,9 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
 )
 
 // A call's upstream (the provider's node, or the backend) either sends a
@@ -16,6 +18,14 @@ import (
 // logs the text. statusWatch tells the two apart: grpc reports a status
 // received from the peer (trailers) to the connection's stats handler, and
 // nothing when it made the status up itself.
+
+// lostUpstream reports whether res, a call relayed on ctx, failed because
+// the connection to its upstream was lost: grpc made up an UNAVAILABLE
+// status (other statuses it makes up, such as a message over the size
+// limit, tell nothing of the network) while the caller was still there.
+func lostUpstream(ctx context.Context, res relayResult, answered *atomic.Bool) bool {
+	return !res.local && status.Code(res.err) == codes.Unavailable && !answered.Load() && ctx.Err() == nil
+}
 
 // statusSeenKey holds, in a call's context, the flag statusWatch sets.
 type statusSeenKey struct{}

@@ -87,7 +87,7 @@ func (p *Provider) ServerOptions() []grpc.ServerOption {
 		return nil
 	})
 	tc := tlsconfig.MTLSServerConfig(p.cfg.SVID, p.cfg.Bundles, authorize)
-	return append(serverOptions(p.Handle, p.cfg.MaxMessageSize+overhead, p.cfg.MaxMessageSize),
+	return append(serverOptions(p.Handle, p.cfg.MaxMessageSize+overhead, p.cfg.MaxMessageSize+overhead),
 		grpc.Creds(credentials.NewTLS(tc)))
 }
 
@@ -282,7 +282,7 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 	if !res.local {
 		trailer = res.trailer
 		ss.SetTrailer(res.trailer)
-		if res.err != nil && !answered.Load() && ctx.Err() == nil {
+		if lostUpstream(ctx, res, answered) {
 			p.cfg.Logger.Warn("connection to backend lost", "message_id", req.MessageID, "target", req.Target.String(), "err", res.err)
 			res.err = refuseP(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "the connection to the backend was lost")
 		}

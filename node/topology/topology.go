@@ -9,11 +9,14 @@ package topology
 import (
 	"crypto/x509"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
@@ -40,6 +43,9 @@ type Topology struct {
 	// Federation: trust domain -> instance and roots, own included.
 	instances map[spiffeid.TrustDomain]string
 	roots     map[string][]*x509.Certificate // by instance
+	// single caches, by ident.Service, which of its methods the catalogue
+	// describes as answering one message (SingleResponse).
+	single sync.Map
 }
 
 // New indexes cfg, which must have been verified (gconf.Verify).
@@ -199,4 +205,42 @@ func Current(get func() *Topology, now time.Time, component string) (*Topology, 
 		return nil, rpcerr.New(codes.Unavailable, rpcerr.ReasonConfigExpired, component, "global configuration expired")
 	}
 	return t, nil
+}
+
+// SingleResponse reports whether the catalogue's descriptors of svc
+// declare method as answering with one message (unary or client
+// streaming). It is false when the catalogue does not describe the method.
+func (t *Topology) SingleResponse(svc ident.Service, method string) bool {
+	v, ok := t.single.Load(svc)
+	if !ok {
+		v, _ = t.single.LoadOrStore(svc, singleResponseMethods(t.services[svc], svc.Name))
+	}
+	return v.(map[string]bool)[method]
+}
+
+// singleResponseMethods returns the methods of service (a full name) in
+// e's FileDescriptorSet that answer with one message.
+func singleResponseMethods(e *registryv1.CatalogEntry, service string) map[string]bool {
+	single := map[string]bool{}
+	var fds descriptorpb.FileDescriptorSet
+	if e == nil || proto.Unmarshal(e.GetFileDescriptorSet(), &fds) != nil {
+		return single
+	}
+	for _, f := range fds.GetFile() {
+		for _, s := range f.GetService() {
+			name := s.GetName()
+			if p := f.GetPackage(); p != "" {
+				name = p + "." + name
+			}
+			if name != service {
+				continue
+			}
+			for _, m := range s.GetMethod() {
+				if !m.GetServerStreaming() {
+					single[m.GetName()] = true
+				}
+			}
+		}
+	}
+	return single
 }

@@ -5,11 +5,13 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/descset"
 )
 
 func must[T any](v T, err error) T {
@@ -103,3 +105,39 @@ func TestFederatedInstances(t *testing.T) {
 }
 
 func spiffeidTD(s string) spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString(s) }
+
+func TestSingleResponse(t *testing.T) {
+	sub := must(ident.ParseSubsystem("EE/GOV/70000310/test"))
+	described := ident.Service{Subsystem: sub, Name: "grpc.testing.TestService"}
+	bare := ident.Service{Subsystem: sub, Name: "grpc.testing.UnimplementedService"}
+	cfg := &registryv1.GlobalConfig{
+		Instance: "EE", TrustDomain: "ee.sild.test", ExpiresAt: timestamppb.New(time.Now().Add(time.Hour)),
+		Services: []*registryv1.CatalogEntry{
+			{Service: described.Proto(), Enabled: true, FileDescriptorSet: descset.Of(testpb.File_grpc_testing_test_proto)},
+			{Service: bare.Proto(), Enabled: true},
+		},
+	}
+	top, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		svc    ident.Service
+		method string
+		want   bool
+	}{
+		{described, "UnaryCall", true},
+		{described, "StreamingInputCall", true}, // client streaming: one answer
+		{described, "StreamingOutputCall", false},
+		{described, "FullDuplexCall", false},
+		{described, "NoSuchMethod", false},
+		{bare, "UnimplementedCall", false}, // no descriptors: treated as a stream
+		{ident.Service{Subsystem: sub, Name: "not.Published"}, "Call", false},
+	} {
+		for range 2 { // computed, then cached
+			if got := top.SingleResponse(tc.svc, tc.method); got != tc.want {
+				t.Errorf("%s/%s: %v, want %v", tc.svc.Name, tc.method, got, tc.want)
+			}
+		}
+	}
+}
