@@ -110,9 +110,12 @@ type Config struct {
 	// plaintext (backends sit next to the node).
 	BackendDialOptions []grpc.DialOption
 	// ReplayWindow is how long message ids are remembered per client, and
-	// ReplayMax how many at most (provider side).
+	// ReplayMax how many at most per client (provider side).
 	ReplayWindow time.Duration
 	ReplayMax    int
+	// Replay, if set, is the provider's replay table (e.g. seeded from the
+	// ledger at start); nil makes an empty one of ReplayWindow and ReplayMax.
+	Replay *envelope.Replay
 
 	// MaxMessageSize bounds each message (default forward.DefaultMaxMessageSize).
 	MaxMessageSize int

@@ -48,8 +48,10 @@ func NewProvider(cfg Config) (*Provider, error) {
 	if err := cfg.validateProvider(); err != nil {
 		return nil, fmt.Errorf("new provider: %w", err)
 	}
-	p := &Provider{cfg: cfg, replay: envelope.NewReplay(cfg.ReplayWindow, cfg.ReplayMax),
-		backends: map[ident.Subsystem]*grpc.ClientConn{}}
+	p := &Provider{cfg: cfg, replay: cfg.Replay, backends: map[ident.Subsystem]*grpc.ClientConn{}}
+	if p.replay == nil {
+		p.replay = envelope.NewReplay(cfg.ReplayWindow, cfg.ReplayMax)
+	}
 	for sub, addr := range cfg.Backends {
 		opts := append(append([]grpc.DialOption{plaintext, statusWatchOption}, windowOptions...), cfg.BackendDialOptions...)
 		cc, err := grpc.NewClient(addr, opts...)
@@ -213,8 +215,8 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 	if backend == nil || !topo.Serves(p.cfg.Node, req.Target) {
 		return answer(refuseP(codes.NotFound, rpcerr.ReasonUnknownTarget, "target subsystem is not served by this node"))
 	}
-	if !p.replay.Check(req.Client.String(), req.MessageID, start) {
-		return answer(refuseP(codes.AlreadyExists, rpcerr.ReasonReplayed, "message id already seen"))
+	if err := p.replay.Admit(req.Client.String(), req.MessageID, start); err != nil {
+		return answer(err) // MESSAGE_REPLAYED, or REPLAY_WINDOW_FULL for this client only
 	}
 	svc := ident.Service{Subsystem: req.Target, Name: req.Service}
 	if !p.cfg.Access.Allowed(req.Client, topo.Groups(req.Client), svc, req.Method) {
