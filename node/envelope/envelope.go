@@ -154,12 +154,14 @@ type Chain struct {
 }
 
 // NewChain starts a chain bound to the call: direction, message id, method,
-// client and target, each length-prefixed so fields cannot run together.
+// client, target, user id and purpose, each length-prefixed so fields
+// cannot run together. Both signatures thus cover who asked on whose behalf
+// and why, as both ledgers record it.
 func NewChain(dir Direction, r Request) *Chain {
 	h := sha256.New()
-	h.Write([]byte("sild-chain-v1"))
+	h.Write([]byte("sild-chain-v2"))
 	h.Write([]byte{byte(dir)})
-	for _, f := range []string{r.MessageID, r.FullMethod(), r.Client.String(), r.Target.String()} {
+	for _, f := range []string{r.MessageID, r.FullMethod(), r.Client.String(), r.Target.String(), r.UserID, r.Purpose} {
 		writeLen(h, uint64(len(f)))
 		h.Write([]byte(f))
 	}

@@ -89,19 +89,31 @@ func TestChainBindsEverything(t *testing.T) {
 	otherMethod.Method = "D"
 	swapped := r
 	swapped.Client, swapped.Target = r.Target, r.Client
+	user := r
+	user.UserID = "EE38001085718"
+	purpose := r
+	purpose.Purpose = "licence check"
+	userIntoPurpose := r
+	userIntoPurpose.Purpose = "EE38001085718"
 	for name, s := range map[string][32]byte{
-		"direction":     sum(DirResponse, r, "ab", "c"),
-		"message id":    sum(DirRequest, other, "ab", "c"),
-		"method":        sum(DirRequest, otherMethod, "ab", "c"),
-		"client/target": sum(DirRequest, swapped, "ab", "c"),
-		"split":         sum(DirRequest, r, "a", "bc"),
-		"order":         sum(DirRequest, r, "c", "ab"),
-		"missing":       sum(DirRequest, r, "ab"),
-		"extra empty":   sum(DirRequest, r, "ab", "c", ""),
+		"user id":           sum(DirRequest, user, "ab", "c"),
+		"purpose":           sum(DirRequest, purpose, "ab", "c"),
+		"user into purpose": sum(DirRequest, userIntoPurpose, "ab", "c"),
+		"direction":         sum(DirResponse, r, "ab", "c"),
+		"message id":        sum(DirRequest, other, "ab", "c"),
+		"method":            sum(DirRequest, otherMethod, "ab", "c"),
+		"client/target":     sum(DirRequest, swapped, "ab", "c"),
+		"split":             sum(DirRequest, r, "a", "bc"),
+		"order":             sum(DirRequest, r, "c", "ab"),
+		"missing":           sum(DirRequest, r, "ab"),
+		"extra empty":       sum(DirRequest, r, "ab", "c", ""),
 	} {
 		if s == base {
 			t.Errorf("%s does not change the chain", name)
 		}
+	}
+	if sum(DirRequest, user, "ab", "c") == sum(DirRequest, userIntoPurpose, "ab", "c") {
+		t.Error("a user id moved into the purpose gives the same chain")
 	}
 	if sum(DirRequest, r, "ab", "c") != base {
 		t.Fatal("chain not deterministic")
