@@ -75,6 +75,42 @@ func (l *Ledger) ByMessageID(id string) ([]*Stored, error) {
 	return out, err
 }
 
+// Recent calls fn with each record appended at or after since, newest
+// first, until fn returns an error (returned as is; ErrStop stops without
+// error). It reads one entry after another within one read transaction, so
+// its cost is that of the records it visits: a restarted node learns the
+// message ids of its recent exchanges from it. The scan stops at the first
+// record appended before since (append times follow the index, barring the
+// clock going back).
+func (l *Ledger) Recent(since time.Time, fn func(*Stored) error) error {
+	err := l.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: []byte{pfxEntry}, PrefetchValues: true, PrefetchSize: 256})
+		defer it.Close()
+		for it.Seek(entryKey(^uint64(0))); it.Valid(); it.Next() {
+			i := keyUint(it.Item().Key()[1:])
+			s, err := txnStored(txn, i)
+			if err != nil {
+				return err
+			}
+			if s.Entry.GetAppendTime().AsTime().Before(since) {
+				return nil
+			}
+			if err := fn(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, ErrStop) {
+		return nil
+	}
+	return err
+}
+
+// ErrStop, returned by the function given to Recent, ends the scan early
+// without error.
+var ErrStop = errors.New("stop")
+
 // ByClient returns the records of calls made by client (a subsystem) that
 // started in [from, to), oldest first, at most limit (0: no limit). A zero
 // from or to leaves that end open.
