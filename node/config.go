@@ -15,6 +15,7 @@ import (
 	"github.com/sildmesh/sild/gateway"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/apikey"
+	"github.com/sildmesh/sild/node/exchange"
 	"github.com/sildmesh/sild/pki"
 )
 
@@ -88,6 +89,16 @@ type Config struct {
 	// <data_dir>/archive); zero keeps everything in the ledger.
 	LedgerRetention  time.Duration `yaml:"ledger_retention"`
 	LedgerArchiveDir string        `yaml:"ledger_archive_dir"`
+
+	// ReplayWindow is how long this node, as provider, remembers each
+	// client's message ids and refuses them again with MESSAGE_REPLAYED
+	// (default 1h, at most 24h); ReplayMaxPerClient how many ids of one
+	// client it remembers within the window (default 1048576): a client
+	// over it is refused with REPLAY_WINDOW_FULL, the others are not. At
+	// start the node reads the window's ids back from its ledger, so a
+	// restart forgets none (ledger_retention, if set, must not be shorter).
+	ReplayWindow       time.Duration `yaml:"replay_window"`
+	ReplayMaxPerClient int           `yaml:"replay_max_per_client"`
 
 	Logger *slog.Logger `yaml:"-"`
 }
@@ -246,10 +257,31 @@ func (c *Config) Validate() error {
 			return fieldErr(d.key, "must not be negative")
 		}
 	}
+	if c.ReplayWindow < 0 || c.ReplayWindow > MaxReplayWindow {
+		return fieldErr("replay_window", "between 0s (default, %v) and %v", exchange.DefaultReplayWindow, MaxReplayWindow)
+	}
+	if c.ReplayMaxPerClient < 0 {
+		return fieldErr("replay_max_per_client", "must not be negative (0: default, %d)", exchange.DefaultReplayMax)
+	}
+	if w := c.replayWindow(); c.LedgerRetention > 0 && c.LedgerRetention < w {
+		return fieldErr("ledger_retention", "shorter than replay_window %v: a restarted node reads the window's message ids from the ledger", w)
+	}
 	if c.BatchDelay < 0 || c.BatchDelay > time.Second {
 		return fieldErr("batch_delay", "between 0s (never wait) and 1s")
 	}
 	return nil
+}
+
+// MaxReplayWindow bounds replay_window: the node reads the window's
+// exchanges back from its ledger at start.
+const MaxReplayWindow = 24 * time.Hour
+
+// replayWindow is replay_window or its default.
+func (c *Config) replayWindow() time.Duration {
+	if c.ReplayWindow > 0 {
+		return c.ReplayWindow
+	}
+	return exchange.DefaultReplayWindow
 }
 
 // roots reads the pinned trust bundle.

@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,7 +19,9 @@ import (
 	"github.com/sildmesh/sild/gateway"
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/ledger"
+	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/node/exchange"
 	"github.com/sildmesh/sild/node/meta"
 	"github.com/sildmesh/sild/tsa"
@@ -101,6 +105,12 @@ func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
 	cfg.Access = n.access
 	cfg.Logger = n.log
 	cfg.MaxMessageSize = n.cfg.MaxMessageSize
+	if n.cfg.ReplayWindow > 0 {
+		cfg.ReplayWindow = n.cfg.ReplayWindow
+	}
+	if n.cfg.ReplayMaxPerClient > 0 {
+		cfg.ReplayMax = n.cfg.ReplayMaxPerClient
+	}
 	cfg.Observe = n.exchanges.observe
 	cfg.Recorder = exchange.RecorderFunc(func(ctx context.Context, r *ledgerv1.Record, body *ledgerv1.Body) error {
 		_, err := led.Append(ctx, r, body).Wait(ctx)
@@ -128,6 +138,61 @@ func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
 	return cfg
 }
 
+// notAdmitted are the provider's refusals answered before or at its
+// replay check: their message ids never entered the replay table (and with
+// UNKNOWN_CLIENT the client is one the calling node does not serve), so a
+// restart must not enter them either.
+var notAdmitted = map[string]bool{
+	rpcerr.ReasonUnknownClient:      true,
+	rpcerr.ReasonUnknownTarget:      true,
+	rpcerr.ReasonReplayed:           true,
+	envelope.ReasonReplayWindowFull: true,
+}
+
+// seedReplay enters into r the message ids this node admitted as provider
+// within r's window before now, read from the ledger: what a restart
+// would otherwise forget. It reads every record appended within the window
+// (both sides), logging its progress every few seconds.
+func seedReplay(ctx context.Context, led *ledger.Ledger, r *envelope.Replay, now time.Time, log *slog.Logger) error {
+	began := time.Now()
+	since := now.Add(-r.Window())
+	type seen struct {
+		client, id string
+		at         time.Time
+	}
+	var ids []seen
+	read, next := 0, began.Add(5*time.Second)
+	err := led.Recent(since, func(s *ledger.Stored) error {
+		read++
+		if read%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if t := time.Now(); t.After(next) {
+				log.Info("replay window: reading recent exchanges from the ledger", "records", read, "ids", len(ids), "since", since)
+				next = t.Add(5 * time.Second)
+			}
+		}
+		rec := s.Record
+		if rec.GetSide() != ledgerv1.Side_SIDE_PROVIDER || notAdmitted[rec.GetStatusReason()] {
+			return nil
+		}
+		if at := rec.GetStartTime().AsTime(); !at.Before(since) {
+			ids = append(ids, seen{rec.GetClient(), rec.GetMessageId(), at})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("replay window from the ledger: %w", err)
+	}
+	slices.SortFunc(ids, func(a, b seen) int { return a.at.Compare(b.at) })
+	for _, s := range ids {
+		r.Seed(s.client, s.id, s.at)
+	}
+	log.Info("replay window restored from the ledger", "ids", len(ids), "records", read, "since", since, "took", time.Since(began))
+	return nil
+}
+
 // serveMesh serves the consumer listener (member systems) and the exchange
 // listener (other nodes, mTLS) until ctx ends.
 func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
@@ -151,6 +216,10 @@ func (n *Node) serveMesh(ctx context.Context, led *ledger.Ledger) error {
 		return err
 	}
 	defer consumer.Close()
+	cfg.Replay = envelope.NewReplay(cfg.ReplayWindow, cfg.ReplayMax)
+	if err := seedReplay(ctx, led, cfg.Replay, time.Now(), n.log); err != nil {
+		return err
+	}
 	provider, err := exchange.NewProvider(cfg)
 	if err != nil {
 		return err
