@@ -77,12 +77,6 @@ func (r *Replay) Admit(client, id string, now time.Time) error {
 	return nil
 }
 
-// Check is Admit that reports only whether the id is fresh; Admit's
-// refusal also tells a replay from a client over its bound.
-func (r *Replay) Check(client, id string, now time.Time) bool {
-	return r.Admit(client, id, now) == nil
-}
-
 // Seed records (client, id) as seen at t, unconditionally: what a restarted
 // node learns from its ledger. Seeding in order of t, oldest first, lets
 // ids leave the window on time; out of order they are kept longer.

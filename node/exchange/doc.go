@@ -59,8 +59,8 @@
 //
 // Seal digest = SHA-256("sild-seal-v1" || direction || chain head ||
 // uint64be(message count) || uint32be(status code)), where the chain is the
-// envelope.Chain of that direction (bound to message id, method, client and
-// target) and the status code is 0 for the request. Signatures must carry
+// envelope.Chain of that direction (bound to message id, method, client,
+// target, user id and purpose) and the status code is 0 for the request. Signatures must carry
 // their certificate chain (sign.Config.IncludeChain): the receiver checks the
 // signing certificate against the configuration's roots, that its SPIFFE ID
 // is the peer node's, and that its key is the node's registered signing key
@@ -73,7 +73,10 @@
 //
 // Each side writes one sild.ledger.v1.Record per exchange through
 // Config.Recorder and releases the final status only once Record returned
-// nil (otherwise LEDGER_UNAVAILABLE). The consumer records every call it
+// nil (otherwise LEDGER_UNAVAILABLE). The consumer also holds the answer of
+// a method the catalogue describes as answering once (unary, client
+// streaming) until then and until the provider's seal verified; stream
+// messages pass as they come and the final status vouches for them. The consumer records every call it
 // sent to a provider; the provider every call from an identified node that
 // it answered, refusals included. Refusals before that are not exchanges
 // and are only logged.
@@ -89,15 +92,21 @@
 //	target without active node,   NotFound            UNKNOWN_TARGET
 //	  or disabled service, or not
 //	  served by the provider
-//	no hosting node reachable     Unavailable         TARGET_UNAVAILABLE  (consumer)
+//	no hosting node reachable,    Unavailable         TARGET_UNAVAILABLE
+//	  or the connection to the
+//	  provider's node (consumer)
+//	  or backend (provider) lost
 //	no access right               PermissionDenied    ACCESS_DENIED       (provider)
 //	federation not active         PermissionDenied    FEDERATION_INACTIVE
 //	message id replayed           AlreadyExists       MESSAGE_REPLAYED    (provider)
+//	client over its replay bound  ResourceExhausted   REPLAY_WINDOW_FULL  (provider)
 //	signature missing or invalid  Unauthenticated     SIGNATURE_INVALID
 //	evidence not durable          Unavailable         LEDGER_UNAVAILABLE
 //
 // Component "node.consumer" or "node.provider". Statuses of the backend
-// pass through unchanged.
+// pass through unchanged; a status grpc made up because a connection was
+// lost becomes TARGET_UNAVAILABLE, so that no text about this network's
+// sockets reaches another organisation.
 //
 // # Limits
 //
