@@ -224,16 +224,24 @@ func TestConsumerMTLS(t *testing.T) {
 		}
 	}
 	roots.AppendCertsFromPEM(server2.certPEM)
-	registrytest.WaitFor(t, 10*time.Second, "the renewed certificate accepted", func() bool { return call(&renewed, m.licensing) == nil })
+	// The cert and key files are written one after the other: a reload may
+	// see the new certificate with the old key, keep the old pair and take
+	// the new one at its next check. Wait for both replacements.
+	presents := func() []byte {
+		conn, err := tls.Dial("tcp", m.a.n.ConsumerAddr(), &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{renewed.cert}, NextProtos: []string{"h2"}})
+		if err != nil {
+			return nil
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].Raw
+	}
+	registrytest.WaitFor(t, 30*time.Second, "the renewed certificates in use", func() bool {
+		return call(&renewed, m.licensing) == nil && bytes.Equal(presents(), server2.cert.Certificate[0])
+	})
 	if err := call(&app1, m.licensing); status.Code(err) != codes.Unavailable {
 		t.Errorf("replaced certificate: %v, want the handshake refused", err)
 	}
-	conn, err := tls.Dial("tcp", m.a.n.ConsumerAddr(), &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{renewed.cert}, NextProtos: []string{"h2"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if got := conn.ConnectionState().PeerCertificates[0].Raw; !bytes.Equal(got, server2.cert.Certificate[0]) {
+	if got := presents(); !bytes.Equal(got, server2.cert.Certificate[0]) {
 		t.Error("the node still presents its old certificate")
 	}
 	// A broken file is not taken: the certificates in use stay.
