@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,16 +33,19 @@ import (
 	"github.com/sildmesh/sild/registry/registrytest"
 )
 
-// echo is a provider backend.
+// echo is a provider backend; calls counts the calls it received.
 type echo struct {
 	testpb.UnimplementedTestServiceServer
+	calls *atomic.Int64
 }
 
-func (echo) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+func (e echo) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	e.calls.Add(1)
 	return &testpb.SimpleResponse{Payload: req.GetPayload(), Username: "business-registry"}, nil
 }
 
-func (echo) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s testpb.TestService_StreamingOutputCallServer) error {
+func (e echo) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s testpb.TestService_StreamingOutputCallServer) error {
+	e.calls.Add(1)
 	for range req.GetResponseParameters() {
 		if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
 			return err
@@ -50,7 +54,8 @@ func (echo) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s testpb
 	return nil
 }
 
-func (echo) FullDuplexCall(s testpb.TestService_FullDuplexCallServer) error {
+func (e echo) FullDuplexCall(s testpb.TestService_FullDuplexCallServer) error {
+	e.calls.Add(1)
 	for {
 		req, err := s.Recv()
 		if err != nil {
@@ -63,15 +68,24 @@ func (echo) FullDuplexCall(s testpb.TestService_FullDuplexCallServer) error {
 }
 
 func startBackend(t *testing.T) string {
+	addr, _ := startCountingBackend(t)
+	return addr
+}
+
+// startCountingBackend starts an echo backend (taking messages up to
+// 64 MiB, so that the nodes' limits are what is tested) and returns its
+// address and its count of calls.
+func startCountingBackend(t *testing.T) (string, *atomic.Int64) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer()
-	testpb.RegisterTestServiceServer(s, echo{})
+	s := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))
+	calls := new(atomic.Int64)
+	testpb.RegisterTestServiceServer(s, echo{calls: calls})
 	go s.Serve(ln)
 	t.Cleanup(s.Stop)
-	return ln.Addr().String()
+	return ln.Addr().String(), calls
 }
 
 func dial(t *testing.T, addr string) *grpc.ClientConn {
@@ -91,6 +105,7 @@ type twoNodes struct {
 	dirA, dirB        string
 	licensing, bizreg ident.Subsystem
 	adminKey          string // B's admin API key
+	backendCalls      *atomic.Int64
 }
 
 func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Config), nodeAdjust ...func(*node.Config)) *twoNodes {
@@ -125,7 +140,8 @@ func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Conf
 	cfgA := nodeConfig(c, nodeA.String(), dirA, tokA)
 	cfgA.Subsystems = []node.SubsystemConfig{{ID: licensing.String()}}
 	cfgB := nodeConfig(c, nodeB.String(), dirB, tokB)
-	cfgB.Subsystems = []node.SubsystemConfig{{ID: bizreg.String(), Backend: startBackend(t)}}
+	backend, backendCalls := startCountingBackend(t)
+	cfgB.Subsystems = []node.SubsystemConfig{{ID: bizreg.String(), Backend: backend}}
 	cfgB.AdminKeys = []node.AdminKey{{Hash: apikey.Hash(adminKey), Role: "admin"}}
 	for _, adj := range nodeAdjust {
 		adj(&cfgA)
@@ -139,7 +155,7 @@ func startTwoNodes(t *testing.T, ctx context.Context, adjust func(*registry.Conf
 			return code == 200 && top != nil && len(top.Hosts(licensing)) == 1 && len(top.Hosts(bizreg)) == 1
 		})
 	}
-	return &twoNodes{c: c, a: a, b: b, dirA: dirA, dirB: dirB, licensing: licensing, bizreg: bizreg, adminKey: adminKey}
+	return &twoNodes{c: c, a: a, b: b, dirA: dirA, dirB: dirB, licensing: licensing, bizreg: bizreg, adminKey: adminKey, backendCalls: backendCalls}
 }
 
 // grant gives licensing the whole echo service on B.
@@ -177,6 +193,9 @@ func TestExchangeThroughTwoNodes(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied || rpcerr.Reason(err) != rpcerr.ReasonAccessDenied {
 		t.Fatalf("call without access right: %v (reason %q)", err, rpcerr.Reason(err))
 	}
+	if n := m.backendCalls.Load(); n != 0 {
+		t.Fatalf("backend called %d times without an access right", n)
+	}
 	// B's operator grants licensing the service over B's admin API.
 	m.grant(t, ctx)
 	// The metaservice on A asks B which methods licensing may call.
@@ -194,6 +213,9 @@ func TestExchangeThroughTwoNodes(t *testing.T) {
 	// The same message id again is a replay.
 	if _, err := call("msg-1"); rpcerr.Reason(err) != rpcerr.ReasonReplayed {
 		t.Fatalf("replayed message id: %v", err)
+	}
+	if n := m.backendCalls.Load(); n != 1 {
+		t.Fatalf("backend called %d times, want 1: the replay reached it", n)
 	}
 	// Server streaming works through the mesh too.
 	md := metadata.Pairs("sild-client", licensing.String(), "sild-target", bizreg.String())
@@ -215,6 +237,9 @@ func TestExchangeThroughTwoNodes(t *testing.T) {
 	}
 	if n != 3 {
 		t.Fatalf("%d stream messages, want 3", n)
+	}
+	if n := m.backendCalls.Load(); n != 2 {
+		t.Fatalf("backend called %d times, want 2", n)
 	}
 	// Both ledgers hold the exchange, with both signatures.
 	for name, r := range map[string]*running{"consumer": a, "provider": b} {
@@ -272,6 +297,16 @@ func TestRegistryDownUntilConfigExpires(t *testing.T) {
 		_, err := m.call(t, ctx, "")
 		return rpcerr.Reason(err) == rpcerr.ReasonConfigExpired
 	})
+	// Refused without reaching B's backend.
+	before := m.backendCalls.Load()
+	for range 3 {
+		if _, err := m.call(t, ctx, ""); rpcerr.Reason(err) != rpcerr.ReasonConfigExpired {
+			t.Fatalf("call with an expired configuration: %v", err)
+		}
+	}
+	if n := m.backendCalls.Load() - before; n != 0 {
+		t.Fatalf("backend called %d times with an expired configuration", n)
+	}
 }
 
 // TestRootRotationUnderTraffic: the ecosystem's root CA rotates while two
