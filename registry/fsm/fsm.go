@@ -396,6 +396,15 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 			return nil, err
 		}
 		t := s.Tokens[o.GetTokenHash()]
+		if rec := s.Nodes[n.String()]; t != nil && t.GetUsed() && nodeKey(t.GetNode()) == n.String() &&
+			rec.GetState() == registryv1.NodeState_NODE_STATE_ACTIVE && rec.GetAddress() == o.GetAddress() &&
+			rec.GetSvidKeyHash() == o.GetSvidKeyHash() && rec.GetSigningKeyHash() == o.GetSigningKeyHash() {
+			// The same join again (a retry after the first was applied but
+			// its answer lost, e.g. in a leader change): nothing to change.
+			// Only the holder of the keys it names can use the answer.
+			configChange = false
+			break
+		}
 		if t == nil || t.GetUsed() || nodeKey(t.GetNode()) != n.String() {
 			return nil, precondition(ReasonTokenInvalid, "join token is unknown, used, or for another node")
 		}
@@ -445,8 +454,11 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 		if err != nil {
 			return nil, err
 		}
-		if slices.ContainsFunc(s.Subsystems[sub.String()].Nodes, func(x *identv1.NodeId) bool { return nodeKey(x) == n.String() }) {
+		if f.registered(sub, n) {
 			return nil, exists("registration of " + sub.String() + " on " + n.String())
+		}
+		if id := f.pendingRegistration(sub, n); id != 0 {
+			return nil, exists(fmt.Sprintf("pending request %d for %s on %s", id, sub.String(), n.String()))
 		}
 		change, err := Encode(&registryv1.Command{Op: op})
 		if err != nil {
@@ -508,6 +520,9 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 		if err != nil {
 			return nil, err
 		}
+		if f.registered(sub, n) {
+			return nil, exists("registration of " + sub.String() + " on " + n.String())
+		}
 		f.register(sub, n)
 		req.State, req.DecidedAt = registryv1.RequestState_REQUEST_STATE_APPROVED, cmd.GetTime()
 
@@ -559,9 +574,12 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 		switch {
 		case add && has:
 			return nil, exists(sub.String() + " in group " + code)
-		case add:
+		case add && sub.Member.Instance == s.Instance && s.Subsystems[sub.String()] == nil:
 			// Members of a global group may belong to other instances
-			// (federation), so the subsystem need not be known here.
+			// (federation), which this registry does not know; one of its
+			// own instance must exist.
+			return nil, notFound("subsystem " + sub.String())
+		case add:
 			g.Members = append(g.Members, sub.Proto())
 			sortSubsystems(g.Members)
 		case !has:
@@ -724,6 +742,31 @@ func (f *FSM) register(sub ident.Subsystem, n ident.Node) {
 	rec := f.s.Subsystems[sub.String()]
 	rec.Nodes = append(rec.Nodes, n.Proto())
 	sort.Slice(rec.Nodes, func(i, j int) bool { return nodeKey(rec.Nodes[i]) < nodeKey(rec.Nodes[j]) })
+}
+
+// registered reports whether node n hosts subsystem sub.
+func (f *FSM) registered(sub ident.Subsystem, n ident.Node) bool {
+	return slices.ContainsFunc(f.s.Subsystems[sub.String()].GetNodes(), func(x *identv1.NodeId) bool { return nodeKey(x) == n.String() })
+}
+
+// pendingRegistration returns the id of a pending request to register sub
+// on n, or 0.
+func (f *FSM) pendingRegistration(sub ident.Subsystem, n ident.Node) uint64 {
+	for _, id := range sortedKeys(f.s.Requests) {
+		q := f.s.Requests[id]
+		if q.GetState() != registryv1.RequestState_REQUEST_STATE_PENDING || q.GetKind() != KindRegisterSubsystem {
+			continue
+		}
+		var c registryv1.Command
+		if proto.Unmarshal(q.GetChange(), &c) != nil {
+			continue
+		}
+		rs := c.GetRegisterSubsystem()
+		if key(rs.GetSubsystem()) == sub.String() && nodeKey(rs.GetNode()) == n.String() {
+			return id
+		}
+	}
+	return 0
 }
 
 func (f *FSM) registration(sp *identv1.SubsystemId, np *identv1.NodeId) (ident.Subsystem, ident.Node, error) {

@@ -154,3 +154,78 @@ func TestServerJoinIsIdempotent(t *testing.T) {
 		t.Fatalf("a spent token for other addresses: %v", err)
 	}
 }
+
+// refused applies cmd, wants the reason, and checks the state is unchanged.
+func (a *applier) refused(cmd *registryv1.Command, reason string) {
+	a.t.Helper()
+	before := a.state()
+	err := a.apply(cmd)
+	if rpcerr.Reason(err) != reason {
+		a.t.Fatalf("got %v, want reason %s", err, reason)
+	}
+	if !proto.Equal(before, a.state()) {
+		a.t.Fatalf("refused command (%v) changed the state", err)
+	}
+}
+
+func TestGroupMemberOfThisInstanceMustExist(t *testing.T) {
+	a := newApplier(t)
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddMember{AddMember: &registryv1.AddMemberRequest{Id: member("1")}}})
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddSubsystem{AddSubsystem: &registryv1.AddSubsystemRequest{Id: &identv1.SubsystemId{Member: member("1"), SubsystemCode: "reg"}}}})
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddGroup{AddGroup: &registryv1.AddGroupRequest{Code: "g"}}})
+	add := func(sub *identv1.SubsystemId) *registryv1.Command {
+		return &registryv1.Command{Op: &registryv1.Command_AddGroupMember{AddGroupMember: &registryv1.AddGroupMemberRequest{Code: "g", Member: sub}}}
+	}
+	a.refused(add(&identv1.SubsystemId{Member: member("1"), SubsystemCode: "nope"}), "NOT_FOUND")
+	a.refused(add(&identv1.SubsystemId{Member: member("2"), SubsystemCode: "reg"}), "NOT_FOUND")
+	a.must(add(&identv1.SubsystemId{Member: member("1"), SubsystemCode: "reg"}))
+	// A subsystem of another (federated) instance is not known here.
+	a.must(add(&identv1.SubsystemId{Member: &identv1.MemberId{Instance: "FI", MemberClass: "GOV", MemberCode: "1"}, SubsystemCode: "pop"}))
+}
+
+func TestOnePendingRequestPerRegistration(t *testing.T) {
+	a := newApplier(t)
+	sub := &identv1.SubsystemId{Member: member("1"), SubsystemCode: "reg"}
+	n := &identv1.NodeId{Member: member("1"), NodeCode: "ss1"}
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddMember{AddMember: &registryv1.AddMemberRequest{Id: member("1")}}})
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddSubsystem{AddSubsystem: &registryv1.AddSubsystemRequest{Id: sub}}})
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddNode{AddNode: &registryv1.AddNodeRequest{Id: n}}})
+	a.must(&registryv1.Command{Op: &registryv1.Command_SetAutoApprove{SetAutoApprove: &registryv1.SetAutoApproveRequest{Kind: KindRegisterSubsystem}}})
+	reg := &registryv1.Command{Op: &registryv1.Command_RegisterSubsystem{RegisterSubsystem: &registryv1.RegisterSubsystemRequest{Subsystem: sub, Node: n}}}
+	a.must(reg)
+	a.refused(proto.Clone(reg).(*registryv1.Command), "ALREADY_EXISTS")
+	a.must(&registryv1.Command{Op: &registryv1.Command_ApproveRequest{ApproveRequest: &registryv1.ApproveRequestRequest{Id: 1}}})
+	var hosts int
+	a.f.Read(func(s *State, _ uint64) { hosts = len(s.Subsystems["EE/GOV/1/reg"].GetNodes()) })
+	if hosts != 1 {
+		t.Fatalf("subsystem listed on %d nodes, want 1", hosts)
+	}
+	// Once decided, the pair may be asked for again (after unregistering).
+	a.must(&registryv1.Command{Op: &registryv1.Command_UnregisterSubsystem{UnregisterSubsystem: &registryv1.UnregisterSubsystemRequest{Subsystem: sub, Node: n}}})
+	a.must(proto.Clone(reg).(*registryv1.Command))
+}
+
+func TestNodeJoinIsIdempotent(t *testing.T) {
+	a := newApplier(t)
+	n := &identv1.NodeId{Member: member("1"), NodeCode: "ss1"}
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddMember{AddMember: &registryv1.AddMemberRequest{Id: member("1")}}})
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddNode{AddNode: &registryv1.AddNodeRequest{Id: n}}})
+	a.must(&registryv1.Command{Op: &registryv1.Command_AddJoinToken{AddJoinToken: &registryv1.JoinToken{
+		Hash: "h", Subject: &registryv1.JoinToken_Node{Node: n}, ExpiresAt: timestamppb.New(a.now.Add(time.Hour)),
+	}}})
+	joined := func(addr, svid string) *registryv1.Command {
+		return &registryv1.Command{Op: &registryv1.Command_NodeJoined{NodeJoined: &registryv1.NodeJoined{
+			TokenHash: "h", Node: n, Address: addr, SvidKeyHash: svid, SigningKeyHash: "sign",
+		}}}
+	}
+	a.must(joined("127.0.0.1:1", "svid"))
+	before := a.state()
+	if err := a.apply(joined("127.0.0.1:1", "svid")); err != nil {
+		t.Fatalf("the same join again: %v", err)
+	}
+	if !proto.Equal(before, a.state()) {
+		t.Fatal("the same join again changed the state")
+	}
+	a.refused(joined("127.0.0.1:1", "other"), ReasonTokenInvalid)
+	a.refused(joined("127.0.0.1:2", "svid"), ReasonTokenInvalid)
+}
