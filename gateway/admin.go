@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -91,6 +92,11 @@ func NewAdmin(ctx context.Context, cfg AdminConfig) (*Admin, error) {
 			errorHandler(ctx, mux, m, w, r, err)
 		}),
 		runtime.WithRoutingErrorHandler(routingErrorHandler),
+		// The gRPC server's headers and trailers (content-type
+		// application/grpc, the trailer names) are the loopback's, not the
+		// API's: none becomes a Grpc-Metadata-* HTTP header.
+		runtime.WithOutgoingHeaderMatcher(dropMetadata),
+		runtime.WithOutgoingTrailerMatcher(dropMetadata),
 	)
 	if cfg.OpenAPI != nil {
 		doc, err := patchOpenAPI(cfg.OpenAPI, cfg.Title)
@@ -129,11 +135,28 @@ func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(a.mux, w, r, tooLarge(a.maxBody))
 		return
 	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && r.ContentLength != 0 && !adminMedia(ct) {
+		writeError(a.mux, w, r, unsupportedMedia(ct))
+		return
+	}
 	if r.Body != nil {
 		r.Body = http.MaxBytesReader(w, r.Body, a.maxBody)
 	}
 	a.mux.ServeHTTP(w, r)
 }
+
+// adminMedia reports whether an admin request body declared as ct is read:
+// JSON, or application/x-www-form-urlencoded, which curl -d declares when
+// told nothing (the body must still be JSON).
+func adminMedia(ct string) bool {
+	if jsonMedia(ct) {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == "application/x-www-form-urlencoded"
+}
+
+func dropMetadata(string) (string, bool) { return "", false }
 
 // NewRegistryAdmin returns the REST gateway of the registry's AdminService
 // (sild.registry.v1) on the registry's gRPC server gs.

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net"
 	"net/http"
 	"strings"
@@ -186,11 +185,8 @@ func (c *Consumer) parse(r *http.Request, p map[string]string) (*request, error)
 		q.msgID = envelope.NewMessageID()
 		q.md.Set(envelope.HeaderMessageID, q.msgID)
 	}
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return nil, &runtime.HTTPStatusError{HTTPStatus: http.StatusUnsupportedMediaType,
-				Err: refuse(codes.InvalidArgument, ReasonUnsupportedMedia, "Content-Type must be application/json")}
-		}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !jsonMedia(ct) {
+		return nil, unsupportedMedia(ct)
 	}
 
 	top := c.cfg.Topology()
@@ -236,7 +232,8 @@ func (c *Consumer) handle(w http.ResponseWriter, r *http.Request, p map[string]s
 	in := dynamicpb.NewMessage(m.Input())
 	if len(bytes.TrimSpace(q.body)) > 0 {
 		if err := (protojson.UnmarshalOptions{Resolver: q.si.types}).Unmarshal(q.body, in); err != nil {
-			writeError(c.mux, w, r, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "request body: "+err.Error()))
+			writeError(c.mux, w, r, refuse(codes.InvalidArgument, rpcerr.ReasonInvalidArgument,
+				cleanDecodeMessage(err.Error())+" (request type "+string(m.Input().FullName())+")"))
 			return
 		}
 	}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -62,13 +63,52 @@ func withReason(ctx context.Context, err error) error {
 	switch code {
 	case codes.Canceled, codes.DeadlineExceeded:
 		return err
-	case codes.InvalidArgument, codes.NotFound, codes.Unimplemented:
+	case codes.InvalidArgument:
+		msg = cleanDecodeMessage(msg)
+	case codes.NotFound, codes.Unimplemented:
 	case codes.Unavailable:
-		msg = "admin API unavailable"
+		// Not the daemon's or the mesh's own refusal (those carry a reason):
+		// a connection's failure, whose text is internal.
+		msg = "service unavailable"
 	default:
 		code, msg = codes.Internal, "internal error"
 	}
 	return rpcerr.New(code, reasonOf(code), Component, msg)
+}
+
+// cleanDecodeMessage rewrites the text of a JSON decoding error (of
+// encoding/json or protojson, as the runtime passes it on) so that it says
+// what is wrong with the request body without the Go library's prefixes.
+// Other messages are returned as they are.
+func cleanDecodeMessage(msg string) string {
+	// The protobuf module writes its prefix with a regular or a no-break
+	// space, chosen per binary.
+	msg = strings.Replace(msg, "proto:\u00a0", "proto: ", 1)
+	switch {
+	case msg == "EOF" || msg == "unexpected EOF" || msg == "proto: unexpected EOF":
+		return "request body is not valid JSON: it ends too early"
+	case strings.HasPrefix(msg, "invalid character "), strings.HasPrefix(msg, "proto: syntax error"):
+		return "request body is not valid JSON: " + strings.TrimPrefix(msg, "proto: ")
+	case strings.HasPrefix(msg, "json: cannot unmarshal "):
+		return "request body: " + strings.TrimPrefix(msg, "json: cannot unmarshal ")
+	case strings.HasPrefix(msg, "proto: "):
+		return "request body: " + strings.TrimPrefix(msg, "proto: ")
+	}
+	return msg
+}
+
+// jsonMedia reports whether the Content-Type value ct names JSON
+// (application/json or a type with the +json suffix, any parameters).
+func jsonMedia(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json")))
+}
+
+// unsupportedMedia is the 415 answer to a body that is not declared JSON.
+func unsupportedMedia(ct string) error {
+	return &runtime.HTTPStatusError{HTTPStatus: http.StatusUnsupportedMediaType,
+		Err: rpcerr.New(codes.InvalidArgument, ReasonUnsupportedMedia, Component,
+			"Content-Type "+strconv.Quote(ct)+" is not supported: send the body as application/json")}
 }
 
 // errorHandler writes err as google.rpc.Status JSON with the HTTP status of
