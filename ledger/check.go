@@ -7,12 +7,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"google.golang.org/protobuf/proto"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	"github.com/sildmesh/sild/ledger/merkle"
+	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/tsa"
 )
 
@@ -30,6 +32,8 @@ type CheckReport struct {
 	// TokensVerified is the number of tokens checked against the trust
 	// bundle (only when Check was given roots).
 	TokensVerified int
+
+	origin string // of the checkpoints
 }
 
 // Check is a full consistency check of the ledger (an fsck): every entry
@@ -38,10 +42,46 @@ type CheckReport struct {
 // and every record is indexed, every body is present (and, with the body
 // key, decrypts to its digest), every checkpoint's root matches the tree at
 // its size, its signature verifies and successive checkpoints are consistent;
-// with roots, every time-stamp token is verified too. Run it on a ledger
-// that is not appending (e.g. opened with OpenReader). The error is a
-// *VerifyError.
+// with roots, every time-stamp token is verified and every checkpoint's
+// signer must be certified by them. Run it on a ledger that is not
+// appending (e.g. opened with OpenReader). The error is a *VerifyError.
+//
+// A ledger restored from an old copy, or rewritten by someone holding the
+// node's key, is consistent in itself: CheckWith's Against detects it
+// with checkpoints the ledger signed earlier and others kept.
 func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckReport, error) {
+	return l.CheckWith(ctx, CheckOptions{Roots: roots})
+}
+
+// CheckOptions are what CheckWith checks beyond the store itself.
+type CheckOptions struct {
+	// Roots, when given, verify every time-stamp token and every
+	// checkpoint signer's certificate (pki KindSigning).
+	Roots []*x509.Certificate
+	// Against are checkpoints this ledger signed earlier and that were kept
+	// elsewhere (those of evidence bundles and archive files): the ledger
+	// must still hold each one's tree. A ledger with fewer records than one
+	// fails with LEDGER_ROLLED_BACK (restored from an older copy, or its
+	// tail cut together with its checkpoints); one whose tree at that size
+	// has another root fails with LEDGER_FORKED (records changed or
+	// replaced, and the checkpoints signed again).
+	Against []*ledgerv1.SignedCheckpoint
+	// Progress, when set, is called as the entries are checked with how
+	// many are done and how many there are, last with done == total.
+	Progress func(done, total uint64)
+}
+
+// progressEvery is how many entries Check checks between Progress calls.
+const progressEvery = 4096
+
+// CheckWith is Check with options (trust roots, earlier checkpoints,
+// progress). The error is a *VerifyError.
+func (l *Ledger) CheckWith(ctx context.Context, opts CheckOptions) (*CheckReport, error) {
+	roots := opts.Roots
+	progress := opts.Progress
+	if progress == nil {
+		progress = func(uint64, uint64) {}
+	}
 	rep := &CheckReport{}
 	err := l.db.View(func(txn *badger.Txn) error {
 		size, err := getSize(txn)
@@ -87,8 +127,11 @@ func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckRe
 		defer it.Close()
 		i := archived
 		for it.Rewind(); it.Valid(); it.Next() {
-			if i%4096 == 0 && ctx.Err() != nil {
-				return ctx.Err()
+			if i%progressEvery == 0 {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				progress(i, size)
 			}
 			if k := keyUint(it.Item().Key()[1:]); k < archived {
 				return fail(ReasonStoreCorrupt, -1, "entry %d was archived but is still stored (an interrupted prune: run archive again)", k)
@@ -169,9 +212,13 @@ func (l *Ledger) Check(ctx context.Context, roots []*x509.Certificate) (*CheckRe
 			return fail(ReasonTreeMismatch, -1, "stored tree root differs from the entries")
 		}
 		if nextCP != len(cps) {
-			return fail(ReasonCheckpointMalformed, -1, "checkpoint of size %d beyond the tree (size %d)", cps[nextCP].size, size)
+			return fail(ReasonTruncated, -1, "records %d to %d are missing: the ledger signed checkpoint %d over them (its tail was cut, or the store lost writes)", size, cps[nextCP].size-1, cps[nextCP].size)
 		}
-		return checkIndexes(txn, want, archived)
+		progress(size, size)
+		if err := checkIndexes(txn, want, archived); err != nil {
+			return err
+		}
+		return checkAgainst(txn, size, cps, opts.Against, roots)
 	})
 	if err != nil {
 		var ve *VerifyError
@@ -239,6 +286,11 @@ func (l *Ledger) checkCheckpoint(txn *badger.Txn, c storedCP, root merkle.Hash, 
 	if cp.GetTreeSize() != c.size || !bytes.Equal(cp.GetRootHash(), root[:]) {
 		return fail(ReasonTreeMismatch, -1, "checkpoint %d does not match the tree", c.size)
 	}
+	if rep.origin == "" {
+		rep.origin = cp.GetOrigin()
+	} else if cp.GetOrigin() != rep.origin {
+		return fail(ReasonOriginMismatch, -1, "checkpoint %d is of %q, the ones before of %q", c.size, cp.GetOrigin(), rep.origin)
+	}
 	if prevSize > 0 {
 		proof, err := merkle.ConsistencyProof(txnNodes(txn), prevSize, c.size)
 		if err != nil {
@@ -251,14 +303,95 @@ func (l *Ledger) checkCheckpoint(txn *badger.Txn, c storedCP, root merkle.Hash, 
 	rep.Checkpoints++
 	if len(c.sc.GetTimestampToken()) > 0 {
 		rep.Stamped++
-		if len(roots) > 0 {
-			if _, err := tsa.Verify(c.sc.GetTimestampToken(), StampDigest(c.sc), roots); err != nil {
-				return fail(ReasonTimestampInvalid, -1, "checkpoint %d: %v", c.size, err)
-			}
+	}
+	if len(roots) > 0 {
+		if _, err := verifyCheckpointTrust(c.sc, cp, roots); err != nil {
+			return err
+		}
+		if len(c.sc.GetTimestampToken()) > 0 {
 			rep.TokensVerified++
 		}
 	}
 	return nil
+}
+
+// verifyCheckpointTrust checks a signed checkpoint (whose signature
+// checkCheckpointSignature verified) against roots: its time-stamp token if
+// it has one, and its signer's certificate (pki KindSigning) at the stamp's
+// time, else at the checkpoint's. It returns the stamp time (zero if none).
+func verifyCheckpointTrust(sc *ledgerv1.SignedCheckpoint, cp *ledgerv1.Checkpoint, roots []*x509.Certificate) (time.Time, error) {
+	at := cp.GetTime().AsTime()
+	var stamped time.Time
+	if tok := sc.GetTimestampToken(); len(tok) > 0 {
+		t, err := tsa.Verify(tok, StampDigest(sc), roots)
+		if err != nil {
+			return stamped, fail(ReasonTimestampInvalid, -1, "checkpoint %d: %v", cp.GetTreeSize(), err)
+		}
+		at, stamped = t, t
+	}
+	cert, err := x509.ParseCertificate(sc.GetSignerChain()[0])
+	if err != nil {
+		return stamped, fail(ReasonSignerUntrusted, -1, "checkpoint %d: signer certificate: %v", cp.GetTreeSize(), err)
+	}
+	if _, err := pki.Verify(cert, roots, pki.KindSigning, at); err != nil {
+		return stamped, fail(ReasonSignerUntrusted, -1, "checkpoint %d: signer: %v", cp.GetTreeSize(), err)
+	}
+	return stamped, nil
+}
+
+// checkAgainst checks that the tree of every checkpoint in against (signed
+// by this ledger earlier, kept elsewhere) is still the ledger's: the store
+// holds at least its records, and its root at that size is the signed one.
+func checkAgainst(txn *badger.Txn, size uint64, stored []storedCP, against []*ledgerv1.SignedCheckpoint, roots []*x509.Certificate) error {
+	var origin string
+	if len(stored) > 0 {
+		cp := &ledgerv1.Checkpoint{}
+		if err := proto.Unmarshal(stored[len(stored)-1].sc.GetCheckpoint(), cp); err == nil {
+			origin = cp.GetOrigin()
+		}
+	}
+	get := txnNodes(txn)
+	for i, sc := range against {
+		cp, _, err := checkCheckpointSignature(sc)
+		if err != nil {
+			return againstError(i, err)
+		}
+		when := "signed " + cp.GetTime().AsTime().UTC().Format(time.RFC3339)
+		if len(roots) > 0 {
+			stamped, err := verifyCheckpointTrust(sc, cp, roots)
+			if err != nil {
+				return againstError(i, err)
+			}
+			if !stamped.IsZero() {
+				when += ", time-stamped " + stamped.UTC().Format(time.RFC3339)
+			}
+		}
+		if origin != "" && cp.GetOrigin() != origin {
+			return fail(ReasonOriginMismatch, i, "checkpoint is of %q, this ledger of %q", cp.GetOrigin(), origin)
+		}
+		if cp.GetTreeSize() > size {
+			return fail(ReasonRolledBack, i, "this ledger holds %d records, but it signed checkpoint %d (%s) over %d: records were removed (restored from an older copy, or its tail cut with its checkpoints)",
+				size, cp.GetTreeSize(), when, cp.GetTreeSize())
+		}
+		root, err := merkle.RootAt(get, cp.GetTreeSize())
+		if err != nil {
+			return fail(ReasonStoreCorrupt, i, "root at %d: %v", cp.GetTreeSize(), err)
+		}
+		if !bytes.Equal(root[:], cp.GetRootHash()) {
+			return fail(ReasonForked, i, "this ledger's first %d records are not those of its checkpoint %d (%s): records were changed or replaced, and checkpoints signed again",
+				cp.GetTreeSize(), cp.GetTreeSize(), when)
+		}
+	}
+	return nil
+}
+
+// againstError numbers a failure of the i-th checkpoint of Against.
+func againstError(i int, err error) error {
+	var ve *VerifyError
+	if errors.As(err, &ve) {
+		return &VerifyError{Reason: ve.Reason, Item: i, Err: ve.Err}
+	}
+	return err
 }
 
 // checkIndexes checks that the index keys in the store are exactly want:

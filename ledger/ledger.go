@@ -53,7 +53,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -265,6 +268,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrReadOnly: the ledger was opened with OpenReader.
 	ErrReadOnly = errors.New("ledger opened read-only")
+	// ErrNoLedger: OpenReader was given a directory that holds no ledger.
+	ErrNoLedger = errors.New("no ledger in this directory")
 )
 
 // unavailable is the error appends get while the ledger cannot make records
@@ -372,14 +377,23 @@ func New(cfg Config) (*Ledger, error) {
 }
 
 // OpenReader opens an existing ledger directory for queries, export,
-// Check and Archive, without signing or appending. bodyKey may be nil (bodies are then
-// not readable).
+// Check and Archive, without signing or appending; a directory without a
+// ledger is refused with ErrNoLedger (nothing is created). bodyKey may be
+// nil (bodies are then not readable).
 func OpenReader(dir string, bodyKey []byte, logger *slog.Logger) (*Ledger, error) {
 	if dir == "" {
 		return nil, errors.New("open ledger: empty dir")
 	}
 	if len(bodyKey) != 0 && len(bodyKey) != 32 {
 		return nil, fmt.Errorf("open ledger: body key must be 32 bytes, got %d", len(bodyKey))
+	}
+	// Badger would create an empty store in a mistyped directory, and a
+	// check of it would pass: refuse a directory that holds no ledger.
+	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open ledger %s: %w (give the ledger directory of a node's data, e.g. <data_dir>/ledger)", dir, ErrNoLedger)
+		}
+		return nil, fmt.Errorf("open ledger: %w", err)
 	}
 	cfg := DefaultConfig()
 	cfg.Dir, cfg.BodyKey, cfg.Logger = dir, bodyKey, logger
@@ -399,6 +413,9 @@ func open(cfg Config, readOnly bool) (*Ledger, error) {
 		WithNumVersionsToKeep(1).
 		WithDetectConflicts(false) // one committer goroutine writes
 	db, err := badger.Open(opts)
+	if err != nil && readOnly && strings.Contains(err.Error(), "directory lock") {
+		return nil, fmt.Errorf("open ledger %s: in use by a running node (stop it or work on a copy; a running node answers export and query through its admin listener, --node-admin): %w", cfg.Dir, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", cfg.Dir, err)
 	}

@@ -44,6 +44,17 @@ const (
 	ReasonIndexMismatch        Reason = "INDEX_MISMATCH"
 	ReasonStoreCorrupt         Reason = "STORE_CORRUPT"
 	ReasonCheckpointUnverified Reason = "CHECKPOINT_UNVERIFIED"
+	// ReasonTruncated: Check found checkpoints over records the ledger no
+	// longer holds.
+	ReasonTruncated Reason = "LEDGER_TRUNCATED"
+	// ReasonRolledBack: the ledger holds fewer records than a checkpoint it
+	// signed earlier (CheckOptions.Against).
+	ReasonRolledBack Reason = "LEDGER_ROLLED_BACK"
+	// ReasonForked: the ledger's tree differs from a checkpoint it signed
+	// earlier at that checkpoint's size (CheckOptions.Against).
+	ReasonForked Reason = "LEDGER_FORKED"
+	// ReasonOriginMismatch: checkpoints of different nodes.
+	ReasonOriginMismatch Reason = "ORIGIN_MISMATCH"
 )
 
 // VerifyError is a verification failure: what failed, for which item of the
