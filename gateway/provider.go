@@ -29,6 +29,7 @@ import (
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/envelope"
+	"github.com/sildmesh/sild/node/forward"
 	"github.com/sildmesh/sild/node/topology"
 )
 
@@ -115,7 +116,9 @@ func NewProvider(cfg ProviderConfig) (*Provider, error) {
 
 // ServerOptions make a grpc.Server handle every method through p.
 func (p *Provider) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.UnknownServiceHandler(p.handle)}
+	// Request messages are received as bytes and decoded here, so that a
+	// malformed one is refused in the provider's words, not grpc-go's.
+	return []grpc.ServerOption{grpc.UnknownServiceHandler(p.handle), grpc.ForceServerCodecV2(forward.Codec{})}
 }
 
 func refuseP(code codes.Code, reason, msg string) error {
@@ -172,17 +175,24 @@ func (p *Provider) handle(_ any, ss grpc.ServerStream) error {
 	if m.IsStreamingClient() {
 		return refuseP(codes.Unimplemented, ReasonUnsupportedMethod, "client-streaming methods cannot have a JSON backend")
 	}
+	var frame forward.Frame
+	if err := ss.RecvMsg(&frame); err != nil {
+		return recvError(ctx, err)
+	}
 	in := dynamicpb.NewMessage(m.Input())
-	if err := ss.RecvMsg(in); err != nil {
-		return err
+	err = proto.UnmarshalOptions{Resolver: si.types}.Unmarshal(frame.Bytes(), in)
+	frame.Free()
+	if err != nil {
+		return refuseP(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "request is not a valid "+string(m.Input().FullName())+" message")
 	}
 	// Like grpc's own unary handlers, call the backend only once the caller
 	// half-closed: a node half-closes towards its backend only after the
 	// consumer's signature verified, so no unsigned request reaches it.
-	if err := ss.RecvMsg(dynamicpb.NewMessage(m.Input())); err == nil {
+	if err := ss.RecvMsg(&frame); err == nil {
+		frame.Free()
 		return refuseP(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "more than one request message for a method that takes one")
 	} else if err != io.EOF {
-		return err
+		return recvError(ctx, err)
 	}
 	enc := protojson.MarshalOptions{Resolver: si.types}
 	body, err := enc.Marshal(in)
@@ -249,9 +259,25 @@ func (p *Provider) handle(_ any, ss grpc.ServerStream) error {
 		if e, ok := rpcerr.FromContext(ctx.Err()); ok {
 			return e
 		}
+		if errors.Is(err, bufio.ErrTooLong) {
+			return refuseP(codes.ResourceExhausted, ReasonBodyTooLarge, "backend answer message too large")
+		}
 		return refuseP(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "backend answer cut short")
 	}
 	return nil
+}
+
+// recvError is the refusal of a request message that could not be
+// received: the caller's cancellation as such, a missing request as
+// INVALID_ARGUMENT in words of its own.
+func recvError(ctx context.Context, err error) error {
+	if e, ok := rpcerr.FromContext(ctx.Err()); ok {
+		return e
+	}
+	if errors.Is(err, io.EOF) {
+		return refuseP(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "no request message")
+	}
+	return err
 }
 
 // ServeProvider serves a REST provider on ln until ctx ends.
