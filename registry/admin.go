@@ -2,6 +2,8 @@ package registry
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry/fsm"
@@ -127,17 +130,32 @@ func (a *adminAPI) RegisterSubsystem(ctx context.Context, r *registryv1.Register
 	if err := a.do(ctx, &registryv1.Command{Op: &registryv1.Command_RegisterSubsystem{RegisterSubsystem: r}}); err != nil {
 		return nil, err
 	}
-	// The request just created is the newest one for this pair.
+	// The request just created is the newest one for this pair (others
+	// may have been created for other pairs since).
 	resp := &registryv1.RegisterSubsystemResponse{}
 	err := a.read(ctx, nil, func(st *fsm.State) {
 		for id := st.NextReq - 1; id > 0; id-- {
-			if q := st.Requests[id]; q != nil && q.GetKind() == fsm.KindRegisterSubsystem {
+			if q := st.Requests[id]; q != nil && q.GetKind() == fsm.KindRegisterSubsystem && samePair(q, r) {
 				resp.Request = proto.Clone(q).(*registryv1.ManagementRequest)
 				return
 			}
 		}
 	})
 	return resp, err
+}
+
+// samePair reports whether request q registers the pair r names.
+func samePair(q *registryv1.ManagementRequest, r *registryv1.RegisterSubsystemRequest) bool {
+	var c registryv1.Command
+	if proto.Unmarshal(q.GetChange(), &c) != nil {
+		return false
+	}
+	rs := c.GetRegisterSubsystem()
+	qs, err1 := ident.SubsystemFromProto(rs.GetSubsystem())
+	qn, err2 := ident.NodeFromProto(rs.GetNode())
+	ws, err3 := ident.SubsystemFromProto(r.GetSubsystem())
+	wn, err4 := ident.NodeFromProto(r.GetNode())
+	return errors.Join(err1, err2, err3, err4) == nil && qs == ws && qn == wn
 }
 
 func (a *adminAPI) UnregisterSubsystem(ctx context.Context, r *registryv1.UnregisterSubsystemRequest) (*registryv1.UnregisterSubsystemResponse, error) {
@@ -166,12 +184,12 @@ func (a *adminAPI) ListGroups(ctx context.Context, r *registryv1.ListGroupsReque
 	return resp, err
 }
 
-// maxDescriptorSet bounds a published FileDescriptorSet.
-const maxDescriptorSet = 4 << 20
-
 func (a *adminAPI) PublishService(ctx context.Context, r *registryv1.PublishServiceRequest) (*registryv1.PublishServiceResponse, error) {
-	if len(r.GetFileDescriptorSet()) > maxDescriptorSet {
-		return nil, badArg("file descriptor set: larger than 4 MiB")
+	// The FSM checks the whole catalogue; one set over the limit needs no
+	// trip through the log.
+	if n := len(r.GetFileDescriptorSet()); n > fsm.MaxCatalogueBytes {
+		return nil, rpcerr.New(codes.ResourceExhausted, fsm.ReasonCatalogueFull, "registry",
+			fmt.Sprintf("file descriptor set: %d bytes, over the catalogue's limit of %d", n, fsm.MaxCatalogueBytes))
 	}
 	return &registryv1.PublishServiceResponse{}, a.do(ctx, &registryv1.Command{Op: &registryv1.Command_PublishService{PublishService: r}})
 }

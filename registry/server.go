@@ -328,6 +328,9 @@ func (s *Server) SetPartitioned(cut bool) {
 	}
 }
 
+// maxRequest bounds a request to the API.
+const maxRequest = 16 << 20
+
 // Run starts the server and blocks until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.closeListeners()
@@ -341,6 +344,9 @@ func (s *Server) Run(ctx context.Context) error {
 	defer s.stopRaft()
 
 	s.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(s.apiTLS())),
+		// Above a publication's limit (fsm.MaxCatalogueBytes), so that one a
+		// little too large is refused with its reason, not by gRPC.
+		grpc.MaxRecvMsgSize(maxRequest),
 		grpc.ChainUnaryInterceptor(s.authUnary), grpc.ChainStreamInterceptor(s.authStream))
 	registryv1.RegisterAdminServiceServer(s.grpc, &adminAPI{s: s})
 	registryv1.RegisterNodeServiceServer(s.grpc, &nodeAPI{s: s})

@@ -599,6 +599,9 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 		if err := CheckDescriptors(op.PublishService.GetFileDescriptorSet(), svc.Name); err != nil {
 			return nil, err
 		}
+		if err := f.catalogueRoom(svc.String(), len(op.PublishService.GetFileDescriptorSet())); err != nil {
+			return nil, err
+		}
 		s.Services[svc.String()] = &registryv1.CatalogEntry{
 			Service: svc.Proto(), FileDescriptorSet: op.PublishService.GetFileDescriptorSet(), Enabled: op.PublishService.GetEnabled(),
 		}
@@ -742,6 +745,33 @@ func (f *FSM) register(sub ident.Subsystem, n ident.Node) {
 	rec := f.s.Subsystems[sub.String()]
 	rec.Nodes = append(rec.Nodes, n.Proto())
 	sort.Slice(rec.Nodes, func(i, j int) bool { return nodeKey(rec.Nodes[i]) < nodeKey(rec.Nodes[j]) })
+}
+
+// MaxCatalogueBytes bounds the descriptor sets of the whole catalogue: every
+// node receives all of them in each global configuration, and a node takes
+// a message of at most 4 MiB (gRPC's default), so a larger catalogue would
+// cut every node off from its configuration.
+const MaxCatalogueBytes = 3 << 20
+
+// ReasonCatalogueFull refuses a publication that would take the catalogue
+// over MaxCatalogueBytes.
+const ReasonCatalogueFull = "CATALOGUE_FULL"
+
+// catalogueRoom checks that service svc may hold a descriptor set of size
+// bytes (replacing its current one) within MaxCatalogueBytes.
+func (f *FSM) catalogueRoom(svc string, size int) error {
+	total := size
+	for k, e := range f.s.Services {
+		if k != svc {
+			total += len(e.GetFileDescriptorSet())
+		}
+	}
+	if total > MaxCatalogueBytes {
+		return rpcerr.New(codes.ResourceExhausted, ReasonCatalogueFull, component, fmt.Sprintf(
+			"the catalogue's descriptor sets would take %d bytes, over the limit of %d (every node receives them all): publish smaller descriptor sets (only the files the service needs) or remove unused services",
+			total, MaxCatalogueBytes))
+	}
+	return nil
 }
 
 // registered reports whether node n hosts subsystem sub.
