@@ -198,6 +198,9 @@ func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
 	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithPerRPCCredentials(apikey.Credentials(strings.TrimSpace(opts.apiKey), true)),
+		// A backup, the catalogue and the configuration (which carries the
+		// catalogue twice, signed and decoded) exceed gRPC's default 4 MiB.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(ctlMaxRecv)),
 	}
 	target := opts.registry
 	if addrs := strings.Split(opts.registry, ","); len(addrs) > 1 {
@@ -219,6 +222,9 @@ func dialRegistry(opts *ctlOptions) (*grpc.ClientConn, error) {
 	}
 	return conn, nil
 }
+
+// ctlMaxRecv bounds an answer of the registry to sild ctl.
+const ctlMaxRecv = 1 << 30
 
 // apiKeyOf returns the API key given by --api-key (key) or --api-key-file
 // (file), refusing both or neither; hint says where a key is found.
