@@ -187,3 +187,33 @@ func TestFederationLinkRefusesWrongPeer(t *testing.T) {
 		t.Fatal("a failed link is in the configuration")
 	}
 }
+
+// TestFederationFollowsPeerRefreshHint: a registry that re-checks its links
+// rarely still follows a peer's root rotation as soon as the peer's bundle
+// asks (its refresh hint), so new roots do not wait for the slow side.
+func TestFederationFollowsPeerRefreshHint(t *testing.T) {
+	ee := registrytest.StartWith(t, 1, func(c *registry.Config) {
+		c.Instance, c.TrustDomain = "EE", "ee.sild.test"
+		c.FederationAddr = "127.0.0.1:0"
+		c.FederationRefresh = time.Hour // EE's own schedule: far beyond the test
+	})
+	fi := ecosystem(t, "FI", "fi.sild.test") // FI's bundle asks for 300ms
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	eeAdm, fiAdm := ee.AdminClient(ee.Servers[0]), fi.AdminClient(fi.Servers[0])
+	// FI links first, so EE's link is active from its first fetch.
+	if _, err := fiAdm.AddFederationLink(fi.Ctx(ctx), linkTo(ee, "EE", "ee.sild.test")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eeAdm.AddFederationLink(ee.Ctx(ctx), linkTo(fi, "FI", "fi.sild.test")); err != nil {
+		t.Fatal(err)
+	}
+	waitLink(t, ee, ctx, "FI", registryv1.LinkState_LINK_STATE_ACTIVE)
+	waitLink(t, fi, ctx, "EE", registryv1.LinkState_LINK_STATE_ACTIVE)
+	if _, err := fiAdm.RotateCA(fi.Ctx(ctx), &registryv1.RotateCARequest{Phase: registryv1.CARotationPhase_CA_ROTATION_PHASE_PREPARE}); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.WaitFor(t, 20*time.Second, "EE holds FI's new root", func() bool {
+		return len(linkState(t, ee, ctx, "FI").GetPeerBundle()) == 2 && len(federated(t, ee, ctx)["FI"].GetTrustBundle()) == 2
+	})
+}
