@@ -266,37 +266,97 @@ The token can also be checked on its own with OpenSSL:
 
 func newLedgerCheckCmd() *cobra.Command {
 	var dataDir, trust, keyFile string
+	var against []string
 	cmd := &cobra.Command{
-		Use:   "check --data DIR",
+		Use:   "check --data DIR [--trust BUNDLE.pem] [--against FILE]...",
 		Short: "Check the consistency of a ledger directory (fsck)",
 		Long: `Check a whole ledger: every entry, the Merkle tree recomputed from the entries
 against the stored one, the indexes, the bodies (decrypted with
 --body-key-file), every checkpoint's root and signature, the consistency of
-successive checkpoints, and with --trust every time-stamp token.`,
+successive checkpoints, that no checkpoint covers records the ledger lost
+(LEDGER_TRUNCATED), and with --trust every time-stamp token and that every
+checkpoint's signer is certified by the ecosystem (SIGNER_UNTRUSTED).
+
+A ledger restored from an older copy, or rewritten and signed again with the
+node's key, is consistent in itself: only a checkpoint the ledger signed
+before, kept elsewhere, shows it. Give such checkpoints with --against: an
+evidence bundle exported earlier, or an archive file. The ledger must still
+hold each one's tree; if it holds fewer records the check fails with
+LEDGER_ROLLED_BACK, if its records up to that size differ with LEDGER_FORKED.
+
+The node must be stopped (or check a copy). On a large ledger the progress
+goes to stderr every few seconds. It exits non-zero naming what failed.`,
+		Example: `  sild ledger check --data /var/lib/sild/node/ledger --trust ca.pem --body-key-file ledger.key
+  sild ledger check --data /var/lib/sild/node/ledger --trust ca.pem --against m-1.bundle --against /archive/ledger-00000000000000000000.archive`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			roots, err := readTrust(trust)
 			if err != nil {
 				return err
 			}
+			var cps []*ledgerv1.SignedCheckpoint
+			for _, f := range against {
+				sc, err := readCheckpointFile(f)
+				if err != nil {
+					return err
+				}
+				cps = append(cps, sc)
+			}
 			l, err := openLedgerDir(dataDir, keyFile)
 			if err != nil {
 				return err
 			}
 			defer l.Close()
-			rep, err := l.Check(cmd.Context(), roots)
+			start := time.Now()
+			last := start
+			rep, err := l.CheckWith(cmd.Context(), ledger.CheckOptions{Roots: roots, Against: cps,
+				Progress: func(done, total uint64) {
+					if now := time.Now(); now.Sub(last) >= progressInterval && total > 0 {
+						last = now
+						fmt.Fprintf(cmd.ErrOrStderr(), "checked %d of %d entries (%d%%, %s)\n", done, total, done*100/total, now.Sub(start).Round(time.Second))
+					}
+				}})
 			if err != nil {
+				var ve *ledger.VerifyError
+				if errors.As(err, &ve) && ve.Item >= 0 && ve.Item < len(against) {
+					return fmt.Errorf("check %s against %s: %s: %v", dataDir, against[ve.Item], ve.Reason, ve.Err)
+				}
 				return fmt.Errorf("check %s: %w", dataDir, err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "OK: %s\n", rep)
+			if len(cps) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "OK: holds the tree of %d earlier checkpoint(s) given with --against\n", len(cps))
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data", "", "ledger directory (required)")
-	cmd.Flags().StringVar(&trust, "trust", "", "PEM trust bundle; verifies every time-stamp token")
+	cmd.Flags().StringVar(&trust, "trust", "", "PEM trust bundle; verifies every time-stamp token and checkpoint signer")
 	cmd.Flags().StringVar(&keyFile, "body-key-file", "", "AES-256 body key, to decrypt and check bodies")
+	cmd.Flags().StringArrayVar(&against, "against", nil, "evidence bundle or archive file of this ledger, kept elsewhere: the ledger must still hold its checkpoint's tree (repeatable)")
 	_ = cmd.MarkFlagRequired("data")
 	return cmd
+}
+
+// progressInterval is how often a long ledger command reports progress.
+var progressInterval = 2 * time.Second
+
+// readCheckpointFile reads the signed checkpoint of an evidence bundle or
+// of an archive file.
+func readCheckpointFile(path string) (*ledgerv1.SignedCheckpoint, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--against: %w", err)
+	}
+	b := &ledgerv1.EvidenceBundle{}
+	if proto.Unmarshal(data, b) == nil && b.GetVersion() == 1 && len(b.GetItems()) > 0 && b.GetCheckpoint() != nil {
+		return b.GetCheckpoint(), nil
+	}
+	a := &ledgerv1.Archive{}
+	if proto.Unmarshal(data, a) == nil && a.GetHeader() != nil && a.GetCheckpoint() != nil {
+		return a.GetCheckpoint(), nil
+	}
+	return nil, fmt.Errorf("--against %s: neither an evidence bundle nor an archive file", path)
 }
 
 func tokenOf(bundle []byte) ([]byte, error) {
