@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	v1reflection "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
@@ -114,11 +115,14 @@ func TestMetaServiceAndReflection(t *testing.T) {
 }
 
 func TestExpiredConfigurationIsNotDescribed(t *testing.T) {
-	top := testTopology(t)
-	expired := *top
-	expired.Expires = time.Now().Add(-time.Minute)
-	c := NewConsumer(Config{Topology: func() *topology.Topology { return &expired }})
-	_, err := c.ListClients(context.Background(), &metav1.ListClientsRequest{})
+	gc := proto.Clone(testTopology(t).Config).(*registryv1.GlobalConfig)
+	gc.ExpiresAt = timestamppb.New(time.Now().Add(-time.Minute))
+	expired, err := topology.New(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewConsumer(Config{Topology: func() *topology.Topology { return expired }})
+	_, err = c.ListClients(context.Background(), &metav1.ListClientsRequest{})
 	if rpcerr.Reason(err) != rpcerr.ReasonConfigExpired {
 		t.Fatalf("expired configuration: %v", err)
 	}
