@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/internal/rpcerr"
@@ -118,6 +120,17 @@ func TestFederationLinkExportSuspend(t *testing.T) {
 	registrytest.WaitFor(t, 20*time.Second, "FI sees EE's subsystem and roots", func() bool {
 		f := federated(t, fi, ctx)["EE"]
 		return f != nil && len(f.GetSubsystems()) == 1 && len(f.GetTrustBundle()) == 1 && f.GetTrustDomain() == "ee.sild.test"
+	})
+	// EE's own configuration tells EE's nodes what FI may call here.
+	registrytest.WaitFor(t, 10*time.Second, "EE's configuration lists the export to FI", func() bool {
+		ex := federated(t, ee, ctx)["FI"].GetExported()
+		return len(ex) == 1 && proto.Equal(ex[0], sub)
+	})
+	if _, err := eeAdm.RemoveExport(ee.Ctx(ctx), &registryv1.RemoveExportRequest{Subsystem: sub, ToInstance: "FI"}); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.WaitFor(t, 10*time.Second, "the removed export gone from EE's configuration", func() bool {
+		return len(federated(t, ee, ctx)["FI"].GetExported()) == 0
 	})
 
 	// Suspending on EE drops FI from EE's configuration at once, and FI

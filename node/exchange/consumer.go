@@ -379,10 +379,10 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 		return err
 	}
 	defer release()
-	var fedCut func() bool
+	fedCut := func() error { return nil }
 	if peer.Member.Instance != topo.Instance {
 		var stop func()
-		fedCut, stop = watchFederation(&c.cfg, peer.Member.Instance, cancel)
+		fedCut, stop = watchFederation(&c.cfg, ComponentConsumer, peer.Member.Instance, nil, cancel)
 		defer stop()
 	}
 
@@ -470,8 +470,8 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 		c.cfg.Logger.Warn("connection to provider node lost", "message_id", req.MessageID, "node", peer.String(), "err", err)
 		err = c.refuse(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "the connection to the provider's node was lost")
 	}
-	if fedCut != nil && fedCut() {
-		err = federationInactive(ComponentConsumer, peer.Member.Instance)
+	if e := fedCut(); e != nil {
+		err = e
 	}
 	var provSig *sign.Signature
 	respDigest := sealDigest(envelope.DirResponse, st.respChain, status.Code(normalize(err, ComponentConsumer)))

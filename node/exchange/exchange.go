@@ -319,19 +319,34 @@ func federationInactive(component, instance string) error {
 }
 
 // watchFederation cancels a call with a node of instance once the
-// configuration no longer federates with it; cut reports whether it did.
-// The returned stop ends the watch.
-func watchFederation(cfg *Config, instance string, cancel context.CancelFunc) (cut func() bool, stop func()) {
-	var done atomic.Bool
+// configuration no longer federates with it, or (target not nil, provider
+// side) no longer exports target to it; cut returns the refusal to answer
+// then, nil if the call was not cut. The returned stop ends the watch.
+func watchFederation(cfg *Config, component, instance string, target *ident.Subsystem, cancel context.CancelFunc) (cut func() error, stop func()) {
+	var why atomic.Pointer[error]
+	cut = func() error {
+		if e := why.Load(); e != nil {
+			return *e
+		}
+		return nil
+	}
 	if cfg.Changed == nil || instance == "" {
-		return done.Load, func() {}
+		return cut, func() {}
 	}
 	quit := make(chan struct{})
 	go func() {
 		for {
 			ch := cfg.Changed()
-			if t := cfg.Topology(); t == nil || !federated(t, instance) {
-				done.Store(true)
+			var err error
+			t := cfg.Topology()
+			switch {
+			case t == nil || !federated(t, instance):
+				err = federationInactive(component, instance)
+			case target != nil && !t.Exported(instance, *target):
+				err = notExported(component)
+			}
+			if err != nil {
+				why.Store(&err)
 				cancel()
 				return
 			}
@@ -342,7 +357,14 @@ func watchFederation(cfg *Config, instance string, cancel context.CancelFunc) (c
 			}
 		}
 	}()
-	return done.Load, func() { close(quit) }
+	return cut, func() { close(quit) }
+}
+
+// notExported refuses a call from another ecosystem's node to a subsystem
+// this ecosystem does not export to it.
+func notExported(component string) error {
+	return rpcerr.New(codes.NotFound, rpcerr.ReasonUnknownTarget, component,
+		"the target subsystem is not exported to the caller's ecosystem")
 }
 
 func signatureInvalid(component, msg string) error {

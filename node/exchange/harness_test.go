@@ -214,7 +214,13 @@ type testNode struct {
 
 func newTestNode(t testing.TB, ca *pki.CA, n ident.Node, now time.Time) *testNode {
 	t.Helper()
-	id, err := ident.NodeSPIFFEID(td, n)
+	return newTestNodeIn(t, ca, td, n, now)
+}
+
+// newTestNodeIn is newTestNode in trust domain tdn (whose CA ca is).
+func newTestNodeIn(t testing.TB, ca *pki.CA, tdn spiffeid.TrustDomain, n ident.Node, now time.Time) *testNode {
+	t.Helper()
+	id, err := ident.NodeSPIFFEID(tdn, n)
 	if err != nil {
 		t.Fatal(err)
 	}

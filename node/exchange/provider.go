@@ -219,6 +219,10 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 		return answer(err) // MESSAGE_REPLAYED, or REPLAY_WINDOW_FULL for this client only
 	}
 	svc := ident.Service{Subsystem: req.Target, Name: req.Service}
+	foreign := caller.Member.Instance != topo.Instance
+	if foreign && !topo.Exported(caller.Member.Instance, req.Target) {
+		return answer(notExported(ComponentProvider))
+	}
 	if !p.cfg.Access.Allowed(req.Client, topo.Groups(req.Client), svc, req.Method) {
 		return answer(refuseP(codes.PermissionDenied, rpcerr.ReasonAccessDenied, "access denied"))
 	}
@@ -226,10 +230,10 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 	omd, _ := metadata.FromOutgoingContext(forward.CopyIncoming(ctx))
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
 	defer cancel()
-	fedCut := func() bool { return false }
-	if caller.Member.Instance != topo.Instance {
+	fedCut := func() error { return nil }
+	if foreign {
 		var stop func()
-		fedCut, stop = watchFederation(&p.cfg, caller.Member.Instance, cancel)
+		fedCut, stop = watchFederation(&p.cfg, ComponentProvider, caller.Member.Instance, &req.Target, cancel)
 		defer stop()
 	}
 	upCtx, answered := watchStatus(upCtx)
@@ -289,8 +293,8 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 			res.err = refuseP(codes.Unavailable, rpcerr.ReasonTargetUnavailable, "the connection to the backend was lost")
 		}
 	}
-	if fedCut() {
-		return answer(federationInactive(ComponentProvider, caller.Member.Instance))
+	if e := fedCut(); e != nil {
+		return answer(e)
 	}
 	return answer(res.err)
 }

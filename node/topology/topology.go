@@ -43,6 +43,8 @@ type Topology struct {
 	// Federation: trust domain -> instance and roots, own included.
 	instances map[spiffeid.TrustDomain]string
 	roots     map[string][]*x509.Certificate // by instance
+	// exported: this ecosystem's subsystems each federated instance may call.
+	exported map[string]map[ident.Subsystem]bool
 	// single caches, by ident.Service, which of its methods the catalogue
 	// describes as answering one message (SingleResponse).
 	single sync.Map
@@ -64,6 +66,7 @@ func New(cfg *registryv1.GlobalConfig) (*Topology, error) {
 	}
 	t.instances = map[spiffeid.TrustDomain]string{td: t.Instance}
 	t.roots = map[string][]*x509.Certificate{}
+	t.exported = map[string]map[ident.Subsystem]bool{}
 	if t.Roots, err = parseRoots(cfg.GetTrustBundle()); err != nil {
 		return nil, err
 	}
@@ -87,6 +90,19 @@ func New(cfg *registryv1.GlobalConfig) (*Topology, error) {
 		}
 		t.instances[ftd] = f.GetInstance()
 		t.roots[f.GetInstance()] = roots
+		for _, e := range f.GetExported() {
+			sub, err := ident.SubsystemFromProto(e)
+			if err != nil {
+				return nil, fmt.Errorf("topology: federated %s: exported: %w", f.GetInstance(), err)
+			}
+			if sub.Member.Instance != t.Instance {
+				continue
+			}
+			if t.exported[f.GetInstance()] == nil {
+				t.exported[f.GetInstance()] = map[ident.Subsystem]bool{}
+			}
+			t.exported[f.GetInstance()][sub] = true
+		}
 		if err := t.indexEntries(f.GetNodes(), f.GetSubsystems(), f.GetServices(), f.GetInstance()); err != nil {
 			return nil, err
 		}
@@ -181,6 +197,13 @@ func (t *Topology) Serves(n ident.Node, sub ident.Subsystem) bool {
 }
 
 // Node returns the record of n, or nil.
+// Exported reports whether this ecosystem exports its subsystem sub to the
+// active federated instance (the only subsystems that instance's nodes may
+// call here).
+func (t *Topology) Exported(instance string, sub ident.Subsystem) bool {
+	return t.exported[instance][sub]
+}
+
 func (t *Topology) Node(n ident.Node) *registryv1.Node { return t.nodes[n] }
 
 // Groups returns the global groups of sub as access.Store takes them.

@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 
+	identv1 "github.com/sildmesh/sild/gen/sild/ident/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 )
@@ -174,9 +175,16 @@ func (s *State) Federated() []*registryv1.FederatedInstance {
 			continue
 		}
 		d := l.GetDirectory()
+		var exported []*identv1.SubsystemId
+		for _, e := range sorted(s.Exports) {
+			if slices.Contains(e.GetToInstances(), l.GetInstance()) {
+				exported = append(exported, e.GetSubsystem())
+			}
+		}
 		out = append(out, &registryv1.FederatedInstance{
 			Instance: l.GetInstance(), TrustDomain: l.GetTrustDomain(), TrustBundle: l.GetPeerBundle(), Active: true,
 			Subsystems: d.GetSubsystems(), Nodes: d.GetNodes(), Services: d.GetServices(),
+			Exported: exported,
 		})
 	}
 	return out

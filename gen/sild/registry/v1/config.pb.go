@@ -660,9 +660,12 @@ type FederatedInstance struct {
 	// False while the link is suspended or not yet agreed by both sides.
 	Active bool `protobuf:"varint,4,opt,name=active,proto3" json:"active,omitempty"`
 	// What the peer exports to this ecosystem.
-	Subsystems    []*Subsystem    `protobuf:"bytes,5,rep,name=subsystems,proto3" json:"subsystems,omitempty"`
-	Nodes         []*Node         `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Services      []*CatalogEntry `protobuf:"bytes,7,rep,name=services,proto3" json:"services,omitempty"`
+	Subsystems []*Subsystem    `protobuf:"bytes,5,rep,name=subsystems,proto3" json:"subsystems,omitempty"`
+	Nodes      []*Node         `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Services   []*CatalogEntry `protobuf:"bytes,7,rep,name=services,proto3" json:"services,omitempty"`
+	// This ecosystem's subsystems exported to the peer: the only targets the
+	// peer's nodes may call here (a provider node refuses the others).
+	Exported      []*v1.SubsystemId `protobuf:"bytes,8,rep,name=exported,proto3" json:"exported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -742,6 +745,13 @@ func (x *FederatedInstance) GetNodes() []*Node {
 func (x *FederatedInstance) GetServices() []*CatalogEntry {
 	if x != nil {
 		return x.Services
+	}
+	return nil
+}
+
+func (x *FederatedInstance) GetExported() []*v1.SubsystemId {
+	if x != nil {
+		return x.Exported
 	}
 	return nil
 }
@@ -861,7 +871,7 @@ const file_sild_registry_v1_config_proto_rawDesc = "" +
 	"\fCatalogEntry\x122\n" +
 	"\aservice\x18\x01 \x01(\v2\x18.sild.ident.v1.ServiceIdR\aservice\x12.\n" +
 	"\x13file_descriptor_set\x18\x02 \x01(\fR\x11fileDescriptorSet\x12\x18\n" +
-	"\aenabled\x18\x03 \x01(\bR\aenabled\"\xb4\x02\n" +
+	"\aenabled\x18\x03 \x01(\bR\aenabled\"\xec\x02\n" +
 	"\x11FederatedInstance\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12!\n" +
@@ -871,7 +881,8 @@ const file_sild_registry_v1_config_proto_rawDesc = "" +
 	"subsystems\x18\x05 \x03(\v2\x1b.sild.registry.v1.SubsystemR\n" +
 	"subsystems\x12,\n" +
 	"\x05nodes\x18\x06 \x03(\v2\x16.sild.registry.v1.NodeR\x05nodes\x12:\n" +
-	"\bservices\x18\a \x03(\v2\x1e.sild.registry.v1.CatalogEntryR\bservices\"g\n" +
+	"\bservices\x18\a \x03(\v2\x1e.sild.registry.v1.CatalogEntryR\bservices\x126\n" +
+	"\bexported\x18\b \x03(\v2\x1a.sild.ident.v1.SubsystemIdR\bexported\"g\n" +
 	"\fSignedConfig\x12\x16\n" +
 	"\x06config\x18\x01 \x01(\fR\x06config\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12!\n" +
@@ -935,11 +946,12 @@ var file_sild_registry_v1_config_proto_depIdxs = []int32{
 	4,  // 16: sild.registry.v1.FederatedInstance.subsystems:type_name -> sild.registry.v1.Subsystem
 	5,  // 17: sild.registry.v1.FederatedInstance.nodes:type_name -> sild.registry.v1.Node
 	7,  // 18: sild.registry.v1.FederatedInstance.services:type_name -> sild.registry.v1.CatalogEntry
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	12, // 19: sild.registry.v1.FederatedInstance.exported:type_name -> sild.ident.v1.SubsystemId
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_sild_registry_v1_config_proto_init() }
