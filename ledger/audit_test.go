@@ -258,3 +258,25 @@ func TestCheckProgress(t *testing.T) {
 		t.Fatalf("progress calls %v, want (0,10) first and (10,10) last", calls)
 	}
 }
+
+// TestBundleOriginMustBeSigner: a node cannot pass off its checkpoint as
+// another node's ledger; verify names the mismatch.
+func TestBundleOriginMustBeSigner(t *testing.T) {
+	p := newTestPKI(t) // signs as EE/GOV/70000310/ss1
+	dir := t.TempDir()
+	cfg := testConfig(p, dir)
+	cfg.Origin = "EE/GOV/70000311/ss1"
+	stampedLedger(t, cfg, 0, 2)
+	r := reader(t, dir)
+	b, err := r.Export("msg-000001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := proto.Marshal(b)
+	if _, err := VerifyBundle(data, p.roots()); ReasonOf(err) != ReasonOriginMismatch {
+		t.Fatalf("verify: %v, want %s", err, ReasonOriginMismatch)
+	}
+	if _, err := r.Check(context.Background(), p.roots()); ReasonOf(err) != ReasonOriginMismatch {
+		t.Fatalf("check: %v, want %s", err, ReasonOriginMismatch)
+	}
+}

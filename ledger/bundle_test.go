@@ -70,7 +70,9 @@ func TestBundleTamper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.RecordSignatures != 2 || v.Bodies != 1 || v.TreeSize != 5 {
+	// The earliest stamped checkpoint covering msg-000002 (index 2): of 3 to 5
+	// records, as the checkpointer ticked while they were appended.
+	if v.RecordSignatures != 2 || v.Bodies != 1 || v.TreeSize < 3 || v.TreeSize > 5 {
 		t.Fatalf("verified %+v", v)
 	}
 	// A later checkpoint, for a token over another checkpoint.

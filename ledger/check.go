@@ -77,149 +77,8 @@ const progressEvery = 4096
 // CheckWith is Check with options (trust roots, earlier checkpoints,
 // progress). The error is a *VerifyError.
 func (l *Ledger) CheckWith(ctx context.Context, opts CheckOptions) (*CheckReport, error) {
-	roots := opts.Roots
-	progress := opts.Progress
-	if progress == nil {
-		progress = func(uint64, uint64) {}
-	}
 	rep := &CheckReport{}
-	err := l.db.View(func(txn *badger.Txn) error {
-		size, err := getSize(txn)
-		if err != nil {
-			return fail(ReasonStoreCorrupt, -1, "tree size: %v", err)
-		}
-		rep.Entries = size
-		cps, err := checkpointsIn(txn)
-		if err != nil {
-			return err
-		}
-		archived, head, err := checkArchives(txn, size)
-		if err != nil {
-			return err
-		}
-		rep.Archived, rep.ArchiveSHA256 = archived, head
-		// Index keys expected from the records, checked against the store.
-		want := map[string]bool{}
-		get, storedNode := txnNodes(txn), txnStoredNodes(txn)
-		if err := checkNodeKeys(txn, size, archived); err != nil {
-			return err
-		}
-		rng, err := rangeAt(get, archived)
-		if err != nil {
-			return err
-		}
-		nextCP := 0
-		var prevSize uint64
-		var prevRoot merkle.Hash
-		// Checkpoints within the archived prefix: against the stored tree.
-		for nextCP < len(cps) && cps[nextCP].size <= archived {
-			root, err := merkle.RootAt(get, cps[nextCP].size)
-			if err != nil {
-				return fail(ReasonStoreCorrupt, -1, "root at %d: %v", cps[nextCP].size, err)
-			}
-			if err := l.checkCheckpoint(txn, cps[nextCP], root, prevSize, prevRoot, roots, rep); err != nil {
-				return err
-			}
-			prevSize, prevRoot = cps[nextCP].size, root
-			nextCP++
-		}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfxEntry}})
-		defer it.Close()
-		i := archived
-		for it.Rewind(); it.Valid(); it.Next() {
-			if i%progressEvery == 0 {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				progress(i, size)
-			}
-			if k := keyUint(it.Item().Key()[1:]); k < archived {
-				return fail(ReasonStoreCorrupt, -1, "entry %d was archived but is still stored (an interrupted prune: run archive again)", k)
-			} else if k != i {
-				return fail(ReasonStoreCorrupt, -1, "entry key %d where %d was expected", k, i)
-			}
-			if i >= size {
-				return fail(ReasonStoreCorrupt, -1, "entry %d beyond tree size %d", i, size)
-			}
-			raw, err := it.Item().ValueCopy(nil)
-			if err == nil {
-				raw, err = expandEntry(txn, raw)
-			}
-			if err != nil {
-				return fail(ReasonStoreCorrupt, -1, "entry %d: %v", i, err)
-			}
-			e := &ledgerv1.Entry{}
-			rec := &ledgerv1.Record{}
-			if err := proto.Unmarshal(raw, e); err != nil {
-				return fail(ReasonEntryMalformed, -1, "entry %d: %v", i, err)
-			}
-			if err := proto.Unmarshal(e.GetRecord(), rec); err != nil {
-				return fail(ReasonEntryMalformed, -1, "record %d: %v", i, err)
-			}
-			if e.GetIndex() != i {
-				return fail(ReasonIndexMismatch, -1, "entry %d says index %d", i, e.GetIndex())
-			}
-			var treeErr error
-			rng.Append(merkle.HashLeaf(raw), func(n merkle.Node, h merkle.Hash) {
-				if treeErr != nil || n.Level < minStoredLevel {
-					return // lower subtrees are computed from these entries
-				}
-				stored, err := storedNode(n)
-				if err != nil || stored != h {
-					treeErr = fail(ReasonTreeMismatch, -1, "tree node %d/%d at entry %d does not match the entries", n.Level, n.Index, i)
-				}
-			})
-			if treeErr != nil {
-				return treeErr
-			}
-			if len(e.GetBodyDigest()) > 0 {
-				sealed, err := txnRaw(txn, bodyKey(i))
-				if err != nil {
-					return fail(ReasonStoreCorrupt, -1, "body %d: %v", i, err)
-				}
-				if l.aead != nil {
-					body, err := l.open(i, sealed)
-					if err != nil {
-						return fail(ReasonBodyMismatch, -1, "body %d does not decrypt: %v", i, err)
-					}
-					if sum := sha256.Sum256(body); !bytes.Equal(sum[:], e.GetBodyDigest()) {
-						return fail(ReasonBodyMismatch, -1, "body %d does not match its digest", i)
-					}
-				}
-				rep.Bodies++
-			}
-			ts := e.GetAppendTime().AsTime().UnixNano()
-			if st := rec.GetStartTime(); st != nil {
-				ts = st.AsTime().UnixNano()
-			}
-			want[string(msgKey(rec.GetMessageId(), i))] = true
-			for _, p := range partiesOf(rec) {
-				want[string(timeIndexKey(p.pfx, p.id, ts, i))] = true
-			}
-			i++
-			for nextCP < len(cps) && cps[nextCP].size == i {
-				if err := l.checkCheckpoint(txn, cps[nextCP], rng.Root(), prevSize, prevRoot, roots, rep); err != nil {
-					return err
-				}
-				prevSize, prevRoot = i, rng.Root()
-				nextCP++
-			}
-		}
-		if i != size {
-			return fail(ReasonStoreCorrupt, -1, "%d entries for tree size %d", i, size)
-		}
-		if rng.Root() != mustRoot(get, size) {
-			return fail(ReasonTreeMismatch, -1, "stored tree root differs from the entries")
-		}
-		if nextCP != len(cps) {
-			return fail(ReasonTruncated, -1, "records %d to %d are missing: the ledger signed checkpoint %d over them (its tail was cut, or the store lost writes)", size, cps[nextCP].size-1, cps[nextCP].size)
-		}
-		progress(size, size)
-		if err := checkIndexes(txn, want, archived); err != nil {
-			return err
-		}
-		return checkAgainst(txn, size, cps, opts.Against, roots)
-	})
+	err := l.db.View(func(txn *badger.Txn) error { return l.checkTxn(ctx, txn, opts, rep) })
 	if err != nil {
 		var ve *VerifyError
 		if !errors.As(err, &ve) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
@@ -228,6 +87,150 @@ func (l *Ledger) CheckWith(ctx context.Context, opts CheckOptions) (*CheckReport
 		return nil, err
 	}
 	return rep, nil
+}
+
+// checkTxn is CheckWith within txn.
+func (l *Ledger) checkTxn(ctx context.Context, txn *badger.Txn, opts CheckOptions, rep *CheckReport) error {
+	roots := opts.Roots
+	progress := opts.Progress
+	if progress == nil {
+		progress = func(uint64, uint64) {}
+	}
+	size, err := getSize(txn)
+	if err != nil {
+		return fail(ReasonStoreCorrupt, -1, "tree size: %v", err)
+	}
+	rep.Entries = size
+	cps, err := checkpointsIn(txn)
+	if err != nil {
+		return err
+	}
+	archived, head, err := checkArchives(txn, size)
+	if err != nil {
+		return err
+	}
+	rep.Archived, rep.ArchiveSHA256 = archived, head
+	// Index keys expected from the records, checked against the store.
+	want := map[string]bool{}
+	get, storedNode := txnNodes(txn), txnStoredNodes(txn)
+	if err := checkNodeKeys(txn, size, archived); err != nil {
+		return err
+	}
+	rng, err := rangeAt(get, archived)
+	if err != nil {
+		return err
+	}
+	nextCP := 0
+	var prevSize uint64
+	var prevRoot merkle.Hash
+	// Checkpoints within the archived prefix: against the stored tree.
+	for nextCP < len(cps) && cps[nextCP].size <= archived {
+		root, err := merkle.RootAt(get, cps[nextCP].size)
+		if err != nil {
+			return fail(ReasonStoreCorrupt, -1, "root at %d: %v", cps[nextCP].size, err)
+		}
+		if err := l.checkCheckpoint(txn, cps[nextCP], root, prevSize, prevRoot, roots, rep); err != nil {
+			return err
+		}
+		prevSize, prevRoot = cps[nextCP].size, root
+		nextCP++
+	}
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pfxEntry}})
+	defer it.Close()
+	i := archived
+	for it.Rewind(); it.Valid(); it.Next() {
+		if i%progressEvery == 0 {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			progress(i, size)
+		}
+		if k := keyUint(it.Item().Key()[1:]); k < archived {
+			return fail(ReasonStoreCorrupt, -1, "entry %d was archived but is still stored (an interrupted prune: run archive again)", k)
+		} else if k != i {
+			return fail(ReasonStoreCorrupt, -1, "entry key %d where %d was expected", k, i)
+		}
+		if i >= size {
+			return fail(ReasonStoreCorrupt, -1, "entry %d beyond tree size %d", i, size)
+		}
+		raw, err := it.Item().ValueCopy(nil)
+		if err == nil {
+			raw, err = expandEntry(txn, raw)
+		}
+		if err != nil {
+			return fail(ReasonStoreCorrupt, -1, "entry %d: %v", i, err)
+		}
+		e := &ledgerv1.Entry{}
+		rec := &ledgerv1.Record{}
+		if err := proto.Unmarshal(raw, e); err != nil {
+			return fail(ReasonEntryMalformed, -1, "entry %d: %v", i, err)
+		}
+		if err := proto.Unmarshal(e.GetRecord(), rec); err != nil {
+			return fail(ReasonEntryMalformed, -1, "record %d: %v", i, err)
+		}
+		if e.GetIndex() != i {
+			return fail(ReasonIndexMismatch, -1, "entry %d says index %d", i, e.GetIndex())
+		}
+		var treeErr error
+		rng.Append(merkle.HashLeaf(raw), func(n merkle.Node, h merkle.Hash) {
+			if treeErr != nil || n.Level < minStoredLevel {
+				return // lower subtrees are computed from these entries
+			}
+			stored, err := storedNode(n)
+			if err != nil || stored != h {
+				treeErr = fail(ReasonTreeMismatch, -1, "tree node %d/%d at entry %d does not match the entries", n.Level, n.Index, i)
+			}
+		})
+		if treeErr != nil {
+			return treeErr
+		}
+		if len(e.GetBodyDigest()) > 0 {
+			sealed, err := txnRaw(txn, bodyKey(i))
+			if err != nil {
+				return fail(ReasonStoreCorrupt, -1, "body %d: %v", i, err)
+			}
+			if l.aead != nil {
+				body, err := l.open(i, sealed)
+				if err != nil {
+					return fail(ReasonBodyMismatch, -1, "body %d does not decrypt: %v", i, err)
+				}
+				if sum := sha256.Sum256(body); !bytes.Equal(sum[:], e.GetBodyDigest()) {
+					return fail(ReasonBodyMismatch, -1, "body %d does not match its digest", i)
+				}
+			}
+			rep.Bodies++
+		}
+		ts := e.GetAppendTime().AsTime().UnixNano()
+		if st := rec.GetStartTime(); st != nil {
+			ts = st.AsTime().UnixNano()
+		}
+		want[string(msgKey(rec.GetMessageId(), i))] = true
+		for _, p := range partiesOf(rec) {
+			want[string(timeIndexKey(p.pfx, p.id, ts, i))] = true
+		}
+		i++
+		for nextCP < len(cps) && cps[nextCP].size == i {
+			if err := l.checkCheckpoint(txn, cps[nextCP], rng.Root(), prevSize, prevRoot, roots, rep); err != nil {
+				return err
+			}
+			prevSize, prevRoot = i, rng.Root()
+			nextCP++
+		}
+	}
+	if i != size {
+		return fail(ReasonStoreCorrupt, -1, "%d entries for tree size %d", i, size)
+	}
+	if rng.Root() != mustRoot(get, size) {
+		return fail(ReasonTreeMismatch, -1, "stored tree root differs from the entries")
+	}
+	if nextCP != len(cps) {
+		return fail(ReasonTruncated, -1, "records %d to %d are missing: the ledger signed checkpoint %d over them (its tail was cut, or the store lost writes)", size, cps[nextCP].size-1, cps[nextCP].size)
+	}
+	progress(size, size)
+	if err := checkIndexes(txn, want, archived); err != nil {
+		return err
+	}
+	return checkAgainst(txn, size, cps, opts.Against, roots)
 }
 
 // checkNodeKeys checks that every stored tree node is one the layout
@@ -333,8 +336,12 @@ func verifyCheckpointTrust(sc *ledgerv1.SignedCheckpoint, cp *ledgerv1.Checkpoin
 	if err != nil {
 		return stamped, fail(ReasonSignerUntrusted, -1, "checkpoint %d: signer certificate: %v", cp.GetTreeSize(), err)
 	}
-	if _, err := pki.Verify(cert, roots, pki.KindSigning, at); err != nil {
+	id, err := pki.Verify(cert, roots, pki.KindSigning, at)
+	if err != nil {
 		return stamped, fail(ReasonSignerUntrusted, -1, "checkpoint %d: signer: %v", cp.GetTreeSize(), err)
+	}
+	if err := originSignedBy(cp.GetOrigin(), id); err != nil {
+		return stamped, fail(ReasonOriginMismatch, -1, "checkpoint %d: %v", cp.GetTreeSize(), err)
 	}
 	return stamped, nil
 }

@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	nodev1 "github.com/sildmesh/sild/gen/sild/node/v1"
+	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/ledger/merkle"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/tsa"
@@ -148,6 +150,9 @@ func VerifyBundle(data []byte, roots []*x509.Certificate) (*Verified, error) {
 		return nil, fail(ReasonSignerUntrusted, -1, "checkpoint signer: %v", err)
 	}
 	v.Signer = id.String()
+	if err := originSignedBy(v.Origin, id); err != nil {
+		return nil, fail(ReasonOriginMismatch, -1, "%v", err)
+	}
 	var root merkle.Hash
 	copy(root[:], cp.GetRootHash())
 	for i, item := range b.GetItems() {
@@ -198,6 +203,25 @@ func VerifyBundle(data []byte, roots []*x509.Certificate) (*Verified, error) {
 		v.Records = append(v.Records, s)
 	}
 	return v, nil
+}
+
+// originSignedBy checks that the node a checkpoint names as its origin is
+// the node whose certificate signed it (their SPIFFE paths agree; the
+// trust domain is the one the roots certified): a node cannot pass off a
+// checkpoint as another's ledger.
+func originSignedBy(origin string, signer spiffeid.ID) error {
+	n, err := ident.ParseNode(origin)
+	if err != nil {
+		return fmt.Errorf("checkpoint origin %q is not a node: %v", origin, err)
+	}
+	want, err := ident.NodeSPIFFEID(signer.TrustDomain(), n)
+	if err != nil {
+		return fmt.Errorf("checkpoint origin %q: %v", origin, err)
+	}
+	if want != signer {
+		return fmt.Errorf("the checkpoint says it is the ledger of %s, but %s signed it", origin, signer)
+	}
+	return nil
 }
 
 func toHashes(raw [][]byte) ([]merkle.Hash, error) {
