@@ -108,10 +108,12 @@ func (s *Server) apiKeyRole(ctx context.Context) (registryv1.Role, error) {
 	stored := lookup()
 	if stored == nil {
 		// A key created a moment ago may not have reached this server
-		// yet: catch up with the leader before refusing.
-		if s.barrier(ctx, false) == nil {
-			stored = lookup()
+		// yet: catch up with the leader before refusing. Without a leader
+		// the key is not known to be wrong: say that instead.
+		if err := s.barrier(ctx, false); err != nil {
+			return 0, err
 		}
+		stored = lookup()
 	}
 	if stored == nil {
 		return 0, unauthenticated("unknown or revoked API key")

@@ -41,20 +41,46 @@ func (s *Server) propose(ctx context.Context, cmd *registryv1.Command) (proto.Me
 	if err != nil {
 		return nil, err
 	}
+	giveUp, cancel := giveUpBefore(ctx)
+	defer cancel()
 	for {
+		// The attempt itself has all of ctx: a write under way may commit,
+		// and its caller must not hear that there was no leader.
 		v, err := s.proposeOnce(ctx, data)
 		if !retryable(err) {
 			return v, err
 		}
 		select {
-		case <-ctx.Done():
-			if e, ok := rpcerr.FromContext(ctx.Err()); ok {
-				return nil, e
-			}
-			return nil, ctx.Err()
+		case <-giveUp.Done():
+			return nil, noLeader(ctx)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// ReasonNoLeader: a write or linearizable read found no leader before the
+// caller's deadline (this server cannot reach a majority, or an election
+// did not end in time).
+const ReasonNoLeader = "NO_LEADER"
+
+// giveUpBefore returns a context that ends a little before ctx's deadline,
+// so that the caller hears why it waited instead of its own deadline.
+func giveUpBefore(ctx context.Context) (context.Context, context.CancelFunc) {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	margin := min(time.Until(d)/10, 500*time.Millisecond)
+	return context.WithDeadline(ctx, d.Add(-margin))
+}
+
+// noLeader is the answer when giveUpBefore's context ended first.
+func noLeader(ctx context.Context) error {
+	if ctx.Err() == context.Canceled {
+		return ctx.Err()
+	}
+	return rpcerr.New(codes.Unavailable, ReasonNoLeader, "registry",
+		"no leader: this registry server cannot reach a majority of the cluster, or an election is under way; writes and current reads wait for a leader (stale reads answer from this server)")
 }
 
 // errNoLeader is retried by propose and the read barrier.
@@ -98,7 +124,10 @@ func (s *Server) applyLocal(data []byte) (proto.Message, error) {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return nil, errNoLeader
 		}
-		return nil, unavailable("commit: " + err.Error())
+		// Raft's own words stay in the log: the caller may be another
+		// organisation's node.
+		s.log.Warn("commit", "err", err)
+		return nil, unavailable("the change was not committed (the cluster is busy or changing leader); retry")
 	}
 	res, _ := f.Response().(*fsm.Result)
 	if res == nil {
@@ -195,6 +224,8 @@ func (s *Server) barrier(ctx context.Context, stale bool) error {
 	if stale {
 		return nil
 	}
+	giveUp, cancel := giveUpBefore(ctx)
+	defer cancel()
 	for {
 		idx, err := s.readIndex(ctx)
 		if err == nil {
@@ -204,8 +235,8 @@ func (s *Server) barrier(ctx context.Context, stale bool) error {
 			return err
 		}
 		select {
-		case <-ctx.Done():
-			return unavailable("no leader to confirm the read: " + ctx.Err().Error())
+		case <-giveUp.Done():
+			return noLeader(ctx)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
