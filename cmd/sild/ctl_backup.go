@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -28,8 +30,8 @@ with: sild registry --bootstrap --restore FILE --id ... --data ...`,
 			if err != nil {
 				return callError("backup", err)
 			}
-			if err := os.WriteFile(file, resp.GetState(), 0o600); err != nil {
-				return err
+			if err := writeFileAtomic(file, resp.GetState()); err != nil {
+				return fmt.Errorf("backup file: %w", err)
 			}
 			fmt.Fprintf(c.out, "backup of log index %d written to %s (%d bytes)\n", resp.GetIndex(), file, len(resp.GetState()))
 			return nil
@@ -37,4 +39,40 @@ with: sild registry --bootstrap --restore FILE --id ... --data ...`,
 	}
 	cmd.Flags().StringVar(&file, "file", "", "where to write the backup")
 	return cmd
+}
+
+// writeFileAtomic writes data to file (mode 0600) through a synced
+// temporary file in the same directory, renamed over it at the end: a
+// failed write never leaves a truncated backup (which could still decode,
+// without its last fields) in place of a good one.
+func writeFileAtomic(file string, data []byte) error {
+	if st, err := os.Stat(file); err == nil && st.IsDir() {
+		return fmt.Errorf("%s is a directory", file)
+	}
+	dir := filepath.Dir(file)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(file)+".*.tmp")
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("cannot write in %s: %w", dir, err)
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename, there is nothing to remove
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
 }
