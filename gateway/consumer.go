@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/peerstatus"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/node/topology"
@@ -238,13 +239,13 @@ func (c *Consumer) handle(w http.ResponseWriter, r *http.Request, p map[string]s
 		}
 	}
 	w.Header().Set(HeaderMessageID, q.msgID)
-	ctx := metadata.NewOutgoingContext(r.Context(), q.md)
+	ctx, answered := peerstatus.Watch(metadata.NewOutgoingContext(r.Context(), q.md))
 	path := "/" + string(q.si.svc.FullName()) + "/" + q.method
 	enc := protojson.MarshalOptions{Resolver: q.si.types, EmitUnpopulated: true}
 	if !m.IsStreamingServer() {
 		out := dynamicpb.NewMessage(m.Output())
 		if err := c.cfg.Conn.Invoke(ctx, path, in, out); err != nil {
-			writeError(c.mux, w, r, err)
+			writeError(c.mux, w, r, fromNode(err, answered))
 			return
 		}
 		b, err := enc.Marshal(out)
@@ -276,11 +277,12 @@ func (c *Consumer) handle(w http.ResponseWriter, r *http.Request, p map[string]s
 			break
 		}
 		if err != nil {
+			err = fromNode(err, answered)
 			if !started {
 				writeError(c.mux, w, r, err)
 				return
 			}
-			st := status.Convert(withReason(r.Context(), err)).Proto()
+			st := status.Convert(answerError(r.Context(), err)).Proto()
 			st.Message = strings.ToValidUTF8(st.Message, "\uFFFD")
 			b, _ := protojson.Marshal(st)
 			w.Write(append(append([]byte(`{"error":`), b...), "}\n"...))

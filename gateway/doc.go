@@ -12,7 +12,11 @@
 // status of the gRPC code (401, 403, 404, 409, 400, ...) and the sild
 // google.rpc.ErrorInfo (domain "sild", reason, component) in details; errors
 // found by the gateway itself (malformed JSON, an unknown field, a bad path
-// value, a body over the limit) carry component "gateway".
+// value, a body over the limit) carry component "gateway". On the legacy
+// consumer (/r1/...), a status the provider's backend answered reaches the
+// REST caller as a gRPC caller gets it (its code as HTTP status, its message
+// and details, no sild reason); a status grpc made up itself (peerstatus) is
+// given a reason and a generic message.
 //
 // The OpenAPI documents under openapi/ are generated (buf generate, see
 // buf.gen.yaml); never edit them by hand.

@@ -16,9 +16,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/types/descriptorpb"
@@ -40,6 +42,9 @@ type testService struct {
 }
 
 func (testService) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	if s := req.GetResponseStatus(); s != nil {
+		return nil, status.Error(codes.Code(s.GetCode()), s.GetMessage())
+	}
 	return &testpb.SimpleResponse{Payload: req.GetPayload(), Username: "business-registry"}, nil
 }
 
@@ -193,6 +198,15 @@ func TestConsumerThroughTwoNodes(t *testing.T) {
 	want(t, "server streaming through two nodes", a, 200, "", "")
 	if lines := ndjson(t, a.raw); len(lines) != 3 || lines[2]["result"].(map[string]any)["payload"].(map[string]any)["body"] != "eA==" {
 		t.Fatalf("stream: %s", a.raw)
+	}
+	// The backend's own refusal reaches the REST caller as a gRPC caller
+	// gets it: its code (as HTTP status) and its message, not relabelled
+	// as the bridge's.
+	h["Sild-Message-Id"] = "rest-3"
+	a = restPost(t, m.rest+"UnaryCall", h, `{"responseStatus":{"code":9,"message":"tax period 2025 is closed"}}`)
+	want(t, "backend refusal", a, 400, "", "")
+	if a.body["code"] != float64(codes.FailedPrecondition) || a.body["message"] != "tax period 2025 is closed" || a.body["details"] != nil && len(a.body["details"].([]any)) != 0 {
+		t.Fatalf("backend refusal through the bridge: %s", a.raw)
 	}
 	// A client the node does not serve.
 	h2 := map[string]string{"Sild-Client": "EE/GOV/70000310/business-registry"}

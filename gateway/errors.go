@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
@@ -44,6 +45,33 @@ func reasonOf(c codes.Code) string {
 	default:
 		return rpcerr.ReasonInternal
 	}
+}
+
+// nodeAnswer is a status the consumer node sent the bridge (peerstatus): a
+// refusal of the mesh with its reason, or the status of the provider's
+// backend passed through the mesh. It reaches the REST caller as it is, as
+// it would reach a gRPC caller: code, message and details.
+type nodeAnswer struct{ error }
+
+func (e *nodeAnswer) Unwrap() error { return e.error }
+
+// fromNode marks err as the node's answer if the node sent it (sent, from
+// peerstatus.Watch); a status grpc made up stays as it is, for withReason.
+func fromNode(err error, sent *atomic.Bool) error {
+	if sent.Load() {
+		return &nodeAnswer{err}
+	}
+	return err
+}
+
+// answerError is the error to give a REST caller for err: a node's answer
+// unchanged, anything else through withReason.
+func answerError(ctx context.Context, err error) error {
+	var na *nodeAnswer
+	if errors.As(err, &na) {
+		return na.error
+	}
+	return withReason(ctx, err)
 }
 
 // withReason returns err as a status error that carries a sild ErrorInfo:
@@ -125,7 +153,7 @@ func errorHandler(_ context.Context, _ *runtime.ServeMux, m runtime.Marshaler, w
 		errors.As(tooLarge(0), &hse)
 		httpStatus, err = hse.HTTPStatus, hse.Err
 	} else {
-		err = withReason(r.Context(), err)
+		err = answerError(r.Context(), err)
 	}
 	st := status.Convert(err)
 	if httpStatus == 0 {

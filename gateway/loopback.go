@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/sildmesh/sild/internal/peerstatus"
 )
 
 // maxRecvMsg bounds an answer read through the loopback (a global
@@ -45,6 +47,7 @@ func newLoopback(srv *grpc.Server) (*loopback, error) {
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return l.lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsg)),
+		peerstatus.DialOption,
 	)
 	if err != nil {
 		l.hs.Close()

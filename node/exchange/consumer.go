@@ -20,6 +20,7 @@ import (
 
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/peerstatus"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/node/forward"
@@ -142,7 +143,7 @@ func (c *Consumer) acquire(topo *topology.Topology, n ident.Node) (*pooled, erro
 	p := c.conns[k]
 	if p == nil {
 		tc := tlsconfig.MTLSClientConfig(c.cfg.SVID, c.cfg.Bundles, tlsconfig.AuthorizeID(id))
-		cc, err := grpc.NewClient(k.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc)), statusWatchOption}, windowOptions...)...)
+		cc, err := grpc.NewClient(k.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc)), peerstatus.DialOption}, windowOptions...)...)
 		if err != nil {
 			return nil, err
 		}
@@ -372,7 +373,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 	omd.Set(envelope.HeaderMessageID, req.MessageID)
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
 	defer cancel()
-	upCtx, answered := watchStatus(upCtx)
+	upCtx, answered := peerstatus.Watch(upCtx)
 	// The canonical path: what was validated and what the chains bind.
 	cs, peer, release, err := c.open(upCtx, topo, hosts, req.FullMethod())
 	if err != nil {

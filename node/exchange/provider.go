@@ -20,6 +20,7 @@ import (
 	ledgerv1 "github.com/sildmesh/sild/gen/sild/ledger/v1"
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
+	"github.com/sildmesh/sild/internal/peerstatus"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/envelope"
 	"github.com/sildmesh/sild/node/forward"
@@ -53,7 +54,7 @@ func NewProvider(cfg Config) (*Provider, error) {
 		p.replay = envelope.NewReplay(cfg.ReplayWindow, cfg.ReplayMax)
 	}
 	for sub, addr := range cfg.Backends {
-		opts := append(append([]grpc.DialOption{plaintext, statusWatchOption}, windowOptions...), cfg.BackendDialOptions...)
+		opts := append(append([]grpc.DialOption{plaintext, peerstatus.DialOption}, windowOptions...), cfg.BackendDialOptions...)
 		cc, err := grpc.NewClient(addr, opts...)
 		if err != nil {
 			_ = p.Close()
@@ -236,7 +237,7 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 		fedCut, stop = watchFederation(&p.cfg, ComponentProvider, caller.Member.Instance, &req.Target, cancel)
 		defer stop()
 	}
-	upCtx, answered := watchStatus(upCtx)
+	upCtx, answered := peerstatus.Watch(upCtx)
 	cs, err := backend.NewStream(upCtx, fullDuplex, req.FullMethod(), callOptions(p.cfg.MaxMessageSize, p.cfg.MaxMessageSize)...)
 	if err != nil {
 		if ce, ok := rpcerr.FromContext(ctx.Err()); ok {
