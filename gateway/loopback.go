@@ -13,12 +13,13 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/sildmesh/sild/internal/peerstatus"
+	"github.com/sildmesh/sild/registry/gconf"
 )
 
-// maxRecvMsg bounds an answer read through the loopback (a global
-// configuration with its catalogue of descriptor sets may exceed gRPC's 4 MiB
-// default).
-const maxRecvMsg = 64 << 20
+// maxRecvMsg bounds an answer read through the loopback: a global
+// configuration with its catalogues, which the admin API's GetGlobalConfig
+// carries twice (signed and decoded).
+const maxRecvMsg = 2 * gconf.MaxMessageBytes
 
 // loopback is an in-memory gRPC client connection to a *grpc.Server. The
 // server is reached through its ServeHTTP over HTTP/2 without TLS on a

@@ -21,6 +21,7 @@ import (
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/atomicfile"
 	"github.com/sildmesh/sild/pki"
+	"github.com/sildmesh/sild/registry/gconf"
 )
 
 // Files in the data directory.
@@ -229,7 +230,7 @@ func (n *Node) join(ctx context.Context) (*identity, *registryv1.SignedConfig, e
 		return nil, nil, err
 	}
 	tc := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, roots), pki.AuthorizeRegistry(td))
-	conn, err := grpc.NewClient(n.cfg.Registry, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := grpc.NewClient(n.cfg.Registry, grpc.WithTransportCredentials(credentials.NewTLS(tc)), gconf.DialOption)
 	if err != nil {
 		return nil, nil, fmt.Errorf("join: %w", err)
 	}

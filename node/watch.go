@@ -170,7 +170,7 @@ func (n *Node) registryConn() (*grpc.ClientConn, error) {
 		return nil, err
 	}
 	tc := tlsconfig.MTLSClientConfig(n.svids, n.bundles, pki.AuthorizeRegistry(td))
-	c, err := grpc.NewClient(n.regAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	c, err := grpc.NewClient(n.regAddr, grpc.WithTransportCredentials(credentials.NewTLS(tc)), gconf.DialOption)
 	if err != nil {
 		return nil, err
 	}

@@ -59,20 +59,26 @@ func TestCatalogueStaysWithinWhatNodesReceive(t *testing.T) {
 		})
 		return err
 	}
-	if err := publish("big.a", 2<<20); err != nil {
+	// A smaller limit than the default, for speed, but a catalogue over
+	// gRPC's default 4 MiB, which nodes receive (gconf.DialOption).
+	defer func(v int) { fsm.MaxCatalogueBytes = v }(fsm.MaxCatalogueBytes)
+	fsm.MaxCatalogueBytes = 7 << 20
+	limit := fsm.MaxCatalogueBytes
+	if err := publish("big.a", limit*2/3); err != nil {
 		t.Fatal(err)
 	}
 	before := c.Leader().State()
-	wantReason(t, "a second set past the limit", publish("big.b", 3<<20/2), codes.ResourceExhausted, fsm.ReasonCatalogueFull)
-	wantReason(t, "one set past the limit", publish("big.c", 4<<20), codes.ResourceExhausted, fsm.ReasonCatalogueFull)
+	wantReason(t, "a second set past the limit", publish("big.b", limit/2), codes.ResourceExhausted, fsm.ReasonCatalogueFull)
+	wantReason(t, "one set past the limit", publish("big.c", limit+1<<19), codes.ResourceExhausted, fsm.ReasonCatalogueFull)
 	if !proto.Equal(before, c.Leader().State()) {
 		t.Fatal("a refused publication changed the state")
 	}
 	// Replacing a service's descriptors counts its old ones out.
-	if err := publish("big.a", 5<<19); err != nil {
+	if err := publish("big.a", limit*5/6); err != nil {
 		t.Fatalf("republishing within the limit: %v", err)
 	}
-	// Every server's configuration reaches a node with default limits.
+	// Every server's configuration reaches a node (nodes dial with
+	// gconf.DialOption's limit).
 	for _, m := range c.Servers {
 		nodes := registryv1.NewNodeServiceClient(nodeConn(t, c, m, tn.key, tn.chain))
 		registrytest.WaitFor(t, 30*time.Second, "the configuration with the catalogue at "+m.Srv.APIAddr(), func() bool {
@@ -85,7 +91,7 @@ func TestCatalogueStaysWithinWhatNodesReceive(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, s := range cfg.GetServices() {
-				if s.GetService().GetServiceName() == "big.a.S" && len(s.GetFileDescriptorSet()) > 5<<19 {
+				if s.GetService().GetServiceName() == "big.a.S" && len(s.GetFileDescriptorSet()) > limit*2/3 {
 					return true
 				}
 			}

@@ -30,6 +30,7 @@ import (
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry/fsm"
+	"github.com/sildmesh/sild/registry/gconf"
 )
 
 // Federation between ecosystems: each registry serves its SPIFFE bundle
@@ -406,7 +407,7 @@ func (s *Server) fetchDirectory(ctx context.Context, l *registryv1.FederationLin
 		return nil, err
 	}
 	tc := tlsconfig.MTLSClientConfig(s.svids, x509bundle.FromX509Authorities(td, roots), pki.AuthorizeRegistry(td))
-	conn, err := grpc.NewClient(u.Host, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := grpc.NewClient(u.Host, grpc.WithTransportCredentials(credentials.NewTLS(tc)), gconf.DialOption)
 	if err != nil {
 		return nil, err
 	}

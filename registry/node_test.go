@@ -76,7 +76,7 @@ func nodeConn(t testing.TB, c *registrytest.Cluster, m *registrytest.Member, key
 		}
 		tc = tlsconfig.MTLSClientConfig(pki.NewSVIDSource(svid), bundle, tlsconfig.AuthorizeMemberOf(td))
 	}
-	conn, err := grpc.NewClient(m.Srv.APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := grpc.NewClient(m.Srv.APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(tc)), gconf.DialOption) // as nodes dial
 	if err != nil {
 		t.Fatal(err)
 	}

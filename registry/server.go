@@ -328,8 +328,9 @@ func (s *Server) SetPartitioned(cut bool) {
 	}
 }
 
-// maxRequest bounds a request to the API.
-const maxRequest = 16 << 20
+// maxRequest bounds a request to the API: above a publication's limit
+// (fsm.DefaultMaxCatalogueBytes).
+const maxRequest = fsm.DefaultMaxCatalogueBytes + 1<<20
 
 // Run starts the server and blocks until ctx ends.
 func (s *Server) Run(ctx context.Context) error {

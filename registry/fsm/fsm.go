@@ -748,10 +748,14 @@ func (f *FSM) register(sub ident.Subsystem, n ident.Node) {
 }
 
 // MaxCatalogueBytes bounds the descriptor sets of the whole catalogue: every
-// node receives all of them in each global configuration, and a node takes
-// a message of at most 4 MiB (gRPC's default), so a larger catalogue would
-// cut every node off from its configuration.
-const MaxCatalogueBytes = 3 << 20
+// node receives all of them in each global configuration, in a message of
+// at most gconf.MaxMessageBytes (which also carries federated catalogues),
+// so a larger catalogue would cut every node off from its configuration.
+const DefaultMaxCatalogueBytes = 32 << 20
+
+// MaxCatalogueBytes is the limit in force: DefaultMaxCatalogueBytes, a
+// variable only so that tests can reach the limit with less data.
+var MaxCatalogueBytes = DefaultMaxCatalogueBytes
 
 // ReasonCatalogueFull refuses a publication that would take the catalogue
 // over MaxCatalogueBytes.

@@ -20,12 +20,24 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/pki"
 )
+
+// MaxMessageBytes bounds a message that carries a global configuration or
+// a federated ecosystem's export directory (each with its catalogue of
+// descriptor sets): what a node or a peer registry accepts. It leaves room
+// for this ecosystem's catalogue (fsm.MaxCatalogueBytes) and a federated
+// one's, far above gRPC's default of 4 MiB.
+const MaxMessageBytes = 128 << 20
+
+// DialOption lets a connection receive messages of up to MaxMessageBytes;
+// every client that receives configurations or directories dials with it.
+var DialOption = grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes))
 
 // Errors of Verify.
 var (
