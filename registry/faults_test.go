@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -373,4 +374,23 @@ func TestLinearizableAcrossLeaderKills(t *testing.T) {
 		}
 		t.Fatalf("history is not linearizable: %s", res)
 	}
+}
+
+// TestJoinWaitsForALeader: a server that asks to join while the cluster has
+// no leader (an election, a lost quorum) is told UNAVAILABLE and retries
+// until a leader admits it, instead of giving up at once.
+func TestJoinWaitsForALeader(t *testing.T) {
+	c := registrytest.Start(t, 3)
+	tok := c.ServerToken("r4", false)
+	r1 := c.Servers[0]
+	c.Stop(c.Servers[1])
+	c.Stop(c.Servers[2])
+	registrytest.WaitFor(t, 20*time.Second, "r1 without a leader", func() bool {
+		_, id := r1.Srv.Raft().LeaderWithID()
+		return id == ""
+	})
+	m := c.Join("r4", filepath.Join(t.TempDir(), "r4"), tok)
+	time.Sleep(time.Second) // asked meanwhile, refused: no leader
+	c.Restart(c.Servers[1])
+	c.WaitReady(m)
 }

@@ -17,7 +17,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -324,13 +326,29 @@ func (s *Server) joinCluster(ctx context.Context) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := registryv1.NewClusterServiceClient(conn).JoinCluster(ctx, &registryv1.JoinClusterRequest{
+	req := &registryv1.JoinClusterRequest{
 		Token:   s.cfg.Token,
 		SvidCsr: csr,
 		Server: &registryv1.ServerInfo{
 			Id: s.cfg.ServerID, RaftAddress: s.cfg.AdvertiseRaft, ApiAddress: s.cfg.AdvertiseAPI, HttpAddress: s.cfg.AdvertiseHTTP,
 		},
-	})
+	}
+	// While the cluster elects a leader (or the server asked cannot reach
+	// it) the join is UNAVAILABLE: retry, as the refusal says, until the
+	// deadline. A join the leader applied but whose answer was lost is
+	// admitted again (same keys and addresses).
+	var resp *registryv1.JoinClusterResponse
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		resp, err = registryv1.NewClusterServiceClient(conn).JoinCluster(ctx, req)
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			break
+		}
+		s.log.Info("join: no leader yet, retrying", "via", s.cfg.Join, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("join %s: %w", s.cfg.Join, err)
 	}

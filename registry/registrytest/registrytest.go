@@ -111,20 +111,34 @@ func StartWith(t testing.TB, n int, adjust func(*registry.Config)) *Cluster {
 // Add joins a new server through the admin API of the first live server.
 func (c *Cluster) Add(id string, voter bool, dir string) *Member {
 	c.t.Helper()
+	m := c.Join(id, dir, c.ServerToken(id, voter))
+	c.WaitReady(m)
+	return m
+}
+
+// ServerToken creates a one-time token for server id to join.
+func (c *Cluster) ServerToken(id string, voter bool) string {
+	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	tok, err := c.AdminClient(c.Live()[0]).CreateServerToken(c.Ctx(ctx), &registryv1.CreateServerTokenRequest{ServerId: id, Voter: voter})
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	return tok.GetToken()
+}
+
+// Join starts a new server in dir that joins with tok through the first
+// live server; it does not wait for it to be ready.
+func (c *Cluster) Join(id, dir, tok string) *Member {
+	c.t.Helper()
 	m := &Member{ID: id, Dir: dir}
 	cfg := config(id, dir)
 	cfg.Join = c.Live()[0].Srv.APIAddr()
-	cfg.Token = tok.GetToken()
+	cfg.Token = tok
 	cfg.TrustBundle = c.Roots
 	c.start(m, cfg)
 	c.Servers = append(c.Servers, m)
-	c.WaitReady(m)
 	return m
 }
 
