@@ -1,15 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 
 	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
+	"github.com/sildmesh/sild/internal/atomicfile"
 )
 
 func newCtlBackupCmd(opts *ctlOptions) *cobra.Command {
@@ -19,8 +23,9 @@ func newCtlBackupCmd(opts *ctlOptions) *cobra.Command {
 		Short: "Write the registry's whole state (keys included) to a file",
 		Long: `Writes a consistent copy of the replicated state — members, nodes, catalogue,
 API keys, and the CA, configuration-signing and time-stamping keys — to FILE
-(mode 0600). Keep it as secret as the CA itself. A new cluster starts from it
-with: sild registry --bootstrap --restore FILE --id ... --data ...`,
+(mode 0600), with a checksum that a restore checks. Keep it as secret as the
+CA itself. A new cluster starts from it with:
+sild registry --bootstrap --restore FILE --id ... --data ...`,
 		Args: cobra.NoArgs,
 		RunE: ctlRun(opts, func(ctx context.Context, c *ctl, _ []string) error {
 			if file == "" {
@@ -30,10 +35,11 @@ with: sild registry --bootstrap --restore FILE --id ... --data ...`,
 			if err != nil {
 				return callError("backup", err)
 			}
-			if err := writeFileAtomic(file, resp.GetState()); err != nil {
+			data := encodeBackup(resp.GetState())
+			if err := writeFileAtomic(file, data); err != nil {
 				return fmt.Errorf("backup file: %w", err)
 			}
-			fmt.Fprintf(c.out, "backup of log index %d written to %s (%d bytes)\n", resp.GetIndex(), file, len(resp.GetState()))
+			fmt.Fprintf(c.out, "backup of log index %d written to %s (%d bytes)\n", resp.GetIndex(), file, len(data))
 			return nil
 		}),
 	}
@@ -42,37 +48,45 @@ with: sild registry --bootstrap --restore FILE --id ... --data ...`,
 }
 
 // writeFileAtomic writes data to file (mode 0600) through a synced
-// temporary file in the same directory, renamed over it at the end: a
-// failed write never leaves a truncated backup (which could still decode,
-// without its last fields) in place of a good one.
+// temporary file renamed over it (atomicfile): a failed write never leaves
+// a truncated backup in place of a good one.
 func writeFileAtomic(file string, data []byte) error {
 	if st, err := os.Stat(file); err == nil && st.IsDir() {
 		return fmt.Errorf("%s is a directory", file)
 	}
 	dir := filepath.Dir(file)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(file)+".*.tmp")
-	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return fmt.Errorf("cannot write in %s: %w", dir, err)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("cannot write in %s: no such directory", dir)
 	}
-	defer os.Remove(tmp.Name()) // after a successful rename, there is nothing to remove
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
+	return atomicfile.Write(dir, filepath.Base(file), data)
+}
+
+// A backup file is backupMagic, the SHA-256 of the state, then the state
+// (a serialized registryv1.State): a file changed or cut short after it was
+// written is refused at restore instead of restoring part of an ecosystem.
+const backupMagic = "sild-registry-backup-v1\n"
+
+// encodeBackup frames a serialized state as a backup file.
+func encodeBackup(state []byte) []byte {
+	sum := sha256.Sum256(state)
+	return append(append([]byte(backupMagic), sum[:]...), state...)
+}
+
+// decodeBackup checks a backup file and returns the state it holds.
+func decodeBackup(data []byte) (*registryv1.State, error) {
+	rest, ok := bytes.CutPrefix(data, []byte(backupMagic))
+	if !ok {
+		return nil, errors.New("not a registry backup (sild ctl backup writes one)")
 	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
+	if len(rest) < sha256.Size {
+		return nil, errors.New("damaged backup: cut short")
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
+	if sum := sha256.Sum256(rest[sha256.Size:]); !bytes.Equal(sum[:], rest[:sha256.Size]) {
+		return nil, errors.New("damaged backup: its checksum does not match (the file was changed or cut short)")
 	}
-	if err := tmp.Close(); err != nil {
-		return err
+	var st registryv1.State
+	if err := proto.Unmarshal(rest[sha256.Size:], &st); err != nil || st.GetCa() == nil {
+		return nil, errors.New("damaged backup: it holds no registry state")
 	}
-	return os.Rename(tmp.Name(), file)
+	return &st, nil
 }

@@ -14,9 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"google.golang.org/protobuf/proto"
 
-	registryv1 "github.com/sildmesh/sild/gen/sild/registry/v1"
 	"github.com/sildmesh/sild/pki"
 	"github.com/sildmesh/sild/registry"
 )
@@ -187,11 +185,11 @@ func (o *registryOptions) config(logOut io.Writer) (registry.Config, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("--restore: %w", err)
 		}
-		var st registryv1.State
-		if err := proto.Unmarshal(data, &st); err != nil || st.GetCa() == nil {
-			return cfg, fmt.Errorf("--restore %s: not a registry backup", o.restore)
+		st, err := decodeBackup(data)
+		if err != nil {
+			return cfg, fmt.Errorf("--restore %s: %w", o.restore, err)
 		}
-		cfg.Restore = &st
+		cfg.Restore = st
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, flagHint(err)
