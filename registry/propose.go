@@ -2,6 +2,8 @@ package registry
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -36,6 +38,14 @@ func unavailable(msg string) error {
 func (s *Server) propose(ctx context.Context, cmd *registryv1.Command) (proto.Message, error) {
 	if cmd.Time == nil {
 		cmd.Time = timestamppb.Now()
+	}
+	if cmd.RequestId == "" {
+		// The same bytes are proposed on every retry below: a retry of a
+		// write the leader applied, whose answer was lost, answers as the
+		// write did instead of ALREADY_EXISTS or NOT_FOUND.
+		var id [16]byte
+		_, _ = rand.Read(id[:])
+		cmd.RequestId = hex.EncodeToString(id[:])
 	}
 	data, err := fsm.Encode(cmd)
 	if err != nil {

@@ -85,6 +85,27 @@ type State struct {
 	// NextCA and RetiredRoots: a root CA rotation (see registryv1.State).
 	NextCA       *registryv1.KeyPair
 	RetiredRoots [][]byte
+	// Applied holds the request ids of the last commands applied, oldest
+	// first (at most MaxAppliedRequests); applied indexes them.
+	Applied []string
+	applied map[string]bool
+}
+
+// MaxAppliedRequests is how many request ids of applied commands the state
+// remembers: far more than can be retried at once.
+const MaxAppliedRequests = 4096
+
+// remember records the request id of a command just applied.
+func (s *State) remember(id string) {
+	if id == "" || s.applied[id] {
+		return
+	}
+	if len(s.Applied) >= MaxAppliedRequests {
+		delete(s.applied, s.Applied[0])
+		s.Applied = s.Applied[1:]
+	}
+	s.Applied = append(s.Applied, id)
+	s.applied[id] = true
 }
 
 // Roots returns the ecosystem's trusted root certificates (DER): the
@@ -115,6 +136,7 @@ func newState() *State {
 		Servers:    map[string]*registryv1.ServerInfo{},
 		Links:      map[string]*registryv1.FederationLink{},
 		Exports:    map[string]*registryv1.Export{},
+		applied:    map[string]bool{},
 	}
 }
 
@@ -168,7 +190,13 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
 		return &Result{Err: invalid("command: " + err.Error())}
 	}
+	if id := cmd.GetRequestId(); id != "" && f.s.applied[id] {
+		return &Result{} // a retry of a command applied: it succeeded
+	}
 	v, err := f.apply(&cmd, l.Index)
+	if err == nil {
+		f.s.remember(cmd.GetRequestId())
+	}
 	return &Result{Err: err, Value: v}
 }
 
@@ -238,8 +266,9 @@ func (f *FSM) apply(cmd *registryv1.Command, index uint64) (proto.Message, error
 			}
 			restored := FromProto(proto.Clone(r).(*registryv1.State))
 			// The backed-up cluster's servers are gone; the new ones
-			// announce themselves.
+			// announce themselves. Its requests were its own.
 			restored.Servers = map[string]*registryv1.ServerInfo{}
+			restored.Applied, restored.applied = nil, map[string]bool{}
 			f.s = restored
 			f.touch(index)
 			return nil, nil
@@ -950,18 +979,19 @@ func (s *State) wire() *registryv1.State {
 	p := &registryv1.State{
 		Instance: s.Instance, TrustDomain: s.TrustDomain, Ca: s.CA, ConfigSigner: s.ConfigSigner, Tsa: s.TSA,
 		ConfigVersion: s.ConfigVersion, Settings: s.Settings, NextRequestId: s.NextReq,
-		Members:      sorted(s.Members),
-		Subsystems:   sorted(s.Subsystems),
-		Nodes:        sorted(s.Nodes),
-		Groups:       sorted(s.Groups),
-		Services:     sorted(s.Services),
-		JoinTokens:   sorted(s.Tokens),
-		ApiKeys:      sorted(s.APIKeys),
-		Servers:      sorted(s.Servers),
-		Links:        sorted(s.Links),
-		Exports:      sorted(s.Exports),
-		NextCa:       s.NextCA,
-		RetiredRoots: s.RetiredRoots,
+		Members:         sorted(s.Members),
+		Subsystems:      sorted(s.Subsystems),
+		Nodes:           sorted(s.Nodes),
+		Groups:          sorted(s.Groups),
+		Services:        sorted(s.Services),
+		JoinTokens:      sorted(s.Tokens),
+		ApiKeys:         sorted(s.APIKeys),
+		Servers:         sorted(s.Servers),
+		Links:           sorted(s.Links),
+		Exports:         sorted(s.Exports),
+		NextCa:          s.NextCA,
+		RetiredRoots:    s.RetiredRoots,
+		AppliedRequests: s.Applied,
 	}
 	for _, id := range sortedKeys(s.Requests) {
 		p.Requests = append(p.Requests, s.Requests[id])
@@ -976,6 +1006,9 @@ func FromProto(p *registryv1.State) *State {
 	s.Instance, s.TrustDomain = p.GetInstance(), p.GetTrustDomain()
 	s.CA, s.ConfigSigner, s.TSA = p.GetCa(), p.GetConfigSigner(), p.GetTsa()
 	s.ConfigVersion, s.Settings = p.GetConfigVersion(), p.GetSettings()
+	for _, id := range p.GetAppliedRequests() {
+		s.remember(id)
+	}
 	if p.GetNextRequestId() > 0 {
 		s.NextReq = p.GetNextRequestId()
 	}

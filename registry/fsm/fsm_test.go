@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -228,4 +229,50 @@ func TestNodeJoinIsIdempotent(t *testing.T) {
 	}
 	a.refused(joined("127.0.0.1:1", "other"), ReasonTokenInvalid)
 	a.refused(joined("127.0.0.1:2", "svid"), ReasonTokenInvalid)
+}
+
+// A command retried with its request id after its answer was lost (the
+// same bytes in a later log entry) answers as it did the first time and
+// changes nothing; the ids survive a snapshot, and a bounded number are
+// kept.
+func TestRetriedCommandAnswersAsApplied(t *testing.T) {
+	a := newApplier(t)
+	add := &registryv1.Command{RequestId: "req-1", Op: &registryv1.Command_AddMember{AddMember: &registryv1.AddMemberRequest{Id: member("1")}}}
+	a.must(add)
+	before := a.state()
+	if err := a.apply(add); err != nil {
+		t.Fatalf("the retry of an applied command: %v", err)
+	}
+	if !proto.Equal(before, a.state()) {
+		t.Fatal("the retry changed the state")
+	}
+	// The same change under another id is a new command, and refused.
+	again := &registryv1.Command{RequestId: "req-2", Op: add.Op}
+	if err := a.apply(again); rpcerr.Reason(err) != rpcerr.ReasonAlreadyExists {
+		t.Fatalf("a second add of the member: %v", err)
+	}
+	// A refused command's id is not remembered: its retry is refused too.
+	if err := a.apply(again); rpcerr.Reason(err) != rpcerr.ReasonAlreadyExists {
+		t.Fatalf("the retry of a refused command: %v", err)
+	}
+
+	// After a snapshot and restore, the retry still answers as applied.
+	b := &applier{t: t, f: New(), index: a.index, now: a.now}
+	if err := b.f.Restore(io.NopCloser(bytes.NewReader(a.snapshot()))); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.apply(add); err != nil {
+		t.Fatalf("the retry after a restore: %v", err)
+	}
+
+	// Only the last MaxAppliedRequests ids are kept.
+	for i := range MaxAppliedRequests {
+		a.must(&registryv1.Command{RequestId: fmt.Sprintf("fill-%d", i), Op: &registryv1.Command_AddMember{AddMember: &registryv1.AddMemberRequest{Id: member(fmt.Sprintf("m%d", i))}}})
+	}
+	if n := len(a.state().GetAppliedRequests()); n != MaxAppliedRequests {
+		t.Fatalf("%d request ids kept, want %d", n, MaxAppliedRequests)
+	}
+	if err := a.apply(add); rpcerr.Reason(err) != rpcerr.ReasonAlreadyExists {
+		t.Fatalf("a forgotten id is a new command: %v", err)
+	}
 }

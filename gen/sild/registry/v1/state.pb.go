@@ -57,10 +57,13 @@ type State struct {
 	// A root CA rotation in progress: next_ca is published in the trust
 	// bundle before it issues (prepare); at activation it becomes ca and the
 	// old root moves to retired_roots, still trusted until finish.
-	NextCa        *KeyPair `protobuf:"bytes,22,opt,name=next_ca,json=nextCa,proto3" json:"next_ca,omitempty"`
-	RetiredRoots  [][]byte `protobuf:"bytes,23,rep,name=retired_roots,json=retiredRoots,proto3" json:"retired_roots,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NextCa       *KeyPair `protobuf:"bytes,22,opt,name=next_ca,json=nextCa,proto3" json:"next_ca,omitempty"`
+	RetiredRoots [][]byte `protobuf:"bytes,23,rep,name=retired_roots,json=retiredRoots,proto3" json:"retired_roots,omitempty"`
+	// Request ids of the last commands applied (at most
+	// fsm.MaxAppliedRequests), oldest first.
+	AppliedRequests []string `protobuf:"bytes,24,rep,name=applied_requests,json=appliedRequests,proto3" json:"applied_requests,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
@@ -250,6 +253,13 @@ func (x *State) GetNextCa() *KeyPair {
 func (x *State) GetRetiredRoots() [][]byte {
 	if x != nil {
 		return x.RetiredRoots
+	}
+	return nil
+}
+
+func (x *State) GetAppliedRequests() []string {
+	if x != nil {
+		return x.AppliedRequests
 	}
 	return nil
 }
@@ -584,7 +594,11 @@ type Command struct {
 	//	*Command_AddExport
 	//	*Command_RemoveExport
 	//	*Command_CaRotation
-	Op            isCommand_Op `protobuf_oneof:"op"`
+	Op isCommand_Op `protobuf_oneof:"op"`
+	// request_id makes the command idempotent: one whose id the state lists
+	// as applied is not applied again (a proposal retried after its answer
+	// was lost answers as the first did).
+	RequestId     string `protobuf:"bytes,100,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -946,6 +960,13 @@ func (x *Command) GetCaRotation() *CARotation {
 		}
 	}
 	return nil
+}
+
+func (x *Command) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type isCommand_Op interface {
@@ -1617,7 +1638,7 @@ var File_sild_registry_v1_state_proto protoreflect.FileDescriptor
 
 const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1csild/registry/v1/state.proto\x12\x10sild.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1csild/registry/v1/admin.proto\x1a\x1dsild/registry/v1/config.proto\x1a!sild/registry/v1/federation.proto\"\xfc\b\n" +
+	"\x1csild/registry/v1/state.proto\x12\x10sild.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sild/ident/v1/ident.proto\x1a\x1csild/registry/v1/admin.proto\x1a\x1dsild/registry/v1/config.proto\x1a!sild/registry/v1/federation.proto\"\xa7\t\n" +
 	"\x05State\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12)\n" +
@@ -1645,7 +1666,8 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\aexports\x18\x14 \x03(\v2\x18.sild.registry.v1.ExportR\aexports\x12#\n" +
 	"\rapplied_index\x18\x15 \x01(\x04R\fappliedIndex\x122\n" +
 	"\anext_ca\x18\x16 \x01(\v2\x19.sild.registry.v1.KeyPairR\x06nextCa\x12#\n" +
-	"\rretired_roots\x18\x17 \x03(\fR\fretiredRoots\"=\n" +
+	"\rretired_roots\x18\x17 \x03(\fR\fretiredRoots\x12)\n" +
+	"\x10applied_requests\x18\x18 \x03(\tR\x0fappliedRequests\"=\n" +
 	"\aKeyPair\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"\xdb\x01\n" +
@@ -1668,7 +1690,7 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
 	"apiAddress\x12!\n" +
-	"\fhttp_address\x18\x04 \x01(\tR\vhttpAddress\"\xb5\x15\n" +
+	"\fhttp_address\x18\x04 \x01(\tR\vhttpAddress\"\xd4\x15\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12,\n" +
 	"\x04init\x18\x02 \x01(\v2\x16.sild.registry.v1.InitH\x00R\x04init\x12C\n" +
@@ -1713,7 +1735,9 @@ const file_sild_registry_v1_state_proto_rawDesc = "" +
 	"add_export\x18\" \x01(\v2\".sild.registry.v1.AddExportRequestH\x00R\taddExport\x12L\n" +
 	"\rremove_export\x18# \x01(\v2%.sild.registry.v1.RemoveExportRequestH\x00R\fremoveExport\x12?\n" +
 	"\vca_rotation\x18$ \x01(\v2\x1c.sild.registry.v1.CARotationH\x00R\n" +
-	"caRotationB\x04\n" +
+	"caRotation\x12\x1d\n" +
+	"\n" +
+	"request_id\x18d \x01(\tR\trequestIdB\x04\n" +
 	"\x02op\"\x8b\x03\n" +
 	"\x04Init\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12!\n" +
