@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -388,7 +389,8 @@ ledger: its root, new checkpoints and the proofs of the kept records are
 unchanged; export of an archived message names its archive file, and
 'sild ledger export-archived' writes its evidence bundle from that file.
 
-Keep the archive files: they are the only copy of the pruned records.`,
+Keep the archive files: they are the only copy of the pruned records. Each
+file is reported on stderr as it is written (up to 50,000 records a file).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			before := time.Now().Add(-olderThan)
@@ -401,7 +403,10 @@ Keep the archive files: they are the only copy of the pruned records.`,
 			} else if olderThan <= 0 {
 				return errors.New("give --older-than (a positive duration, e.g. 720h) or --before")
 			}
-			l, err := ledger.OpenReader(dataDir, nil, nil)
+			// Each archive file written is logged to stderr as it is done:
+			// the progress of a long run.
+			progress := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			l, err := ledger.OpenReader(dataDir, nil, progress)
 			if err != nil {
 				return err
 			}

@@ -27,6 +27,9 @@ func TestLedgerArchiveCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "archived records 0 to 2 into "+file) {
 		t.Fatalf("archive: %v\n%s", err, out)
 	}
+	if !strings.Contains(out, "ledger archived") || !strings.Contains(out, "file="+file) {
+		t.Fatalf("no progress line for the archive file written:\n%s", out)
+	}
 	out, err = run(t, "ledger", "check", "--data", data, "--trust", trust, "--body-key-file", keyFile)
 	if err != nil || !strings.Contains(out, "OK: 3 entries, 0 bodies") || !strings.Contains(out, "3 archived") {
 		t.Fatalf("check after archiving: %v\n%s", err, out)
