@@ -216,14 +216,12 @@ func certsFrom(c *registryv1.Certificates, svidKey, signKey crypto.Signer, self 
 	return id, nil
 }
 
-// join obtains the node's first identity with its join token.
+// join obtains the node's identity with its join token, which the caller
+// (startIdentity) has checked is set.
 func (n *Node) join(ctx context.Context) (*identity, *registryv1.SignedConfig, error) {
 	roots, err := n.cfg.roots()
 	if err != nil {
 		return nil, nil, err
-	}
-	if n.cfg.JoinToken == "" {
-		return nil, nil, errors.New("join_token: required on the first start (sild ctl node token " + n.self.String() + ")")
 	}
 	td, err := pki.TrustDomainOf(roots)
 	if err != nil {
