@@ -52,8 +52,8 @@ type Config struct {
 	// AdminListen serves the admin gRPC API and /metrics, /healthz,
 	// /readyz over HTTP (h2c) on one port.
 	AdminListen string `yaml:"admin_listen"`
-	// AdminKeys are API keys of the admin API: hash (from `sild ctl
-	// apikey hash`, "sha256:...") and role (admin or reader).
+	// AdminKeys are API keys of the admin API: hash (from `sild node
+	// admin-key`, "sha256:...") and role (admin or reader).
 	AdminKeys []AdminKey `yaml:"admin_keys"`
 
 	// Subsystems are the member subsystems on this node: as clients

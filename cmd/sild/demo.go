@@ -21,12 +21,13 @@ a licensing authority, the business registry and the tax board, and FI
 The sample services (sild.demo.v1.BusinessRegistryService, TaxBoardService,
 PopulationRegisterService) are published with their descriptors, access is
 granted on the providers' nodes, and the link EE <-> FI is set up with FI's
-population register exported to EE.
+population register exported to EE and EE's business registry to FI.
 
 Then it runs the scenario — the licensing authority checks a company, its
 events (a server stream), its tax status (over REST) and, across the border,
-its Finnish board member; and one call is refused for want of an access
-right — printing for each step who asked what, the result and the ledger
+its Finnish board member; one call is refused for want of an access right;
+and FI's population register asks EE's business registry about the company
+— printing for each step who asked what, the result and the ledger
 receipts of both nodes. Finally it prints the addresses, the API keys and
 ready-to-paste grpcurl, curl and 'sild ctl' commands, and runs until
 interrupted (Ctrl-C). The data is removed at exit unless --keep is given.

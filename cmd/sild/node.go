@@ -44,9 +44,10 @@ Listeners: --consumer-listen for member systems (gRPC and REST; plaintext,
 so keep it on loopback or a private network, unless the YAML's consumer_tls
 serves it over TLS, or mTLS with the member systems' certificates each
 subsystem pins in client_certs), --exchange-listen for other nodes (mTLS
-with SPIFFE SVIDs), --admin-listen for the admin gRPC API (access rights,
-evidence; see 'sild ctl access' and 'sild ledger query') and /metrics,
-/healthz, /readyz. docs/configuration.md lists every setting.`,
+with SPIFFE SVIDs), --admin-listen for the admin API over gRPC and REST
+(access rights, evidence; see 'sild ctl access' and 'sild ledger query'),
+/openapi.json, /metrics, /healthz and /readyz. docs/configuration.md lists
+every setting.`,
 		Example: `  # node.yaml
   node: EE/GOV/70000310/ss1
   registry: 127.0.0.1:7400
@@ -90,7 +91,7 @@ evidence; see 'sild ctl access' and 'sild ledger query') and /metrics,
 	f.StringVar(&c.ConsumerListen, "consumer-listen", c.ConsumerListen, "listen address for member systems (gRPC)")
 	f.StringVar(&c.ExchangeListen, "exchange-listen", c.ExchangeListen, "listen address for other nodes (mTLS)")
 	f.StringVar(&c.ExchangeAdvertise, "exchange-advertise", "", "exchange address published in the configuration (default: the listen address)")
-	f.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "admin API and /metrics, /healthz, /readyz")
+	f.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "admin API (gRPC and REST, /openapi.json) and /metrics, /healthz, /readyz")
 	f.StringArrayVar(&o.subsystems, "subsystem", nil, "subsystem this node serves, ID or ID=BACKEND (repeatable)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")

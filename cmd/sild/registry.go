@@ -125,7 +125,7 @@ The server runs until SIGINT or SIGTERM.`,
 	f.StringVar(&c.DataDir, "data", "", "data directory: Raft log, snapshots, keys (required)")
 	f.StringVar(&c.APIAddr, "api-listen", "127.0.0.1:7400", "gRPC API listen address (TLS): admin, nodes, cluster")
 	f.StringVar(&c.RaftAddr, "raft-listen", "127.0.0.1:7401", "Raft transport listen address (mTLS between registry servers)")
-	f.StringVar(&c.HTTPAddr, "http-listen", "127.0.0.1:7402", "HTTP listen address: time-stamping authority, /healthz, /readyz (empty disables)")
+	f.StringVar(&c.HTTPAddr, "http-listen", "127.0.0.1:7402", "HTTP listen address: time-stamping authority, admin REST API with /openapi.json, /healthz, /readyz (empty disables)")
 	f.StringVar(&c.AdvertiseAPI, "advertise-api", "", "API address others use (default: --api-listen, which must then not be a wildcard)")
 	f.StringVar(&c.AdvertiseRaft, "advertise-raft", "", "Raft address others use (default: --raft-listen)")
 	f.StringVar(&c.AdvertiseHTTP, "advertise-http", "", "HTTP address others use (default: --http-listen)")
