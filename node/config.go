@@ -92,7 +92,8 @@ type Config struct {
 
 	// ReplayWindow is how long this node, as provider, remembers each
 	// client's message ids and refuses them again with MESSAGE_REPLAYED
-	// (default 1h, at most 24h); ReplayMaxPerClient how many ids of one
+	// (default 10m, at most 24h), and so how old a request may be
+	// (STALE_REQUEST beyond); ReplayMaxPerClient how many ids of one
 	// client it remembers within the window (default 1048576): a client
 	// over it is refused with REPLAY_WINDOW_FULL, the others are not. At
 	// start the node reads the window's ids back from its ledger, so a

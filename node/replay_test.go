@@ -65,7 +65,7 @@ func TestReplayConfigValidation(t *testing.T) {
 		"replay_window":         func(c *node.Config) { c.ReplayWindow = -time.Second },
 		"replay_window ":        func(c *node.Config) { c.ReplayWindow = 25 * time.Hour },
 		"replay_max_per_client": func(c *node.Config) { c.ReplayMaxPerClient = -1 },
-		"ledger_retention":      func(c *node.Config) { c.LedgerRetention = 30 * time.Minute }, // < the default 1h window
+		"ledger_retention":      func(c *node.Config) { c.LedgerRetention = 5 * time.Minute }, // < the default 10m window
 	} {
 		cfg := base
 		mutate(&cfg)
@@ -75,7 +75,7 @@ func TestReplayConfigValidation(t *testing.T) {
 		}
 	}
 	ok := base
-	ok.ReplayWindow, ok.ReplayMaxPerClient, ok.LedgerRetention = 10*time.Minute, 1000, 30*time.Minute
+	ok.ReplayWindow, ok.ReplayMaxPerClient, ok.LedgerRetention = 5*time.Minute, 1000, 5*time.Minute
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}

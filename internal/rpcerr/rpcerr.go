@@ -33,6 +33,7 @@ const (
 	ReasonConfigExpired      = "CONFIG_EXPIRED"
 	ReasonSignatureInvalid   = "SIGNATURE_INVALID"
 	ReasonReplayed           = "MESSAGE_REPLAYED"
+	ReasonStaleRequest       = "STALE_REQUEST"
 	ReasonLedgerUnavailable  = "LEDGER_UNAVAILABLE"
 	ReasonNotLeader          = "NOT_LEADER"
 	ReasonUnavailable        = "UNAVAILABLE"

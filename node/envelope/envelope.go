@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"hash"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -27,6 +28,16 @@ const (
 	HeaderPurpose   = "sild-purpose"
 )
 
+// HeaderRequestTime is the time the consumer node took the call (RFC 3339,
+// UTC, milliseconds), set by that node whatever a member system sent. Both
+// chains bind it, so a provider can refuse a request older than the ids it
+// remembers (Fresh).
+const HeaderRequestTime = "sild-request-time"
+
+// MaxClockSkew is how far apart the clocks of two nodes may be: a request
+// from further in the future than this is not fresh.
+const MaxClockSkew = time.Minute
+
 // ComponentConsumer is the rpcerr component of consumer-side refusals.
 const ComponentConsumer = "node.consumer"
 
@@ -39,6 +50,29 @@ type Request struct {
 	MessageID       string
 	UserID, Purpose string
 	Service, Method string // from the :path, validated by ident.ParseFullMethod
+	// Time is when the consumer node took the call (HeaderRequestTime);
+	// zero if the request carries none.
+	Time time.Time
+}
+
+// StampTime sets r.Time to t as HeaderRequestTime carries it.
+func (r *Request) StampTime(t time.Time) { r.Time = t.UTC().Truncate(time.Millisecond) }
+
+// TimeHeader is r.Time as HeaderRequestTime carries it ("" if zero).
+func (r Request) TimeHeader() string {
+	if r.Time.IsZero() {
+		return ""
+	}
+	return r.Time.UTC().Format(time.RFC3339Nano)
+}
+
+// Fresh reports whether a request taken at t may be accepted at now by a
+// provider that remembers message ids for window: not from further ahead
+// than the clocks' skew, and young enough that its id, if it was seen
+// before, is still remembered.
+func Fresh(t, now time.Time, window time.Duration) bool {
+	skew := min(MaxClockSkew, window/4)
+	return !t.After(now.Add(skew)) && now.Sub(t) <= window-skew
 }
 
 // FullMethod is the canonical gRPC path of the call.
@@ -112,6 +146,17 @@ func ParseRequest(md metadata.MD, fullMethod string) (Request, error) {
 	if r.MessageID == "" {
 		r.MessageID = NewMessageID()
 	}
+	v, _, err := single(md, HeaderRequestTime)
+	if err != nil {
+		return r, err
+	}
+	if v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil || len(v) > 40 {
+			return r, invalid("invalid " + HeaderRequestTime + ": want RFC 3339")
+		}
+		r.StampTime(t)
+	}
 	return r, nil
 }
 
@@ -154,14 +199,14 @@ type Chain struct {
 }
 
 // NewChain starts a chain bound to the call: direction, message id, method,
-// client, target, user id and purpose, each length-prefixed so fields
+// client, target, user id, purpose and request time, each length-prefixed so fields
 // cannot run together. Both signatures thus cover who asked on whose behalf
 // and why, as both ledgers record it.
 func NewChain(dir Direction, r Request) *Chain {
 	h := sha256.New()
-	h.Write([]byte("sild-chain-v2"))
+	h.Write([]byte("sild-chain-v3"))
 	h.Write([]byte{byte(dir)})
-	for _, f := range []string{r.MessageID, r.FullMethod(), r.Client.String(), r.Target.String(), r.UserID, r.Purpose} {
+	for _, f := range []string{r.MessageID, r.FullMethod(), r.Client.String(), r.Target.String(), r.UserID, r.Purpose, r.TimeHeader()} {
 		writeLen(h, uint64(len(f)))
 		h.Write([]byte(f))
 	}

@@ -1,7 +1,9 @@
 package envelope
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/metadata"
 
@@ -95,7 +97,13 @@ func TestChainBindsEverything(t *testing.T) {
 	purpose.Purpose = "licence check"
 	userIntoPurpose := r
 	userIntoPurpose.Purpose = "EE38001085718"
+	timed := r
+	timed.StampTime(time.Unix(1_800_000_000, 0))
+	later := r
+	later.StampTime(time.Unix(1_800_000_000, 1e6))
 	for name, s := range map[string][32]byte{
+		"request time":      sum(DirRequest, timed, "ab", "c"),
+		"later time":        sum(DirRequest, later, "ab", "c"),
 		"user id":           sum(DirRequest, user, "ab", "c"),
 		"purpose":           sum(DirRequest, purpose, "ab", "c"),
 		"user into purpose": sum(DirRequest, userIntoPurpose, "ab", "c"),
@@ -139,4 +147,42 @@ func FuzzParseRequest(f *testing.F) {
 			t.Fatalf("bad message id %q", r.MessageID)
 		}
 	})
+}
+
+func TestRequestTime(t *testing.T) {
+	at := time.Date(2026, 11, 23, 12, 0, 0, 123_456_789, time.UTC)
+	var r Request
+	r.StampTime(at)
+	if r.TimeHeader() != "2026-11-23T12:00:00.123Z" {
+		t.Fatalf("header %q", r.TimeHeader())
+	}
+	md := metadata.Pairs(HeaderClient, client, HeaderTarget, target, HeaderRequestTime, r.TimeHeader())
+	p, err := ParseRequest(md, "/a.B/C")
+	if err != nil || !p.Time.Equal(r.Time) || p.TimeHeader() != r.TimeHeader() {
+		t.Fatalf("parsed %v (%q), %v", p.Time, p.TimeHeader(), err)
+	}
+	for _, bad := range []string{"yesterday", "2026-11-23", "2026-11-23T12:00:00.123Z" + strings.Repeat("0", 40)} {
+		md := metadata.Pairs(HeaderClient, client, HeaderTarget, target, HeaderRequestTime, bad)
+		if _, err := ParseRequest(md, "/a.B/C"); rpcerr.Reason(err) != rpcerr.ReasonInvalidArgument {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	now := time.Now()
+	for _, tc := range []struct {
+		at     time.Time
+		window time.Duration
+		want   bool
+	}{
+		{now, time.Hour, true},
+		{now.Add(-58 * time.Minute), time.Hour, true},
+		{now.Add(-59*time.Minute - time.Second), time.Hour, false}, // its id may be forgotten within the skew
+		{now.Add(50 * time.Second), time.Hour, true},
+		{now.Add(2 * time.Minute), time.Hour, false},
+		{now.Add(-3 * time.Second), 20 * time.Second, true}, // a short window: a quarter of it is the skew
+		{now.Add(-16 * time.Second), 20 * time.Second, false},
+	} {
+		if got := Fresh(tc.at, now, tc.window); got != tc.want {
+			t.Errorf("Fresh(now%+v, window %v) = %v", tc.at.Sub(now), tc.window, got)
+		}
+	}
 }

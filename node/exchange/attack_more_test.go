@@ -35,7 +35,9 @@ import (
 // header only if msgID is not empty.
 func rawCallOn(t *testing.T, cc *grpc.ClientConn, client, target ident.Subsystem, msgID string, frames [][]byte, seal func(d []byte) []byte) error {
 	t.Helper()
-	kv := []string{envelope.HeaderClient, client.String(), envelope.HeaderTarget, target.String()}
+	req := envelope.Request{Client: client, Target: target, MessageID: msgID, Service: testService, Method: "UnaryCall"}
+	req.StampTime(time.Now())
+	kv := []string{envelope.HeaderClient, client.String(), envelope.HeaderTarget, target.String(), envelope.HeaderRequestTime, req.TimeHeader()}
 	if msgID != "" {
 		kv = append(kv, envelope.HeaderMessageID, msgID)
 	}
@@ -44,7 +46,6 @@ func rawCallOn(t *testing.T, cc *grpc.ClientConn, client, target ident.Subsystem
 	if err != nil {
 		return err
 	}
-	req := envelope.Request{Client: client, Target: target, MessageID: msgID, Service: testService, Method: "UnaryCall"}
 	chain := envelope.NewChain(envelope.DirRequest, req)
 	for _, f := range frames {
 		chain.Add(f)

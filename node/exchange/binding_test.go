@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -28,7 +29,8 @@ func TestSignatureCoversUserAndPurpose(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			signed.MessageID = "bind-" + tc.name
-			kv := []string{envelope.HeaderMessageID, signed.MessageID}
+			signed.StampTime(time.Now())
+			kv := []string{envelope.HeaderMessageID, signed.MessageID, envelope.HeaderRequestTime, signed.TimeHeader()}
 			if tc.user != "" {
 				kv = append(kv, envelope.HeaderUserID, tc.user)
 			}

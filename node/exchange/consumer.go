@@ -347,6 +347,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 	if err != nil {
 		return err
 	}
+	req.StampTime(start) // whatever the member system sent
 	if !c.clients[req.Client] || !topo.Serves(c.cfg.Node, req.Client) {
 		return c.refuse(codes.PermissionDenied, rpcerr.ReasonUnknownClient, "client subsystem is not served by this node")
 	}
@@ -371,6 +372,7 @@ func (c *Consumer) handle(ss grpc.ServerStream, start time.Time) error {
 
 	omd, _ := metadata.FromOutgoingContext(forward.CopyIncoming(ctx))
 	omd.Set(envelope.HeaderMessageID, req.MessageID)
+	omd.Set(envelope.HeaderRequestTime, req.TimeHeader())
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, omd))
 	defer cancel()
 	upCtx, answered := peerstatus.Watch(upCtx)

@@ -60,7 +60,7 @@
 // Seal digest = SHA-256("sild-seal-v1" || direction || chain head ||
 // uint64be(message count) || uint32be(status code)), where the chain is the
 // envelope.Chain of that direction (bound to message id, method, client,
-// target, user id and purpose) and the status code is 0 for the request. Signatures must carry
+// target, user id, purpose and request time) and the status code is 0 for the request. Signatures must carry
 // their certificate chain (sign.Config.IncludeChain): the receiver checks the
 // signing certificate against the configuration's roots, that its SPIFFE ID
 // is the peer node's, and that its key is the node's registered signing key
@@ -99,6 +99,8 @@
 //	no access right               PermissionDenied    ACCESS_DENIED       (provider)
 //	federation not active         PermissionDenied    FEDERATION_INACTIVE
 //	message id replayed           AlreadyExists       MESSAGE_REPLAYED    (provider)
+//	request older than the        FailedPrecondition  STALE_REQUEST       (provider)
+//	  replay window, or ahead
 //	client over its replay bound  ResourceExhausted   REPLAY_WINDOW_FULL  (provider)
 //	signature missing or invalid  Unauthenticated     SIGNATURE_INVALID
 //	evidence not durable          Unavailable         LEDGER_UNAVAILABLE

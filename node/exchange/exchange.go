@@ -40,7 +40,7 @@ const (
 
 // Defaults of Config.
 const (
-	DefaultReplayWindow = time.Hour
+	DefaultReplayWindow = 10 * time.Minute
 	DefaultReplayMax    = 1 << 20
 )
 

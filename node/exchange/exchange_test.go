@@ -415,13 +415,14 @@ func TestLedgerUnavailable(t *testing.T) {
 func (m *mesh) rawCall(t *testing.T, n *testNode, client ident.Subsystem, msgID string, frames [][]byte, seal func(d []byte) []byte) error {
 	t.Helper()
 	cc := m.dialAs(t, n)
-	ctx := as(ctxT(t), client, registry, envelope.HeaderMessageID, msgID)
+	req := envelope.Request{Client: client, Target: registry, MessageID: msgID, Service: testService, Method: "UnaryCall"}
+	req.StampTime(time.Now())
+	ctx := as(ctxT(t), client, registry, envelope.HeaderMessageID, msgID, envelope.HeaderRequestTime, req.TimeHeader())
 	method := "/grpc.testing.TestService/UnaryCall"
 	cs, err := cc.NewStream(ctx, fullDuplex, method, grpc.ForceCodecV2(forward.Codec{}))
 	if err != nil {
 		return err
 	}
-	req := envelope.Request{Client: client, Target: registry, MessageID: msgID, Service: testService, Method: "UnaryCall"}
 	chain := envelope.NewChain(envelope.DirRequest, req)
 	for _, f := range frames {
 		chain.Add(f)

@@ -166,6 +166,9 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 	if err != nil {
 		return err
 	}
+	if req.Time.IsZero() {
+		return refuseP(codes.InvalidArgument, rpcerr.ReasonInvalidArgument, "missing "+envelope.HeaderRequestTime)
+	}
 
 	// From here on every answer is signed and recorded.
 	st := &callState{
@@ -215,6 +218,12 @@ func (p *Provider) handle(ss grpc.ServerStream, start time.Time) error {
 	backend := p.backends[req.Target]
 	if backend == nil || !topo.Serves(p.cfg.Node, req.Target) {
 		return answer(refuseP(codes.NotFound, rpcerr.ReasonUnknownTarget, "target subsystem is not served by this node"))
+	}
+	if !envelope.Fresh(req.Time, start, p.cfg.ReplayWindow) {
+		// Older than the ids this node remembers (or from the future): it
+		// could be a replay that the table below no longer knows.
+		return answer(refuseP(codes.FailedPrecondition, rpcerr.ReasonStaleRequest,
+			"the request's time is outside the replay window of the provider's node (are both nodes' clocks right?)"))
 	}
 	if err := p.replay.Admit(req.Client.String(), req.MessageID, start); err != nil {
 		return answer(err) // MESSAGE_REPLAYED, or REPLAY_WINDOW_FULL for this client only

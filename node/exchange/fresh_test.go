@@ -1,0 +1,93 @@
+package exchange
+
+import (
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	"github.com/sildmesh/sild/internal/rpcerr"
+	"github.com/sildmesh/sild/node/envelope"
+	"github.com/sildmesh/sild/node/forward"
+)
+
+// callAt calls B as node C (for bank) with a request taken at t, signed
+// over sent and with the header of at (the time the signature covers and
+// the time the header carries may differ).
+func callAt(t *testing.T, m *mesh, id string, signed, sent time.Time) error {
+	t.Helper()
+	req := envelope.Request{Client: bank, Target: registry, MessageID: id, Service: testService, Method: "UnaryCall"}
+	req.StampTime(signed)
+	hdr := req
+	hdr.StampTime(sent)
+	cs, err := m.dialAs(t, m.c).NewStream(as(ctxT(t), bank, registry, envelope.HeaderMessageID, id, envelope.HeaderRequestTime, hdr.TimeHeader()),
+		fullDuplex, req.FullMethod(), grpc.ForceCodecV2(forward.Codec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := unaryFrame(t, "x")
+	chain := envelope.NewChain(envelope.DirRequest, req)
+	chain.Add(frame)
+	_ = cs.SendMsg(taggedFrame(tagData, frame))
+	_ = cs.SendMsg(taggedFrame(tagSeal, sealWith(t, m.c, nil)(sealDigest(envelope.DirRequest, chain, codes.OK))))
+	_ = cs.CloseSend()
+	for {
+		f := &forward.Frame{}
+		err := cs.RecvMsg(f)
+		f.Free()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// A request older than the provider's replay window, or from too far
+// ahead, is refused before the backend (its id might be one the window no
+// longer remembers), signed and recorded; the time is covered by the
+// consumer's signature.
+func TestStaleRequestRefused(t *testing.T) {
+	m := newMeshWith(t, false, func(c *Config) { c.ReplayWindow = 10 * time.Minute })
+	now := time.Now()
+	if err := callAt(t, m, "fresh", now, now); err != nil {
+		t.Fatalf("a request of now: %v", err)
+	}
+	if err := callAt(t, m, "skewed", now.Add(30*time.Second), now.Add(30*time.Second)); err != nil {
+		t.Fatalf("a request 30 s ahead (clock skew): %v", err)
+	}
+	for name, at := range map[string]time.Time{
+		"older than the window": now.Add(-11 * time.Minute),
+		"at the window's edge":  now.Add(-(10*time.Minute - envelope.MaxClockSkew) - time.Second),
+		"from the future":       now.Add(5 * time.Minute),
+	} {
+		err := callAt(t, m, "stale-"+name, at, at)
+		wantRefusal(t, err, codes.FailedPrecondition, rpcerr.ReasonStaleRequest, ComponentProvider)
+		if r := m.recB.find("stale-" + name); r == nil || r.GetProviderSignature() == nil {
+			t.Fatalf("%s: the refusal was not signed and recorded: %v", name, r)
+		}
+	}
+	if n := m.be.calls.Load(); n != 2 {
+		t.Fatalf("backend called %d times, want only the 2 fresh requests", n)
+	}
+	// A header time other than the one signed: the signature fails.
+	err := callAt(t, m, "retimed", now.Add(-time.Minute), now)
+	wantRefusal(t, err, codes.Unauthenticated, rpcerr.ReasonSignatureInvalid, ComponentProvider)
+	if n := m.be.calls.Load(); n != 2 {
+		t.Fatalf("backend called %d times for a request whose time was changed", n)
+	}
+
+	// No request time at all: refused before anything is signed.
+	cs, err := m.dialAs(t, m.c).NewStream(as(ctxT(t), bank, registry, envelope.HeaderMessageID, "untimed"),
+		fullDuplex, "/"+testService+"/UnaryCall", grpc.ForceCodecV2(forward.Codec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cs.CloseSend()
+	err = cs.RecvMsg(&forward.Frame{})
+	wantRefusal(t, err, codes.InvalidArgument, rpcerr.ReasonInvalidArgument, ComponentProvider)
+}
