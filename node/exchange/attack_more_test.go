@@ -37,16 +37,33 @@ func rawCallOn(t *testing.T, cc *grpc.ClientConn, client, target ident.Subsystem
 	t.Helper()
 	req := envelope.Request{Client: client, Target: target, MessageID: msgID, Service: testService, Method: "UnaryCall"}
 	req.StampTime(time.Now())
-	kv := []string{envelope.HeaderClient, client.String(), envelope.HeaderTarget, target.String(), envelope.HeaderRequestTime, req.TimeHeader()}
-	if msgID != "" {
-		kv = append(kv, envelope.HeaderMessageID, msgID)
+	return rawStream(t, cc, req, requestHeaders(req), frames, seal)
+}
+
+// requestHeaders are the exchange headers that carry r (message id, user
+// id and purpose only if set).
+func requestHeaders(r envelope.Request) []string {
+	kv := []string{envelope.HeaderClient, r.Client.String(), envelope.HeaderTarget, r.Target.String(), envelope.HeaderRequestTime, r.TimeHeader()}
+	for _, f := range [][2]string{{envelope.HeaderMessageID, r.MessageID}, {envelope.HeaderUserID, r.UserID}, {envelope.HeaderPurpose, r.Purpose}} {
+		if f[1] != "" {
+			kv = append(kv, f[0], f[1])
+		}
 	}
+	return kv
+}
+
+// rawStream does the exchange protocol by hand on cc: a call of signed's
+// method with the headers kv (which may tell another request than signed),
+// the data frames bound into signed's request chain, the seal over it (nil:
+// none), half-close; it returns the call's status (nil for OK).
+func rawStream(t *testing.T, cc *grpc.ClientConn, signed envelope.Request, kv []string, frames [][]byte, seal func(d []byte) []byte) error {
+	t.Helper()
 	ctx := metadata.AppendToOutgoingContext(ctxT(t), kv...)
-	cs, err := cc.NewStream(ctx, fullDuplex, "/grpc.testing.TestService/UnaryCall", grpc.ForceCodecV2(forward.Codec{}))
+	cs, err := cc.NewStream(ctx, fullDuplex, signed.FullMethod(), grpc.ForceCodecV2(forward.Codec{}))
 	if err != nil {
 		return err
 	}
-	chain := envelope.NewChain(envelope.DirRequest, req)
+	chain := envelope.NewChain(envelope.DirRequest, signed)
 	for _, f := range frames {
 		chain.Add(f)
 		if err := cs.SendMsg(taggedFrame(tagData, f)); err != nil {
@@ -59,13 +76,14 @@ func rawCallOn(t *testing.T, cc *grpc.ClientConn, client, target ident.Subsystem
 	_ = cs.CloseSend()
 	for {
 		f := &forward.Frame{}
-		if err := cs.RecvMsg(f); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
+		err := cs.RecvMsg(f)
+		f.Free()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
 			return err
 		}
-		f.Free()
 	}
 }
 
@@ -318,8 +336,8 @@ func TestProviderRefusesTargetNotAssignedToIt(t *testing.T) {
 	checkRefusalEvidence(t, m, "moved", codes.NotFound)
 }
 
-// foreignNode is node C's identity in the trust domain fiTD, issued by a
-// CA of its own, whose roots B's bundles trust.
+// foreignNode is a node of the trust domain fiTD, with an SVID and a
+// signing certificate of a CA of its own, whose roots B's bundles trust.
 func foreignNode(t *testing.T, m *mesh, fiTD spiffeid.TrustDomain) (*testNode, *pki.CA) {
 	t.Helper()
 	fiCA, err := pki.NewCA(fiTD, "FI test root", time.Hour, time.Now().Add(-time.Minute))
@@ -328,20 +346,7 @@ func foreignNode(t *testing.T, m *mesh, fiTD spiffeid.TrustDomain) (*testNode, *
 	}
 	m.bundles.Set(x509bundle.FromX509Authorities(td, []*x509.Certificate{m.ca.Cert}),
 		x509bundle.FromX509Authorities(fiTD, []*x509.Certificate{fiCA.Cert}))
-	fiID := spiffeid.RequireFromPath(fiTD, "/node/COM/70000312/ss1")
-	key, err := pki.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := fiCA.Issue(pki.KindSVID, key.Public(), fiID, time.Hour, time.Now().Add(-time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid, err := pki.NewSVID(key, cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testNode{id: mustNode("FI/COM/70000312/ss1"), spiffe: fiID, svid: pki.NewSVIDSource(svid), signer: m.c.signer}, fiCA
+	return newTestNodeIn(t, fiCA, fiTD, mustNode("FI/COM/70000312/ss1"), time.Now().Add(-time.Minute)), fiCA
 }
 
 // TestFederationEndedOnOpenConnection: a node of a federated ecosystem

@@ -1,17 +1,13 @@
 package exchange
 
 import (
-	"errors"
-	"io"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/envelope"
-	"github.com/sildmesh/sild/node/forward"
 )
 
 // The consumer's signature covers the user id and purpose the provider's
@@ -30,34 +26,11 @@ func TestSignatureCoversUserAndPurpose(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			signed.MessageID = "bind-" + tc.name
 			signed.StampTime(time.Now())
-			kv := []string{envelope.HeaderMessageID, signed.MessageID, envelope.HeaderRequestTime, signed.TimeHeader()}
-			if tc.user != "" {
-				kv = append(kv, envelope.HeaderUserID, tc.user)
-			}
-			kv = append(kv, envelope.HeaderPurpose, tc.purpose)
-			cs, err := m.dialAs(t, m.c).NewStream(as(ctxT(t), bank, registry, kv...), fullDuplex,
-				signed.FullMethod(), grpc.ForceCodecV2(forward.Codec{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			frame := unaryFrame(t, "x")
-			chain := envelope.NewChain(envelope.DirRequest, signed)
-			chain.Add(frame)
-			if err := cs.SendMsg(taggedFrame(tagData, frame)); err != nil {
-				t.Fatal(err)
-			}
-			seal := sealWith(t, m.c, nil)(sealDigest(envelope.DirRequest, chain, codes.OK))
-			if err := cs.SendMsg(taggedFrame(tagSeal, seal)); err != nil {
-				t.Fatal(err)
-			}
-			_ = cs.CloseSend()
-			for err == nil {
-				f := &forward.Frame{}
-				err = cs.RecvMsg(f)
-				f.Free()
-			}
+			hdr := signed
+			hdr.UserID, hdr.Purpose = tc.user, tc.purpose
+			err := rawStream(t, m.dialAs(t, m.c), signed, requestHeaders(hdr), [][]byte{unaryFrame(t, "x")}, sealWith(t, m.c, nil))
 			if tc.name == "as signed" {
-				if !errors.Is(err, io.EOF) || m.be.calls.Load() != 1 {
+				if err != nil || m.be.calls.Load() != 1 {
 					t.Fatalf("the request as signed: %v, backend called %d times", err, m.be.calls.Load())
 				}
 				return

@@ -3,7 +3,6 @@ package exchange
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -26,7 +25,6 @@ import (
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/access"
 	"github.com/sildmesh/sild/node/envelope"
-	"github.com/sildmesh/sild/node/forward"
 	"github.com/sildmesh/sild/node/sign"
 )
 
@@ -414,37 +412,7 @@ func TestLedgerUnavailable(t *testing.T) {
 // hand: data frames, then seal (nil: none), then half-close.
 func (m *mesh) rawCall(t *testing.T, n *testNode, client ident.Subsystem, msgID string, frames [][]byte, seal func(d []byte) []byte) error {
 	t.Helper()
-	cc := m.dialAs(t, n)
-	req := envelope.Request{Client: client, Target: registry, MessageID: msgID, Service: testService, Method: "UnaryCall"}
-	req.StampTime(time.Now())
-	ctx := as(ctxT(t), client, registry, envelope.HeaderMessageID, msgID, envelope.HeaderRequestTime, req.TimeHeader())
-	method := "/grpc.testing.TestService/UnaryCall"
-	cs, err := cc.NewStream(ctx, fullDuplex, method, grpc.ForceCodecV2(forward.Codec{}))
-	if err != nil {
-		return err
-	}
-	chain := envelope.NewChain(envelope.DirRequest, req)
-	for _, f := range frames {
-		chain.Add(f)
-		if err := cs.SendMsg(taggedFrame(tagData, f)); err != nil {
-			break
-		}
-	}
-	if seal != nil {
-		b := seal(sealDigest(envelope.DirRequest, chain, codes.OK))
-		_ = cs.SendMsg(taggedFrame(tagSeal, b))
-	}
-	_ = cs.CloseSend()
-	for {
-		f := &forward.Frame{}
-		if err := cs.RecvMsg(f); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		f.Free()
-	}
+	return rawCallOn(t, m.dialAs(t, n), client, registry, msgID, frames, seal)
 }
 
 // withHosts gives A a configuration where registry is hosted by the given

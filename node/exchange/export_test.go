@@ -1,12 +1,10 @@
 package exchange
 
 import (
-	"crypto/x509"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -16,7 +14,6 @@ import (
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/access"
-	"github.com/sildmesh/sild/pki"
 )
 
 // changes stands in for the node's configuration watch: fire closes the
@@ -52,13 +49,7 @@ func TestProviderServesForeignNodesOnlyExportedTargets(t *testing.T) {
 	var ch changes
 	m := newMeshWith(t, false, func(c *Config) { c.Changed = ch.changed })
 	fiTD := spiffeid.RequireTrustDomainFromString("fi.sild.test")
-	fiCA, err := pki.NewCA(fiTD, "FI test root", time.Hour, time.Now().Add(-time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.bundles.Set(x509bundle.FromX509Authorities(td, []*x509.Certificate{m.ca.Cert}),
-		x509bundle.FromX509Authorities(fiTD, []*x509.Certificate{fiCA.Cert}))
-	fi := newTestNodeIn(t, fiCA, fiTD, mustNode("FI/COM/70000312/ss1"), time.Now().Add(-time.Minute))
+	fi, fiCA := foreignNode(t, m, fiTD)
 	fiSub := mustSub("FI/COM/70000312/records")
 	if _, _, err := m.store.Grant(access.Right{Client: access.SubsystemClient(fiSub), Service: ident.Service{Subsystem: registry, Name: testService}}); err != nil {
 		t.Fatal(err)

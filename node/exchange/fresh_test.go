@@ -1,8 +1,6 @@
 package exchange
 
 import (
-	"errors"
-	"io"
 	"testing"
 	"time"
 
@@ -14,37 +12,15 @@ import (
 	"github.com/sildmesh/sild/node/forward"
 )
 
-// callAt calls B as node C (for bank) with a request taken at t, signed
-// over sent and with the header of at (the time the signature covers and
-// the time the header carries may differ).
+// callAt calls B as node C (for bank) with a request signed as taken at
+// signed and whose header says sent (the two may differ).
 func callAt(t *testing.T, m *mesh, id string, signed, sent time.Time) error {
 	t.Helper()
 	req := envelope.Request{Client: bank, Target: registry, MessageID: id, Service: testService, Method: "UnaryCall"}
 	req.StampTime(signed)
 	hdr := req
 	hdr.StampTime(sent)
-	cs, err := m.dialAs(t, m.c).NewStream(as(ctxT(t), bank, registry, envelope.HeaderMessageID, id, envelope.HeaderRequestTime, hdr.TimeHeader()),
-		fullDuplex, req.FullMethod(), grpc.ForceCodecV2(forward.Codec{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	frame := unaryFrame(t, "x")
-	chain := envelope.NewChain(envelope.DirRequest, req)
-	chain.Add(frame)
-	_ = cs.SendMsg(taggedFrame(tagData, frame))
-	_ = cs.SendMsg(taggedFrame(tagSeal, sealWith(t, m.c, nil)(sealDigest(envelope.DirRequest, chain, codes.OK))))
-	_ = cs.CloseSend()
-	for {
-		f := &forward.Frame{}
-		err := cs.RecvMsg(f)
-		f.Free()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
+	return rawStream(t, m.dialAs(t, m.c), req, requestHeaders(hdr), [][]byte{unaryFrame(t, "x")}, sealWith(t, m.c, nil))
 }
 
 // A request older than the provider's replay window, or from too far

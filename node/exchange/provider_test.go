@@ -2,11 +2,9 @@ package exchange
 
 import (
 	"context"
-	"crypto/x509"
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/status"
 
@@ -18,7 +16,6 @@ import (
 	"github.com/sildmesh/sild/ident"
 	"github.com/sildmesh/sild/internal/rpcerr"
 	"github.com/sildmesh/sild/node/sign"
-	"github.com/sildmesh/sild/pki"
 )
 
 // sealWith signs the digest with n's signer, after tamper edits it.
@@ -134,27 +131,7 @@ func TestProviderRefusesUnregisteredCallers(t *testing.T) {
 
 	// A node of another trust domain, even one whose roots B trusts (as
 	// after federation), is refused in the handshake.
-	fiTD := spiffeid.RequireTrustDomainFromString("fi.sild.test")
-	fiCA, err := pki.NewCA(fiTD, "FI test root", time.Hour, time.Now().Add(-time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.bundles.Set(x509bundle.FromX509Authorities(td, []*x509.Certificate{m.ca.Cert}),
-		x509bundle.FromX509Authorities(fiTD, []*x509.Certificate{fiCA.Cert}))
-	fiID := spiffeid.RequireFromPath(fiTD, "/node/COM/70000312/ss1")
-	key, err := pki.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := fiCA.Issue(pki.KindSVID, key.Public(), fiID, time.Hour, time.Now().Add(-time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid, err := pki.NewSVID(key, cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi := &testNode{id: nodeC, spiffe: fiID, svid: pki.NewSVIDSource(svid), signer: m.c.signer}
+	fi, _ := foreignNode(t, m, spiffeid.RequireTrustDomainFromString("fi.sild.test"))
 	err = m.rawCall(t, fi, bank, "foreign-1", frame, sealWith(t, m.c, nil))
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("foreign node: %v", err)
