@@ -209,6 +209,9 @@ func (c *Consumer) counter(n ident.Node) *atomic.Int64 {
 // least busy first, rotating among equals.
 func (c *Consumer) order(topo *topology.Topology, hosts []ident.Node) []ident.Node {
 	n := len(hosts)
+	if n == 1 {
+		return hosts // nothing to choose: no locks, no connection states
+	}
 	start := int(c.rr.Add(1) % uint64(n))
 	out := make([]ident.Node, 0, n)
 	for i := range n {
