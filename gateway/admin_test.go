@@ -256,13 +256,17 @@ func TestRegistryAdminCurl(t *testing.T) {
 	}
 }
 
-// TestNodeAdminREST drives the node's access-rights API over REST, on the
-// node's real admin gRPC server (access.ServerOptions, access.Server).
-func TestNodeAdminREST(t *testing.T) {
-	adminKey, readerKey := "sild_admin-key-for-tests", "sild_reader-key-for-tests"
-	gs := grpc.NewServer(access.ServerOptions(apikey.Static(map[string]string{
-		apikey.Hash(adminKey): access.RoleAdmin, apikey.Hash(readerKey): access.RoleReader,
-	}))...)
+// startNodeAdmin serves the node's access-rights API over REST, on the
+// node's real admin gRPC server (access.ServerOptions, access.Server), with
+// the API keys roles (key to role), and returns its base URL and the
+// gateway's Close.
+func startNodeAdmin(t *testing.T, roles map[string]string) (string, func()) {
+	t.Helper()
+	hashed := map[string]string{}
+	for key, role := range roles {
+		hashed[apikey.Hash(key)] = role
+	}
+	gs := grpc.NewServer(access.ServerOptions(apikey.Static(hashed))...)
 	store, err := access.Open(access.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -282,7 +286,13 @@ func TestNodeAdminREST(t *testing.T) {
 	t.Cleanup(gw.Close)
 	hs := httptest.NewServer(gw)
 	t.Cleanup(hs.Close)
-	base := hs.URL
+	return hs.URL, gw.Close
+}
+
+// TestNodeAdminREST drives the node's access-rights API over REST.
+func TestNodeAdminREST(t *testing.T) {
+	adminKey, readerKey := "sild_admin-key-for-tests", "sild_reader-key-for-tests"
+	base, closeGateway := startNodeAdmin(t, map[string]string{adminKey: access.RoleAdmin, readerKey: access.RoleReader})
 
 	right := `{"client":{"subsystem":{"member":{"instance":"EE","memberClass":"GOV","memberCode":"70000310"},"subsystemCode":"licensing"}},
 		"service":{"subsystem":{"member":{"instance":"EE","memberClass":"COM","memberCode":"11"},"subsystemCode":"registry"},"serviceName":"business.v1.Registry"},
@@ -313,7 +323,7 @@ func TestNodeAdminREST(t *testing.T) {
 	checkOpenAPI(t, a, nodev1.File_sild_node_v1_admin_proto.Services().ByName("AdminService"))
 
 	// Closed: the gateway answers 503 with a reason, not internal text.
-	gw.Close()
+	closeGateway()
 	a = call(t, "GET", base+"/v1/access", readerKey, "")
 	want(t, "after close", a, 503, "UNAVAILABLE", "gateway")
 	if bytes.Contains(a.raw, []byte("transport")) {

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sildmesh/sild/gateway"
-	"github.com/sildmesh/sild/internal/apikey"
 	"github.com/sildmesh/sild/node/access"
 	"github.com/sildmesh/sild/node/topology"
 )
@@ -62,27 +60,8 @@ func post(t *testing.T, url, key, contentType, body string, header map[string]st
 // answer carries the in-process gRPC connection's headers.
 func TestAdminRESTBadInput(t *testing.T) {
 	adminKey := "sild_admin-key-for-bad-input"
-	gs := grpc.NewServer(access.ServerOptions(apikey.Static(map[string]string{apikey.Hash(adminKey): access.RoleAdmin}))...)
-	store, err := access.Open(access.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	srv, err := access.NewServer(access.ServerConfig{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Register(gs)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	gw, err := gateway.NewNodeAdmin(ctx, gs, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gw.Close)
-	hs := httptest.NewServer(gw)
-	t.Cleanup(hs.Close)
-	url := hs.URL + "/v1/access"
+	base, _ := startNodeAdmin(t, map[string]string{adminKey: access.RoleAdmin})
+	url := base + "/v1/access"
 	right := `{"client":{"subsystem":{"member":{"instance":"EE","memberClass":"GOV","memberCode":"70000310"},"subsystemCode":"licensing"}},
 		"service":{"subsystem":{"member":{"instance":"EE","memberClass":"COM","memberCode":"11"},"subsystemCode":"registry"},"serviceName":"business.v1.Registry"}}`
 
