@@ -145,6 +145,7 @@ func (n *Node) exchangeConfig(led *ledger.Ledger) exchange.Config {
 var notAdmitted = map[string]bool{
 	rpcerr.ReasonUnknownClient:      true,
 	rpcerr.ReasonUnknownTarget:      true,
+	rpcerr.ReasonStaleRequest:       true,
 	rpcerr.ReasonReplayed:           true,
 	envelope.ReasonReplayWindowFull: true,
 }
